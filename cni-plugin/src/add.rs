@@ -1,0 +1,243 @@
+//! ADD: address from the store, then bridge, veth pair, pod address and routes. Any
+//! failure after the address was reserved undoes what was done before it returns.
+
+use crate::bridge::{self, kernel_err};
+use crate::cni::error::{CniError, INTERNAL, INVALID_ENV, UNKNOWN_CONTAINER};
+use crate::cni::{CniResult, CniVersion, Env, Interface, IpConfig, Route};
+use crate::host_veth;
+use crate::node::NodeNetwork;
+use crate::store;
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use twill_conf::{PluginConf, PodRange};
+use twill_netlink::{sysctl, NetNs, Netlink, NetnsError, VethSpec};
+
+pub async fn run(
+    env: &Env,
+    conf: &PluginConf,
+    version: CniVersion,
+) -> Result<serde_json::Value, CniError> {
+    let node = NodeNetwork::resolve(conf)?;
+    let netns = open_netns(env)?;
+    let owner = store::owner(env);
+    let ranges = store::ranges(&node.ranges);
+    let addrs = store::with_store(conf, |s| s.allocate(&owner, &ranges))?;
+    tracing::info!(container = %env.container_id, ifname = %env.ifname, addresses = ?addrs, "reserved");
+
+    let host_name = host_veth::name(&env.container_id, &env.ifname);
+    let nl = match Netlink::connect() {
+        Ok(nl) => nl,
+        Err(e) => {
+            release(conf, env);
+            return Err(kernel_err(e));
+        }
+    };
+    match setup(&nl, env, conf, &node, &netns, &host_name, &addrs).await {
+        Ok(result) => Ok(result.encode(version)),
+        Err(e) => {
+            tracing::warn!(container = %env.container_id, error = %e, "ADD failed; rolling back");
+            if let Err(del) = nl.delete_link_by_name(&host_name).await {
+                tracing::warn!(link = %host_name, error = %del, "rollback: cannot delete host veth");
+            }
+            release(conf, env);
+            Err(e)
+        }
+    }
+}
+
+/// Releases after the interface is gone, never before: an address must not be free
+/// while a pod still carries it.
+fn release(conf: &PluginConf, env: &Env) {
+    let owner = store::owner(env);
+    if let Err(e) = store::with_store(conf, |s| s.release(&owner)) {
+        tracing::warn!(error = %e, "rollback: cannot release the address");
+    }
+}
+
+pub fn open_netns(env: &Env) -> Result<NetNs, CniError> {
+    let path = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(INVALID_ENV, "CNI_NETNS is not set"))?;
+    NetNs::open(path).map_err(|e| match e {
+        e if e.is_gone() => CniError::new(
+            UNKNOWN_CONTAINER,
+            format!("CNI_NETNS {}: no such network namespace", path.display()),
+        ),
+        NetnsError::NotNetns { .. } => CniError::new(
+            INVALID_ENV,
+            format!("CNI_NETNS {} is not a network namespace", path.display()),
+        ),
+        other => CniError::new(INVALID_ENV, format!("CNI_NETNS: {other}")),
+    })
+}
+
+async fn setup(
+    nl: &Netlink,
+    env: &Env,
+    conf: &PluginConf,
+    node: &NodeNetwork,
+    netns: &NetNs,
+    host_name: &str,
+    addrs: &[IpNet],
+) -> Result<CniResult, CniError> {
+    let mtu = match node.mtu {
+        Some(m) => m,
+        None => bridge::uplink_mtu(nl).await?,
+    };
+    let br = bridge::ensure(nl, &conf.bridge, &node.ranges, mtu).await?;
+    enable_forwarding(&node.ranges)?;
+
+    let alias = host_veth::alias(&env.container_id, &env.ifname);
+    let spec = VethSpec {
+        name: host_name,
+        mtu,
+        master: Some(br.index),
+        alias: Some(&alias),
+        peer_name: &env.ifname,
+        peer_netns: netns,
+    };
+    if let Err(e) = nl.add_veth(&spec).await {
+        if !e.is_exists() {
+            return Err(kernel_err(e));
+        }
+        // A leftover of an earlier ADD of this same (container, ifname), e.g. one that
+        // was killed: replace it. If ours did not exist, the pod already has an
+        // interface of that name.
+        if !nl
+            .delete_link_by_name(host_name)
+            .await
+            .map_err(kernel_err)?
+        {
+            return Err(CniError::new(
+                INTERNAL,
+                format!(
+                    "the pod already has an interface named {} (CNI_IFNAME)",
+                    env.ifname
+                ),
+            ));
+        }
+        nl.add_veth(&spec).await.map_err(kernel_err)?;
+    }
+    let host = nl
+        .link_by_name(host_name)
+        .await
+        .map_err(kernel_err)?
+        .ok_or_else(|| {
+            CniError::new(
+                INTERNAL,
+                format!("host veth {host_name} vanished after creation"),
+            )
+        })?;
+    if conf.hairpin_mode {
+        nl.set_hairpin(host.index, true).await.map_err(kernel_err)?;
+    }
+
+    let ifname = env.ifname.clone();
+    let (pod_nl, ()) = Netlink::connect_in_with(netns, move || {
+        // No DAD on the pod's IPv6 addresses: they are unique by construction and DAD
+        // would hold them "tentative" for a second or more.
+        let _ = sysctl::ensure(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
+    })
+    .map_err(kernel_err)?;
+    let pod = pod_nl
+        .link_by_name(&env.ifname)
+        .await
+        .map_err(kernel_err)?
+        .ok_or_else(|| {
+            CniError::new(
+                INTERNAL,
+                format!("{} did not appear in the pod", env.ifname),
+            )
+        })?;
+    pod_nl.set_up(pod.index).await.map_err(kernel_err)?;
+    for a in addrs {
+        pod_nl
+            .add_address(pod.index, *a)
+            .await
+            .map_err(kernel_err)?;
+    }
+    let routes = pod_routes(&node.ranges, conf);
+    for r in &routes {
+        pod_nl
+            .replace_route(r.dst, r.gw, pod.index, None)
+            .await
+            .map_err(kernel_err)?;
+    }
+
+    Ok(CniResult {
+        interfaces: vec![
+            Interface {
+                name: host.name.clone(),
+                mac: host.mac_string(),
+                mtu: Some(mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: pod.name.clone(),
+                mac: pod.mac_string(),
+                mtu: Some(mtu),
+                sandbox: Some(netns.path().display().to_string()),
+            },
+        ],
+        ips: addrs
+            .iter()
+            .map(|a| IpConfig {
+                address: *a,
+                gateway: gateway_for(&node.ranges, a.addr()),
+                interface: Some(1),
+            })
+            .collect(),
+        routes,
+    })
+}
+
+fn gateway_for(ranges: &[PodRange], addr: IpAddr) -> Option<IpAddr> {
+    ranges
+        .iter()
+        .find(|r| r.subnet.contains(&addr))
+        .map(|r| r.gateway)
+}
+
+/// A default route per family through that family's gateway, then the configured routes.
+pub fn pod_routes(ranges: &[PodRange], conf: &PluginConf) -> Vec<Route> {
+    let mut out: Vec<Route> = Vec::new();
+    for r in ranges {
+        let any = if r.gateway.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        out.push(Route {
+            dst: IpNet::new(any, 0).unwrap_or_else(|_| r.subnet),
+            gw: Some(r.gateway),
+        });
+    }
+    for spec in &conf.routes {
+        let gw = spec.gw.or_else(|| {
+            ranges
+                .iter()
+                .find(|r| r.gateway.is_ipv4() == spec.dst.addr().is_ipv4())
+                .map(|r| r.gateway)
+        });
+        let route = Route { dst: spec.dst, gw };
+        if gw.is_some() && !out.iter().any(|r| r.dst == route.dst) {
+            out.push(route);
+        }
+    }
+    out
+}
+
+fn enable_forwarding(ranges: &[PodRange]) -> Result<(), CniError> {
+    for r in ranges {
+        let key = if r.gateway.is_ipv4() {
+            "net/ipv4/ip_forward"
+        } else {
+            "net/ipv6/conf/all/forwarding"
+        };
+        sysctl::ensure(key, "1").map_err(|e| {
+            CniError::new(INTERNAL, format!("cannot enable forwarding ({key}): {e}"))
+        })?;
+    }
+    Ok(())
+}

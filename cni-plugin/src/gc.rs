@@ -1,0 +1,58 @@
+//! GC: release every reservation and remove every host veth of this network that the
+//! runtime no longer lists.
+
+use crate::bridge::kernel_err;
+use crate::cni::error::INVALID_CONFIG;
+use crate::cni::CniError;
+use crate::host_veth;
+use std::collections::HashSet;
+use twill_conf::plugin::VALID_ATTACHMENTS_KEY;
+use twill_conf::PluginConf;
+use twill_netlink::Netlink;
+
+pub async fn run(conf: &PluginConf) -> Result<(), CniError> {
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        // Without the list everything would look stale: refuse rather than wipe the node.
+        CniError::new(
+            INVALID_CONFIG,
+            format!("GC needs the key {VALID_ATTACHMENTS_KEY:?}"),
+        )
+    })?;
+    let keep: HashSet<(&str, &str)> = valid
+        .iter()
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .collect();
+    let keep_links: HashSet<String> = valid
+        .iter()
+        .map(|a| host_veth::name(&a.container_id, &a.ifname))
+        .collect();
+
+    // Interfaces first, addresses after, as in DEL.
+    let nl = Netlink::connect().map_err(kernel_err)?;
+    let mut removed_links = 0;
+    if let Some(bridge) = nl.link_by_name(&conf.bridge).await.map_err(kernel_err)? {
+        for link in nl.links().await.map_err(kernel_err)? {
+            let ours = link.master == Some(bridge.index)
+                && link.kind.as_deref() == Some("veth")
+                && link.name.starts_with(host_veth::PREFIX);
+            if ours && !keep_links.contains(&link.name) {
+                tracing::info!(link = %link.name, alias = ?link.alias, "GC: removing stale host veth");
+                nl.delete_link(link.index).await.map_err(kernel_err)?;
+                removed_links += 1;
+            }
+        }
+    }
+    let released = crate::store::with_store(conf, |s| {
+        s.retain(|o| keep.contains(&(o.container_id.as_str(), o.ifname.as_str())))
+    })?;
+    for r in &released {
+        tracing::info!(container = %r.owner.container_id, ifname = %r.owner.ifname, address = %r.address, "GC: released");
+    }
+    tracing::info!(
+        removed_links,
+        released = released.len(),
+        kept = valid.len(),
+        "GC done"
+    );
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Configuration contracts shared by the Twill CNI plugin and the node agent.
+//!
+//! - [`plugin::PluginConf`]: one entry of the CNI conflist (`"type": "twill"`), as the
+//!   runtime hands it to the plugin on stdin and as the agent writes it.
+//! - [`subnet_file::SubnetFile`]: the node's pod subnet(s) and MTU, written by the agent
+//!   and read by the plugin.
+//!
+//! Parsing is strict about the keys Twill owns and tolerant of every other key, because a
+//! conflist is shared with other plugins and runtimes add their own keys.
+
+pub mod error;
+pub mod plugin;
+pub mod subnet_file;
+mod value;
+
+pub use error::ConfError;
+pub use plugin::{Attachment, PluginConf, PodRange, RouteSpec};
+pub use subnet_file::SubnetFile;
+
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Checks a Linux interface name the way the kernel's `dev_valid_name` does.
+pub fn valid_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return Err(format!(
+            "{name:?} is {} bytes long, the limit is {MAX_IFNAME_LEN}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{name:?} contains the character {c:?}"));
+    }
+    Ok(())
+}

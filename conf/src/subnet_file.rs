@@ -1,0 +1,137 @@
+//! The subnet file: what the agent knows about this node that the plugin needs.
+//!
+//! ```json
+//! {"network": "10.244.0.0/16", "subnets": ["10.244.1.0/24"], "mtu": 1450, "ipMasq": true}
+//! ```
+//! `subnets` holds at most one subnet per address family. The gateway of each is its
+//! first host address.
+
+use crate::plugin::PodRange;
+use crate::ConfError;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubnetFile {
+    /// The cluster network all pod subnets are carved from.
+    pub network: Option<IpNet>,
+    /// This node's pod subnets.
+    pub subnets: Vec<IpNet>,
+    /// MTU for pod interfaces (underlay MTU minus encapsulation).
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub ip_masq: bool,
+}
+
+impl SubnetFile {
+    pub fn read(path: &Path) -> Result<Self, ConfError> {
+        let bytes = std::fs::read(path).map_err(|e| ConfError::SubnetFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let file: SubnetFile =
+            serde_json::from_slice(&bytes).map_err(|e| ConfError::SubnetFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        file.ranges().map_err(|reason| ConfError::SubnetFile {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(file)
+    }
+
+    /// The pod ranges of this node, gateways included.
+    pub fn ranges(&self) -> Result<Vec<PodRange>, String> {
+        if self.subnets.is_empty() {
+            return Err("\"subnets\" is empty".into());
+        }
+        let mut seen = (false, false);
+        let mut out = Vec::with_capacity(self.subnets.len());
+        for s in &self.subnets {
+            let slot = if s.addr().is_ipv4() {
+                &mut seen.0
+            } else {
+                &mut seen.1
+            };
+            if std::mem::replace(slot, true) {
+                return Err(format!("\"subnets\" has two subnets of the family of {s}"));
+            }
+            if let Some(net) = &self.network {
+                if !net.contains(s) {
+                    return Err(format!("subnet {s} lies outside the network {net}"));
+                }
+            }
+            out.push(PodRange::with_first_host_gateway(*s)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes the file atomically (temp file, fsync, rename), so the plugin never reads a
+    /// half-written file.
+    pub fn write_atomic(&self, path: &Path) -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile_in(dir, path)?;
+        let body = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        tmp.1.write_all(&body)?;
+        tmp.1.sync_all()?;
+        std::fs::rename(&tmp.0, path)
+    }
+}
+
+fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "subnet".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let f = std::fs::File::create(&tmp)?;
+    Ok((tmp, f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_then_read() {
+        let dir = std::env::temp_dir().join(format!("twill-conf-test-{}", std::process::id()));
+        let path = dir.join("subnet.json");
+        let f = SubnetFile {
+            network: Some("10.244.0.0/16".parse().unwrap()),
+            subnets: vec!["10.244.3.0/24".parse().unwrap()],
+            mtu: Some(1450),
+            ip_masq: true,
+        };
+        f.write_atomic(&path).unwrap();
+        let back = SubnetFile::read(&path).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(back.ranges().unwrap()[0].gateway.to_string(), "10.244.3.1");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn rejects_subnet_outside_network_and_two_of_a_family() {
+        let f = SubnetFile {
+            network: Some("10.244.0.0/16".parse().unwrap()),
+            subnets: vec!["10.245.3.0/24".parse().unwrap()],
+            mtu: None,
+            ip_masq: false,
+        };
+        assert!(f.ranges().unwrap_err().contains("outside"));
+        let f = SubnetFile {
+            network: None,
+            subnets: vec![
+                "10.244.3.0/24".parse().unwrap(),
+                "10.244.4.0/24".parse().unwrap(),
+            ],
+            mtu: None,
+            ip_masq: false,
+        };
+        assert!(f.ranges().unwrap_err().contains("two subnets"));
+    }
+}

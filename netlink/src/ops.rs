@@ -1,0 +1,515 @@
+//! Links, addresses and routes over rtnetlink.
+
+use crate::netns::{NetNs, NetnsError};
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::IpAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{0}")]
+    InvalidRoute(String),
+    #[error("{op}: {source}")]
+    Request {
+        op: String,
+        source: rtnetlink::Error,
+    },
+}
+
+impl NetlinkError {
+    /// The errno the kernel answered with, if it answered with one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request {
+                source: rtnetlink::Error::NetlinkError(m),
+                ..
+            } => Some(m.raw_code().abs()),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::ENODEV | libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL)
+        )
+    }
+
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+}
+
+trait Context<T> {
+    fn op(self, op: impl FnOnce() -> String) -> Result<T, NetlinkError>;
+}
+
+impl<T> Context<T> for Result<T, rtnetlink::Error> {
+    fn op(self, op: impl FnOnce() -> String) -> Result<T, NetlinkError> {
+        self.map_err(|source| NetlinkError::Request { op: op(), source })
+    }
+}
+
+/// What Twill needs to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    pub up: bool,
+    /// Index of the bridge (or other controller) the link is a port of.
+    pub master: Option<u32>,
+    /// `veth`, `bridge`, `vxlan`, ...; `None` for devices without a kind (loopback, physical).
+    pub kind: Option<String>,
+    /// For a veth: the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    pub alias: Option<String>,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            master: None,
+            kind: None,
+            peer_index: None,
+            alias: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(a);
+                    link.mac = Some(mac);
+                }
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Controller(m) => link.master = Some(*m),
+                LinkAttribute::Link(p) => link.peer_index = Some(*p),
+                LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(k) = info {
+                            link.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+
+    pub fn mac_string(&self) -> String {
+        self.mac.map(|m| format_mac(&m)).unwrap_or_default()
+    }
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// A veth pair whose host end is created here and whose peer is born directly in
+/// another namespace, so a peer named `eth0` never collides with the host's `eth0`.
+#[derive(Debug, Clone)]
+pub struct VethSpec<'a> {
+    pub name: &'a str,
+    pub mtu: u32,
+    pub master: Option<u32>,
+    pub alias: Option<&'a str>,
+    pub peer_name: &'a str,
+    pub peer_netns: &'a NetNs,
+}
+
+/// A route as Twill reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub protocol: u8,
+    pub table: u32,
+}
+
+/// A netlink connection bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Connects in the calling thread's namespace. Needs a tokio runtime context.
+    pub fn connect() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Connects in `ns`: the socket is opened by a thread inside `ns` and stays bound
+    /// to it. Needs a tokio runtime context.
+    pub fn connect_in(ns: &NetNs) -> Result<Self, NetlinkError> {
+        Self::connect_in_with(ns, || ()).map(|(nl, ())| nl)
+    }
+
+    /// Like [`Netlink::connect_in`], and runs `f` on the thread inside `ns` first (for
+    /// namespace-local work such as sysctls), saving a second thread.
+    pub fn connect_in_with<T: Send>(
+        ns: &NetNs,
+        f: impl FnOnce() -> T + Send,
+    ) -> Result<(Self, T), NetlinkError> {
+        let rt = tokio::runtime::Handle::current();
+        let (socket, out) = ns.run(move || {
+            let out = f();
+            let _guard = rt.enter();
+            (rtnetlink::new_connection(), out)
+        })?;
+        let (conn, handle, _) = socket.map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok((Netlink { handle }, out))
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+            .op(|| format!("get link {name}"));
+        match res {
+            Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await
+            .op(|| format!("get link {index}"));
+        match res {
+            Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .op(|| "list links".into())?;
+        Ok(msgs.iter().map(Link::from_message).collect())
+    }
+
+    /// Creates a bridge that is up, with a fixed MAC (a bridge otherwise takes the lowest
+    /// MAC of its ports, which changes as pods come and go and breaks the pods' ARP
+    /// caches). Returns the existing link if another process created it first.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<Link, NetlinkError> {
+        if let Some(link) = self.link_by_name(name).await? {
+            return Ok(link);
+        }
+        let msg = LinkBridge::new(name)
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .up()
+            .build();
+        match self
+            .handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .op(|| format!("create bridge {name}"))
+        {
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(e),
+        }
+        self.link_by_name(name)
+            .await?
+            .ok_or_else(|| NetlinkError::Request {
+                op: format!("bridge {name} vanished right after creation"),
+                source: rtnetlink::Error::RequestFailed,
+            })
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .op(|| format!("set link {index} up"))
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .op(|| format!("set mtu {mtu} on link {index}"))
+    }
+
+    /// Creates the veth pair in one request: host end up, with MTU and master; peer in
+    /// its namespace with its final name and MTU.
+    pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+        let peer = LinkUnspec::new_with_name(spec.peer_name)
+            .mtu(spec.mtu)
+            .setns_by_fd(spec.peer_netns.fd())
+            .build();
+        let mut host = LinkVeth::new(spec.name, spec.peer_name).mtu(spec.mtu).up();
+        if let Some(master) = spec.master {
+            host = host.controller(master);
+        }
+        if let Some(alias) = spec.alias {
+            host = host.alias(alias);
+        }
+        let msg = host
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .op(|| format!("create veth {} (peer {})", spec.name, spec.peer_name))
+    }
+
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NetlinkError> {
+        let msg = LinkBridgePort::new(index).hairpin(on).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .op(|| format!("set hairpin on port {index}"))
+    }
+
+    /// Deletes a link; `Ok(false)` when it did not exist.
+    pub async fn delete_link(&self, index: u32) -> Result<bool, NetlinkError> {
+        match self
+            .handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .op(|| format!("delete link {index}"))
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a link by name; `Ok(false)` when it did not exist.
+    pub async fn delete_link_by_name(&self, name: &str) -> Result<bool, NetlinkError> {
+        match self.link_by_name(name).await? {
+            Some(link) => self.delete_link(link.index).await,
+            None => Ok(false),
+        }
+    }
+
+    /// The addresses on a link (all families).
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .op(|| format!("list addresses of link {index}"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(address_of)
+            .collect())
+    }
+
+    /// Adds an address; an address already present is not an error.
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(index, addr.addr(), addr.prefix_len())
+            .replace()
+            .execute()
+            .await
+            .op(|| format!("add address {addr} to link {index}"))
+    }
+
+    pub async fn del_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = if addr.addr().is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.header.prefix_len = addr.prefix_len();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr.addr()));
+        if addr.addr().is_ipv6() {
+            msg.attributes.clear();
+            msg.attributes.push(AddressAttribute::Address(addr.addr()));
+        }
+        match self
+            .handle
+            .address()
+            .del(msg)
+            .execute()
+            .await
+            .op(|| format!("delete address {addr} from link {index}"))
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Adds (or replaces) a route in the main table.
+    pub async fn replace_route(
+        &self,
+        dst: IpNet,
+        gw: Option<IpAddr>,
+        oif: u32,
+        protocol: Option<u8>,
+    ) -> Result<(), NetlinkError> {
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .map_err(|e| NetlinkError::InvalidRoute(format!("route to {dst}: {e:?}")))?
+            .output_interface(oif);
+        if let Some(gw) = gw {
+            builder = builder.gateway(gw).map_err(|e| {
+                NetlinkError::InvalidRoute(format!("route to {dst} via {gw}: {e:?}"))
+            })?;
+        } else {
+            builder = builder.scope(RouteScope::Link);
+        }
+        if let Some(p) = protocol {
+            builder = builder.protocol(RouteProtocol::from(p));
+        }
+        self.handle
+            .route()
+            .add(builder.build())
+            .replace()
+            .execute()
+            .await
+            .op(|| format!("add route {dst} via {gw:?} dev {oif}"))
+    }
+
+    /// Routes of the main table for one family (`v6 = false` for IPv4).
+    pub async fn routes(&self, v6: bool) -> Result<Vec<Route>, NetlinkError> {
+        let query = if v6 {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        };
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .op(|| "list routes".into())?;
+        Ok(msgs.iter().filter_map(route_of).collect())
+    }
+}
+
+fn address_of(m: &AddressMessage) -> Option<IpNet> {
+    // For IPv4, IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on
+    // point-to-point links); IPv6 has only IFA_ADDRESS.
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let addr = local.or_else(|| {
+        m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })?;
+    IpNet::new(addr, m.header.prefix_len).ok()
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn route_of(m: &RouteMessage) -> Option<Route> {
+    let v6 = m.header.address_family == AddressFamily::Inet6;
+    let mut dst = None;
+    let mut gw = None;
+    let mut oif = None;
+    let mut table = u32::from(m.header.table);
+    for attr in &m.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => dst = route_addr(a),
+            RouteAttribute::Gateway(a) => gw = route_addr(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    let dst = dst.unwrap_or(if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    });
+    Some(Route {
+        dst: IpNet::new(dst, m.header.destination_prefix_length).ok()?,
+        gw,
+        oif,
+        protocol: u8::from(m.header.protocol),
+        table,
+    })
+}
