@@ -1,0 +1,31 @@
+# The README's commands. Everything that touches the network runs as root, inside
+# network namespaces the commands create and remove.
+
+CARGO ?= cargo
+
+.PHONY: build test bench check clean-netns lab
+
+build:
+	$(CARGO) build --workspace
+
+# Unit tests, then the end-to-end tests over real namespaces (need root).
+test: build
+	$(CARGO) test --workspace
+
+# Benchmarks against the references, printed as tables (see BENCHMARKS.md).
+bench:
+	$(CARGO) build --release -p twill-cni -p twill-bench
+	./target/release/cni-bench
+
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Removes namespaces a killed test run left behind (names start with twt).
+clean-netns:
+	ip netns list | awk '/^twt/ {print $$1}' | xargs -r -n1 ip netns del
+
+# The local lab: pods as namespaces wired by the real plugin, then a ping matrix.
+lab:
+	$(CARGO) build --workspace
+	./target/debug/twill-lab $(LAB_ARGS)
