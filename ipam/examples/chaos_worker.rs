@@ -1,0 +1,39 @@
+//! Worker process for the store's SIGKILL test (`sigkill_at_any_point_leaves_a_consistent_store`):
+//! churns allocations and releases in the store at argv[1] until it is killed.
+
+use std::path::Path;
+use twill_ipam::{Owner, Range, Store, StoreError};
+
+fn main() {
+    let Some(dir) = std::env::args().nth(1) else {
+        eprintln!("usage: chaos_worker STORE_DIR");
+        std::process::exit(2);
+    };
+    let range = Range {
+        subnet: "10.244.1.0/26".parse().expect("literal subnet"),
+        gateway: "10.244.1.1".parse().expect("literal gateway"),
+    };
+    let pid = std::process::id();
+    let mut state = u64::from(pid) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    loop {
+        let store = Store::open(Path::new(&dir)).expect("open");
+        let owner = Owner {
+            container_id: format!("p{pid}-{}", next() % 16),
+            ifname: "eth0".into(),
+        };
+        if next() % 3 == 0 {
+            store.release(&owner).expect("release");
+        } else {
+            match store.allocate(&owner, std::slice::from_ref(&range)) {
+                Ok(_) | Err(StoreError::Exhausted { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Per-node, crash-safe pod address store for Twill.
+//!
+//! The CNI plugin runs as one short-lived process per pod operation, and many
+//! may run at once on a node. Each network has one [`Store`] in a directory
+//! of its own; [`Store::open`] waits for a file lock, so concurrent plugin
+//! processes take turns. Every mutation is one sled transaction over all
+//! indexes and is flushed to disk before the call returns, so a SIGKILL at
+//! any point leaves either the old or the new state, never a mix.
+//!
+//! # On-disk layout
+//!
+//! `<dir>/lock` is the flock file; `<dir>/db/` is the sled database, with
+//! these trees (address key = family byte 4 or 6 ++ big-endian address
+//! bytes, so keys sort numerically within a family):
+//!
+//! * `by_addr`: address key → owner key.
+//! * `by_owner`: owner key (`u32 BE len(container ID) ++ container ID ++
+//!   ifname`) → the owner's address keys, concatenated.
+//! * `free`: one entry per maximal interval of free usable addresses:
+//!   start address key → end address key (inclusive).
+//! * `meta`: `ranges` → the configured ranges; `cursor` ++ family byte →
+//!   address key of the address last handed out in that family's range;
+//!   `gen` → u64 BE, bumped by every transaction (lets a transaction detect
+//!   that what it planned from has changed).
+
+mod codec;
+mod error;
+mod lock;
+mod span;
+mod store;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+pub use error::StoreError;
+pub use store::Store;
+
+/// Who holds an address: one interface of one container.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// One subnet to allocate from. The network address, the gateway and (IPv4)
+/// the broadcast address are never handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub subnet: IpNet,
+    pub gateway: IpAddr,
+}
+
+/// One address held by one owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub owner: Owner,
+    pub address: IpAddr,
+}
+
+#[cfg(test)]
+mod tests;
