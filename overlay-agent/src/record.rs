@@ -1,0 +1,116 @@
+//! What a node publishes about itself in the registry, whichever backend carries it.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// A MAC address, written `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A MAC a VTEP may carry: unicast and not all zeros.
+    pub fn is_valid_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in out.iter_mut() {
+            let p = parts
+                .next()
+                .ok_or_else(|| format!("{s:?} is not a MAC address"))?;
+            if p.len() != 2 {
+                return Err(format!("{s:?} is not a MAC address"));
+            }
+            *byte = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("{s:?} is not a MAC address"));
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One node's record: `{node, subnets, publicIP, vtepMAC, backend}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VtepRecord {
+    pub node: String,
+    /// The node's pod subnets (one per family).
+    pub subnets: Vec<IpNet>,
+    /// The underlay address peers send encapsulated traffic to.
+    #[serde(rename = "publicIP")]
+    pub public_ip: IpAddr,
+    #[serde(rename = "vtepMAC")]
+    pub vtep_mac: Mac,
+    /// `vxlan` today.
+    pub backend: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_json_round_trip() {
+        let j = r#"{"node":"n1","subnets":["10.244.1.0/24"],"publicIP":"192.168.0.2",
+                    "vtepMAC":"0a:58:0a:f4:01:00","backend":"vxlan"}"#;
+        let r: VtepRecord = serde_json::from_str(j).unwrap();
+        assert_eq!(r.vtep_mac.to_string(), "0a:58:0a:f4:01:00");
+        let back: VtepRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn macs_parse_strictly() {
+        for bad in [
+            "",
+            "0a:58:0a:f4:01",
+            "0a:58:0a:f4:01:00:11",
+            "0a:58:0a:f4:01:zz",
+            "a:58:0a:f4:01:00",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+        assert!(!"01:00:5e:00:00:01"
+            .parse::<Mac>()
+            .unwrap()
+            .is_valid_unicast());
+        assert!(!"00:00:00:00:00:00"
+            .parse::<Mac>()
+            .unwrap()
+            .is_valid_unicast());
+    }
+}
