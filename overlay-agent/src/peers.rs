@@ -27,8 +27,10 @@ pub struct PeerSet {
 }
 
 fn usable_ip(ip: &IpAddr) -> bool {
-    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
-        && !matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()))
 }
 
 impl PeerSet {
