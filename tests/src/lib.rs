@@ -1,0 +1,59 @@
+//! Topology helpers shared by the end-to-end tests, the benchmarks and (later) the lab:
+//! network namespaces that clean up after themselves, and the `twill` plugin invoked
+//! exactly as a container runtime invokes it.
+//!
+//! Everything a test creates lives in namespaces whose names carry a per-run prefix, so
+//! tests run in parallel and a crashed run's leftovers can be swept.
+
+pub mod cni;
+pub mod fixture;
+pub mod netns;
+
+pub use cni::{CniCall, CniOutcome, Plugin};
+pub use fixture::{ConfExt, Node, Pod, TempDir};
+pub use netns::{run_prefix, sh, Netns};
+
+use std::path::PathBuf;
+
+/// The workspace's target directory for the profile these tests were built with.
+pub fn target_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir).join(profile());
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join(profile())
+}
+
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// A binary of the workspace (`twill`, `twill-agent`), overridable with `TWILL_BIN_DIR`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let dir = std::env::var("TWILL_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| target_dir());
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, or `make test`)",
+        path.display()
+    );
+    path
+}
+
+/// Fails the calling test at once unless it runs as root: namespaces need it.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "end-to-end tests create network namespaces and must run as root"
+    );
+}
