@@ -93,7 +93,6 @@ async fn setup(
         name: host_name,
         mtu,
         master: Some(br.index),
-        alias: Some(&alias),
         peer_name: &env.ifname,
         peer_netns: netns,
     };
@@ -129,9 +128,9 @@ async fn setup(
                 format!("host veth {host_name} vanished after creation"),
             )
         })?;
-    if conf.hairpin_mode {
-        nl.set_hairpin(host.index, true).await.map_err(kernel_err)?;
-    }
+    nl.configure_port(host.index, conf.hairpin_mode, Some(&alias))
+        .await
+        .map_err(kernel_err)?;
 
     let ifname = env.ifname.clone();
     let (pod_nl, ()) = Netlink::connect_in_with(netns, move || {
@@ -209,7 +208,7 @@ pub fn pod_routes(ranges: &[PodRange], conf: &PluginConf) -> Vec<Route> {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         };
         out.push(Route {
-            dst: IpNet::new(any, 0).unwrap_or_else(|_| r.subnet),
+            dst: IpNet::new(any, 0).unwrap_or(r.subnet),
             gw: Some(r.gateway),
         });
     }

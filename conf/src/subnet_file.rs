@@ -1,10 +1,11 @@
 //! The subnet file: what the agent knows about this node that the plugin needs.
 //!
 //! ```json
-//! {"network": "10.244.0.0/16", "subnets": ["10.244.1.0/24"], "mtu": 1450, "ipMasq": true}
+//! {"networks": ["10.244.0.0/16"], "subnets": ["10.244.1.0/24"], "mtu": 1450, "ipMasq": true}
 //! ```
-//! `subnets` holds at most one subnet per address family. The gateway of each is its
-//! first host address.
+//! `subnets` holds at most one subnet per address family, and so does `networks` (the
+//! cluster networks they are carved from). The gateway of each subnet is its first host
+//! address.
 
 use crate::plugin::PodRange;
 use crate::ConfError;
@@ -16,8 +17,9 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubnetFile {
-    /// The cluster network all pod subnets are carved from.
-    pub network: Option<IpNet>,
+    /// The cluster networks (one per family) the pod subnets are carved from.
+    #[serde(default)]
+    pub networks: Vec<IpNet>,
     /// This node's pod subnets.
     pub subnets: Vec<IpNet>,
     /// MTU for pod interfaces (underlay MTU minus encapsulation).
@@ -60,10 +62,13 @@ impl SubnetFile {
             if std::mem::replace(slot, true) {
                 return Err(format!("\"subnets\" has two subnets of the family of {s}"));
             }
-            if let Some(net) = &self.network {
-                if !net.contains(s) {
-                    return Err(format!("subnet {s} lies outside the network {net}"));
-                }
+            let nets: Vec<&IpNet> = self
+                .networks
+                .iter()
+                .filter(|n| n.addr().is_ipv4() == s.addr().is_ipv4())
+                .collect();
+            if !nets.is_empty() && !nets.iter().any(|n| n.contains(s)) {
+                return Err(format!("subnet {s} lies outside the network {}", nets[0]));
             }
             out.push(PodRange::with_first_host_gateway(*s)?);
         }
@@ -102,7 +107,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("twill-conf-test-{}", std::process::id()));
         let path = dir.join("subnet.json");
         let f = SubnetFile {
-            network: Some("10.244.0.0/16".parse().unwrap()),
+            networks: vec!["10.244.0.0/16".parse().unwrap()],
             subnets: vec!["10.244.3.0/24".parse().unwrap()],
             mtu: Some(1450),
             ip_masq: true,
@@ -117,14 +122,14 @@ mod tests {
     #[test]
     fn rejects_subnet_outside_network_and_two_of_a_family() {
         let f = SubnetFile {
-            network: Some("10.244.0.0/16".parse().unwrap()),
+            networks: vec!["10.244.0.0/16".parse().unwrap()],
             subnets: vec!["10.245.3.0/24".parse().unwrap()],
             mtu: None,
             ip_masq: false,
         };
         assert!(f.ranges().unwrap_err().contains("outside"));
         let f = SubnetFile {
-            network: None,
+            networks: vec![],
             subnets: vec![
                 "10.244.3.0/24".parse().unwrap(),
                 "10.244.4.0/24".parse().unwrap(),
@@ -133,5 +138,32 @@ mod tests {
             ip_masq: false,
         };
         assert!(f.ranges().unwrap_err().contains("two subnets"));
+    }
+
+    #[test]
+    fn dual_stack_networks_check_each_family() {
+        let f = SubnetFile {
+            networks: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/48".parse().unwrap(),
+            ],
+            subnets: vec![
+                "10.244.3.0/24".parse().unwrap(),
+                "fd00:10:244:3::/64".parse().unwrap(),
+            ],
+            mtu: None,
+            ip_masq: true,
+        };
+        assert_eq!(f.ranges().unwrap().len(), 2);
+        let f = SubnetFile {
+            networks: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/48".parse().unwrap(),
+            ],
+            subnets: vec!["fd00:10:245:3::/64".parse().unwrap()],
+            mtu: None,
+            ip_masq: true,
+        };
+        assert!(f.ranges().unwrap_err().contains("outside"));
     }
 }

@@ -3,7 +3,7 @@
 use crate::netns::{NetNs, NetnsError};
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -137,9 +137,23 @@ pub struct VethSpec<'a> {
     pub name: &'a str,
     pub mtu: u32,
     pub master: Option<u32>,
-    pub alias: Option<&'a str>,
     pub peer_name: &'a str,
     pub peer_netns: &'a NetNs,
+}
+
+/// The kernel accepts IFLA_IFALIAS up to IFALIASZ - 1 = 255 bytes including the NUL
+/// that netlink strings carry.
+const MAX_ALIAS_LEN: usize = 254;
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A route as Twill reads it back.
@@ -307,9 +321,6 @@ impl Netlink {
         if let Some(master) = spec.master {
             host = host.controller(master);
         }
-        if let Some(alias) = spec.alias {
-            host = host.alias(alias);
-        }
         let msg = host
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
@@ -321,14 +332,24 @@ impl Netlink {
             .op(|| format!("create veth {} (peer {})", spec.name, spec.peer_name))
     }
 
-    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NetlinkError> {
-        let msg = LinkBridgePort::new(index).hairpin(on).build();
+    /// Sets a bridge port's hairpin mode and, optionally, the link's alias, in one
+    /// request (the kernel ignores an alias given when a link is created).
+    pub async fn configure_port(
+        &self,
+        index: u32,
+        hairpin: bool,
+        alias: Option<&str>,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = LinkBridgePort::new(index).hairpin(hairpin);
+        if let Some(alias) = alias {
+            msg = msg.alias(truncate(alias, MAX_ALIAS_LEN));
+        }
         self.handle
             .link()
-            .set_port(msg)
+            .set_port(msg.build())
             .execute()
             .await
-            .op(|| format!("set hairpin on port {index}"))
+            .op(|| format!("configure bridge port {index}"))
     }
 
     /// Deletes a link; `Ok(false)` when it did not exist.
@@ -373,13 +394,21 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds an address; an address already present is not an error.
+    /// Adds an address; an address already present is not an error. IPv6 addresses skip
+    /// duplicate address detection: Twill's addresses are unique by construction, and
+    /// DAD keeps them unusable ("tentative") for a second or more.
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
-        self.handle
+        let mut req = self
+            .handle
             .address()
             .add(index, addr.addr(), addr.prefix_len())
-            .replace()
-            .execute()
+            .replace();
+        if addr.addr().is_ipv6() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
             .await
             .op(|| format!("add address {addr} to link {index}"))
     }
@@ -439,7 +468,10 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .op(|| format!("add route {dst} via {gw:?} dev {oif}"))
+            .op(|| match gw {
+                Some(gw) => format!("add route {dst} via {gw} (link {oif})"),
+                None => format!("add route {dst} (link {oif})"),
+            })
     }
 
     /// Routes of the main table for one family (`v6 = false` for IPv4).
@@ -512,4 +544,16 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
         protocol: u8::from(m.header.protocol),
         table,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        assert_eq!(truncate("aé", 2), "a");
+    }
 }

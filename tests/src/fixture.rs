@@ -294,13 +294,13 @@ impl Node {
     }
 
     /// Writes the subnet file as the agent does (whole file at once, by rename).
-    pub fn write_subnet_file(&self, network: Option<&str>, subnets: &[&str], mtu: Option<u32>) {
+    pub fn write_subnet_file(&self, networks: &[&str], subnets: &[&str], mtu: Option<u32>) {
         let path = self.subnet_file();
         let dir = path.parent().expect("the subnet file has a directory");
         std::fs::create_dir_all(dir).expect("cannot create the subnet file's directory");
         let mut body = json!({"subnets": subnets, "ipMasq": true});
-        if let Some(network) = network {
-            body["network"] = json!(network);
+        if !networks.is_empty() {
+            body["networks"] = json!(networks);
         }
         if let Some(mtu) = mtu {
             body["mtu"] = json!(mtu);

@@ -45,6 +45,12 @@ fn add_check_del_round_trip() {
     veths.sort();
     assert_eq!(node.host_veths(), veths);
     assert_eq!(r1["interfaces"][0]["name"], p1.host_veth());
+    // The host veth says whose it is, for an operator reading `ip -d link`.
+    let shown = node.ns.ip(&["-d", "link", "show", &p1.host_veth()]);
+    assert!(
+        shown.contains(&format!("alias twill:{}:eth0", p1.id)),
+        "{shown}"
+    );
     let gw = gateway(&r1);
     assert_eq!(gateway(&r2), gw);
     assert_eq!(
@@ -316,7 +322,7 @@ fn status_reports_whether_a_subnet_is_known() {
     let pod = Pod::new("st");
     assert_cni_error(&node.add(&conf, &pod), 11, &file);
 
-    node.write_subnet_file(Some("10.244.0.0/16"), &["10.244.3.0/24"], Some(1450));
+    node.write_subnet_file(&["10.244.0.0/16"], &["10.244.3.0/24"], Some(1450));
     assert_silent_success(&node.status(&conf), "STATUS with a subnet file");
     // An inline subnet is enough without a file.
     let inline = Node::new("st-inline");
@@ -376,13 +382,13 @@ fn a_reservation_in_the_old_subnet_is_never_served() {
     let (a, b) = ("10.244.1.0/24", "10.244.8.0/24");
     let conf = node.conf("1.0.0").without("subnet");
 
-    node.write_subnet_file(Some("10.244.0.0/16"), &[a], None);
+    node.write_subnet_file(&["10.244.0.0/16"], &[a], None);
     let p = Pod::new("so");
     let ra = node.add_ok(&conf, &p);
     let old = ip_of(&result_address(&ra));
     assert!(in_subnet(old, a));
 
-    node.write_subnet_file(Some("10.244.0.0/16"), &[b], None);
+    node.write_subnet_file(&["10.244.0.0/16"], &[b], None);
     // Same container, no DEL in between.
     let rb = node.add_ok(&conf, &p);
     let new = result_address(&rb);
@@ -421,7 +427,7 @@ fn a_reservation_in_the_old_subnet_is_never_served() {
 fn subnet_file_mode_uses_the_file_subnet_and_mtu() {
     let node = Node::new("sf-node");
     let subnet = "10.244.5.0/24";
-    node.write_subnet_file(Some("10.244.0.0/16"), &[subnet], Some(1400));
+    node.write_subnet_file(&["10.244.0.0/16"], &[subnet], Some(1400));
     let conf = node.conf("1.1.0").without("subnet");
 
     let pod = Pod::new("sf");
@@ -555,7 +561,11 @@ fn bridge_routes_and_hairpin_settings_are_applied() {
 fn dual_stack_pods_from_the_subnet_file() {
     let node = Node::new("ds-node");
     let (v4, v6) = ("10.244.1.0/24", "fd00:10:244:1::/64");
-    node.write_subnet_file(None, &[v4, v6], Some(1450));
+    node.write_subnet_file(
+        &["10.244.0.0/16", "fd00:10:244::/48"],
+        &[v4, v6],
+        Some(1450),
+    );
     let conf = node.conf("1.0.0").without("subnet");
 
     let pods = [Pod::new("ds-a"), Pod::new("ds-b")];
@@ -589,6 +599,16 @@ fn dual_stack_pods_from_the_subnet_file() {
         );
         let bridge6 = twill_tests::fixture::ipv6_of(&node.ns, DEFAULT_BRIDGE);
         assert!(bridge6.contains(&format!("{gw6}/64")), "{bridge6:?}");
+        // Usable the moment ADD returns: neither the gateway nor the pod's address is left
+        // in duplicate address detection.
+        for (ns, dev, addr) in [(&node.ns, DEFAULT_BRIDGE, &gw6), (&p.ns, "eth0", &a6)] {
+            let shown = ns.ip(&["-6", "-o", "addr", "show", "dev", dev]);
+            let line = shown.lines().find(|l| l.contains(addr.as_str()));
+            assert!(
+                line.is_some_and(|l| !l.contains("tentative")),
+                "{dev}: {shown}"
+            );
+        }
         let mut held = node.lookup(p);
         held.sort();
         let mut want = vec![ip_of(&p.ipv4()[0]), ip_of(&a6)];
@@ -615,5 +635,20 @@ fn dual_stack_pods_from_the_subnet_file() {
     for p in &pods {
         node.del_ok(&conf, p);
     }
+    node.assert_empty();
+}
+
+/// The spec puts no limit on container IDs; the kernel limits link aliases to 255 bytes.
+#[test]
+fn a_very_long_container_id_is_served() {
+    let node = Node::new("long-node");
+    let conf = node.conf("1.0.0");
+    let mut pod = Pod::new("long-a");
+    pod.id = format!("{}-{}", pod.id, "x".repeat(400));
+    let r = node.add_ok(&conf, &pod);
+    assert_eq!(pod.ipv4(), vec![result_address(&r)]);
+    let shown = node.ns.ip(&["-d", "link", "show", &pod.host_veth()]);
+    assert!(shown.contains("alias twill:long-a"), "{shown}");
+    node.del_ok(&conf, &pod);
     node.assert_empty();
 }
