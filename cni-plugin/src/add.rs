@@ -12,37 +12,53 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use twill_conf::{PluginConf, PodRange};
 use twill_netlink::{sysctl, NetNs, Netlink, NetnsError, VethSpec};
 
-pub async fn run(
+/// The store's critical section runs on its own thread while this thread does the
+/// netlink work that does not need the address (bridge, veth pair, pod link); the two
+/// meet before the address and routes are set.
+pub fn run(
     env: &Env,
     conf: &PluginConf,
     version: CniVersion,
+    rt: &tokio::runtime::Runtime,
 ) -> Result<serde_json::Value, CniError> {
     let node = NodeNetwork::resolve(conf)?;
     let netns = open_netns(env)?;
     let owner = store::owner(env);
     let ranges = store::ranges(&node.ranges);
-    let addrs = store::with_store(conf, |s| s.allocate(&owner, &ranges))?;
-    tracing::info!(container = %env.container_id, ifname = %env.ifname, addresses = ?addrs, "reserved");
-
     let host_name = host_veth::name(&env.container_id, &env.ifname);
-    let nl = match Netlink::connect() {
-        Ok(nl) => nl,
-        Err(e) => {
-            release(conf, env);
-            return Err(kernel_err(e));
+    let _guard = rt.enter();
+    let nl = Netlink::connect().map_err(kernel_err)?;
+
+    let (links, reserved) = std::thread::scope(|s| {
+        let store_job = s.spawn(|| {
+            store::shield_from_sled_startup_spin();
+            store::with_store(conf, |st| st.allocate(&owner, &ranges))
+        });
+        let links = rt.block_on(prepare(&nl, env, conf, &node, &netns, &host_name));
+        let reserved = store_job
+            .join()
+            .unwrap_or_else(|_| Err(CniError::new(INTERNAL, "the address store thread panicked")));
+        (links, reserved)
+    });
+
+    let result = match (links, &reserved) {
+        (Ok(links), Ok(addrs)) => {
+            tracing::info!(container = %env.container_id, ifname = %env.ifname, addresses = ?addrs, "reserved");
+            rt.block_on(finish(links, &node, conf, &netns, addrs))
         }
+        // An address problem is what the operator has to act on first.
+        (_, Err(e)) => Err(e.clone()),
+        (Err(e), Ok(_)) => Err(e),
     };
-    match setup(&nl, env, conf, &node, &netns, &host_name, &addrs).await {
-        Ok(result) => Ok(result.encode(version)),
-        Err(e) => {
-            tracing::warn!(container = %env.container_id, error = %e, "ADD failed; rolling back");
-            if let Err(del) = nl.delete_link_by_name(&host_name).await {
-                tracing::warn!(link = %host_name, error = %del, "rollback: cannot delete host veth");
-            }
-            release(conf, env);
-            Err(e)
+    result.map(|r| r.encode(version)).inspect_err(|e| {
+        tracing::warn!(container = %env.container_id, error = %e, "ADD failed; rolling back");
+        if let Err(del) = rt.block_on(nl.delete_link_by_name(&host_name)) {
+            tracing::warn!(link = %host_name, error = %del, "rollback: cannot delete host veth");
         }
-    }
+        if reserved.is_ok() {
+            release(conf, env);
+        }
+    })
 }
 
 /// Releases after the interface is gone, never before: an address must not be free
@@ -72,15 +88,22 @@ pub fn open_netns(env: &Env) -> Result<NetNs, CniError> {
     })
 }
 
-async fn setup(
+/// The links of a pod before it has an address.
+struct PodLinks {
+    host: twill_netlink::Link,
+    pod: twill_netlink::Link,
+    pod_nl: Netlink,
+    mtu: u32,
+}
+
+async fn prepare(
     nl: &Netlink,
     env: &Env,
     conf: &PluginConf,
     node: &NodeNetwork,
     netns: &NetNs,
     host_name: &str,
-    addrs: &[IpNet],
-) -> Result<CniResult, CniError> {
+) -> Result<PodLinks, CniError> {
     let mtu = match node.mtu {
         Some(m) => m,
         None => bridge::uplink_mtu(nl).await?,
@@ -88,7 +111,6 @@ async fn setup(
     let br = bridge::ensure(nl, &conf.bridge, &node.ranges, mtu).await?;
     enable_forwarding(&node.ranges)?;
 
-    let alias = host_veth::alias(&env.container_id, &env.ifname);
     let spec = VethSpec {
         name: host_name,
         mtu,
@@ -128,14 +150,14 @@ async fn setup(
                 format!("host veth {host_name} vanished after creation"),
             )
         })?;
+    let alias = host_veth::alias(&env.container_id, &env.ifname);
     nl.configure_port(host.index, conf.hairpin_mode, Some(&alias))
         .await
         .map_err(kernel_err)?;
 
     let ifname = env.ifname.clone();
     let (pod_nl, ()) = Netlink::connect_in_with(netns, move || {
-        // No DAD on the pod's IPv6 addresses: they are unique by construction and DAD
-        // would hold them "tentative" for a second or more.
+        // No DAD on the pod's IPv6 link-local address either.
         let _ = sysctl::ensure(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
     })
     .map_err(kernel_err)?;
@@ -150,6 +172,27 @@ async fn setup(
             )
         })?;
     pod_nl.set_up(pod.index).await.map_err(kernel_err)?;
+    Ok(PodLinks {
+        host,
+        pod,
+        pod_nl,
+        mtu,
+    })
+}
+
+async fn finish(
+    links: PodLinks,
+    node: &NodeNetwork,
+    conf: &PluginConf,
+    netns: &NetNs,
+    addrs: &[IpNet],
+) -> Result<CniResult, CniError> {
+    let PodLinks {
+        host,
+        pod,
+        pod_nl,
+        mtu,
+    } = links;
     for a in addrs {
         pod_nl
             .add_address(pod.index, *a)
@@ -163,7 +206,6 @@ async fn setup(
             .await
             .map_err(kernel_err)?;
     }
-
     Ok(CniResult {
         interfaces: vec![
             Interface {

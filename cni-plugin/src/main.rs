@@ -65,7 +65,7 @@ fn dispatch(stdin: &[u8]) -> Result<Option<Value>, CniError> {
         .build()
         .map_err(|e| CniError::new(INTERNAL, format!("cannot start the I/O runtime: {e}")))?;
     match env.command {
-        Command::Add => rt.block_on(add::run(&env, &conf, version)).map(Some),
+        Command::Add => add::run(&env, &conf, version, &rt).map(Some),
         Command::Del => rt.block_on(del::run(&env, &conf)).map(|()| None),
         Command::Check => {
             require(version.has_check(), version, "CHECK")?;

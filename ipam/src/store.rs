@@ -754,7 +754,7 @@ pub(crate) fn sled_config(path: &Path) -> sled::Config {
         .flush_every_ms(None)
 }
 
-fn open_db(path: &Path) -> Result<Db, StoreError> {
+pub(crate) fn open_db(path: &Path) -> Result<Db, StoreError> {
     let config = sled_config(path);
     let deadline = Instant::now() + SLED_LOCK_GRACE;
     loop {

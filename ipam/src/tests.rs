@@ -604,10 +604,9 @@ fn verify_reports_tampered_indexes() {
     }
     {
         // Tamper behind the store's back: an address reserved in by_addr
-        // only (and still free).
-        let db = crate::store::sled_config(&dir.path().join("db"))
-            .open()
-            .expect("raw open");
+        // only (and still free). Opened the way the store opens it, which waits
+        // for sled's I/O threads of the dropped store to let go of the file.
+        let db = crate::store::open_db(&dir.path().join("db")).expect("raw open");
         let by_addr = db.open_tree("by_addr").expect("tree");
         let mut key = vec![4];
         key.extend_from_slice(&[10, 244, 1, 9]);
