@@ -10,7 +10,7 @@ build:
 
 # Unit tests, then the end-to-end tests over real namespaces (need root).
 test: build
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 # Benchmarks against the references, printed as tables (see BENCHMARKS.md).
 bench:
