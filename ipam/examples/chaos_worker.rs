@@ -1,5 +1,6 @@
-//! Worker process for the store's SIGKILL test (`sigkill_at_any_point_leaves_a_consistent_store`):
-//! churns allocations and releases in the store at argv[1] until it is killed.
+//! Worker process for the store's SIGKILL tests: churns allocations and releases in the
+//! store at argv[1] until it is killed, or, with `once`, opens the store, allocates one
+//! address and exits, as one plugin run does.
 
 use std::path::Path;
 use twill_ipam::{Owner, Range, Store, StoreError};
@@ -13,6 +14,7 @@ fn main() {
         subnet: "10.244.1.0/26".parse().expect("literal subnet"),
         gateway: "10.244.1.1".parse().expect("literal gateway"),
     };
+    let once = std::env::args().nth(2).as_deref() == Some("once");
     let pid = std::process::id();
     let mut state = u64::from(pid) | 1;
     let mut next = move || {
@@ -27,6 +29,12 @@ fn main() {
             container_id: format!("p{pid}-{}", next() % 16),
             ifname: "eth0".into(),
         };
+        if once {
+            store
+                .allocate(&owner, std::slice::from_ref(&range))
+                .expect("allocate");
+            return;
+        }
         if next() % 3 == 0 {
             store.release(&owner).expect("release");
         } else {

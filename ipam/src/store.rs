@@ -754,7 +754,41 @@ pub(crate) fn sled_config(path: &Path) -> sled::Config {
         .flush_every_ms(None)
 }
 
+/// sled 0.34.7 writes a snapshot to `snap.<lsn>.generating` and renames it when it is
+/// complete and synced, but lists snapshots skipping only `.in___motion`: a process
+/// killed while writing one leaves a `.generating` file that the next open takes for
+/// the newest snapshot, and fails as corrupt. Such a file is always incomplete (the
+/// previous snapshot stays until the rename), so it is removed before opening. Only
+/// called with the store lock held, when no other process can be writing one.
+pub(crate) fn remove_incomplete_snapshots(path: &Path) -> Result<usize, StoreError> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path()).map_err(|source| StoreError::Io {
+                path: entry.path(),
+                source,
+            })?;
+            tracing::info!(file = %entry.path().display(), "removed an incomplete sled snapshot left by a killed process");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 pub(crate) fn open_db(path: &Path) -> Result<Db, StoreError> {
+    remove_incomplete_snapshots(path)?;
     let config = sled_config(path);
     let deadline = Instant::now() + SLED_LOCK_GRACE;
     loop {
