@@ -66,7 +66,7 @@ fn dispatch(stdin: &[u8]) -> Result<Option<Value>, CniError> {
         .map_err(|e| CniError::new(INTERNAL, format!("cannot start the I/O runtime: {e}")))?;
     match env.command {
         Command::Add => add::run(&env, &conf, version, &rt).map(Some),
-        Command::Del => rt.block_on(del::run(&env, &conf)).map(|()| None),
+        Command::Del => del::run(&env, &conf, &rt).map(|()| None),
         Command::Check => {
             require(version.has_check(), version, "CHECK")?;
             rt.block_on(check::run(&env, &conf)).map(|()| None)

@@ -300,6 +300,16 @@ impl Netlink {
             .op(|| format!("set link {index} up"))
     }
 
+    pub async fn set_down(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).down().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .op(|| format!("set link {index} down"))
+    }
+
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
         self.handle
