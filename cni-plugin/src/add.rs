@@ -4,11 +4,11 @@
 use crate::bridge::{self, kernel_err};
 use crate::cni::error::{CniError, INTERNAL, INVALID_ENV, UNKNOWN_CONTAINER};
 use crate::cni::{CniResult, CniVersion, Env, Interface, IpConfig, Route};
-use crate::host_veth;
 use crate::node::NodeNetwork;
 use crate::store;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use twill_conf::host_veth;
 use twill_conf::{PluginConf, PodRange};
 use twill_netlink::{sysctl, NetNs, Netlink, NetnsError, VethSpec};
 

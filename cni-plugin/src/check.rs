@@ -5,7 +5,8 @@ use crate::add::open_netns;
 use crate::bridge::kernel_err;
 use crate::cni::error::{CHECK_DRIFT, INVALID_CONFIG};
 use crate::cni::{CniError, CniResult, Env};
-use crate::{host_veth, store};
+use crate::store;
+use twill_conf::host_veth;
 use twill_conf::PluginConf;
 use twill_netlink::Netlink;
 

@@ -8,7 +8,8 @@
 use crate::bridge::kernel_err;
 use crate::cni::error::INTERNAL;
 use crate::cni::{CniError, Env};
-use crate::{host_veth, store};
+use crate::store;
+use twill_conf::host_veth;
 use twill_conf::PluginConf;
 use twill_netlink::Netlink;
 

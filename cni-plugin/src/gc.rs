@@ -4,8 +4,8 @@
 use crate::bridge::kernel_err;
 use crate::cni::error::INVALID_CONFIG;
 use crate::cni::CniError;
-use crate::host_veth;
 use std::collections::HashSet;
+use twill_conf::host_veth;
 use twill_conf::plugin::VALID_ATTACHMENTS_KEY;
 use twill_conf::PluginConf;
 use twill_netlink::Netlink;

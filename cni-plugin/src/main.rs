@@ -9,7 +9,6 @@ mod check;
 mod cni;
 mod del;
 mod gc;
-mod host_veth;
 mod logging;
 mod node;
 mod status;

@@ -432,11 +432,12 @@ impl Netlink {
         };
         msg.header.prefix_len = addr.prefix_len();
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.addr()));
-        if addr.addr().is_ipv6() {
-            msg.attributes.clear();
-            msg.attributes.push(AddressAttribute::Address(addr.addr()));
-        }
+        // IPv4 addresses are matched by IFA_LOCAL, IPv6 ones by IFA_ADDRESS.
+        msg.attributes.push(if addr.addr().is_ipv4() {
+            AddressAttribute::Local(addr.addr())
+        } else {
+            AddressAttribute::Address(addr.addr())
+        });
         match self
             .handle
             .address()

@@ -250,12 +250,7 @@ fn host_hash(seed: &str, salt: u64) -> u64 {
 /// FNV-1a hash of `container \0 ifname` (the plugin's contract, so that DEL and GC need
 /// no state; re-derived here to check it).
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("tw{:012x}", h >> 16)
+    twill_conf::host_veth::name(container_id, ifname)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -286,6 +281,17 @@ impl Node {
     /// The address store of [`NETWORK`].
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir().join(NETWORK)
+    }
+
+    /// The store's reservations as sorted (owner, address) pairs.
+    pub fn reservation_pairs(&self) -> Vec<(twill_ipam::Owner, std::net::IpAddr)> {
+        let mut pairs: Vec<_> = self
+            .reservations()
+            .into_iter()
+            .map(|r| (r.owner, r.address))
+            .collect();
+        pairs.sort();
+        pairs
     }
 
     /// subnetFile of the configs (absent until [`Node::write_subnet_file`]).

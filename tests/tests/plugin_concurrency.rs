@@ -44,12 +44,7 @@ fn fifty_parallel_adds_then_fifty_parallel_dels() {
     }
     assert_eq!(addrs.len(), N);
 
-    let mut res: Vec<_> = node
-        .reservations()
-        .into_iter()
-        .map(|r| (r.owner, r.address))
-        .collect();
-    res.sort();
+    let res = node.reservation_pairs();
     held.sort();
     assert_eq!(res, held, "the store does not hold exactly the results");
     node.verify_store();
@@ -200,12 +195,7 @@ fn killed_adds_leave_a_consistent_store_and_del_or_gc_recover() {
     let keep: Vec<&Pod> = live.iter().map(|(p, _)| p).collect();
     assert_silent_success(&node.gc(&conf, &keep), "GC");
 
-    let mut res: Vec<_> = node
-        .reservations()
-        .into_iter()
-        .map(|r| (r.owner, r.address))
-        .collect();
-    res.sort();
+    let res = node.reservation_pairs();
     let mut want: Vec<_> = live.iter().map(|(p, a)| (p.owner(), ip_of(a))).collect();
     want.sort();
     assert_eq!(

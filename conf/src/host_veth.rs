@@ -30,6 +30,6 @@ mod tests {
         assert_ne!(a, name("abc", "eth1"));
         assert_ne!(a, name("abce", "th0"));
         assert_eq!(a.len(), 14);
-        assert!(twill_conf::valid_ifname(&a).is_ok());
+        assert!(crate::valid_ifname(&a).is_ok());
     }
 }
