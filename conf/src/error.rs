@@ -12,6 +12,8 @@ pub enum ConfError {
     Missing { key: &'static str },
     #[error("key {key:?}: {reason}")]
     Invalid { key: String, reason: String },
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
     #[error("subnet file {path}: {reason}")]
     SubnetFile { path: PathBuf, reason: String },
 }

@@ -4,18 +4,22 @@
 //!   runtime hands it to the plugin on stdin and as the agent writes it.
 //! - [`subnet_file::SubnetFile`]: the node's pod subnet(s) and MTU, written by the agent
 //!   and read by the plugin.
+//! - [`cluster::ClusterConf`]: the cluster network configuration every agent reads.
 //! - [`host_veth`]: how the plugin names the host end of a pod's veth pair, which DEL, GC,
 //!   tests and operators rely on.
 //!
 //! Parsing is strict about the keys Twill owns and tolerant of every other key, because a
 //! conflist is shared with other plugins and runtimes add their own keys.
 
+pub mod atomic;
+pub mod cluster;
 pub mod error;
 pub mod host_veth;
 pub mod plugin;
 pub mod subnet_file;
 mod value;
 
+pub use cluster::{ClusterConf, RegistryConf};
 pub use error::ConfError;
 pub use plugin::{Attachment, PluginConf, PodRange, RouteSpec};
 pub use subnet_file::SubnetFile;

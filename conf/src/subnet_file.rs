@@ -11,7 +11,6 @@ use crate::plugin::PodRange;
 use crate::ConfError;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,26 +75,11 @@ impl SubnetFile {
     }
 
     /// Writes the file atomically (temp file, fsync, rename), so the plugin never reads a
-    /// half-written file.
-    pub fn write_atomic(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile_in(dir, path)?;
+    /// half-written file. Returns whether the content changed.
+    pub fn write_atomic(&self, path: &Path) -> std::io::Result<bool> {
         let body = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        tmp.1.write_all(&body)?;
-        tmp.1.sync_all()?;
-        std::fs::rename(&tmp.0, path)
+        crate::atomic::write_if_changed(path, &body, 0o644)
     }
-}
-
-fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "subnet".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let f = std::fs::File::create(&tmp)?;
-    Ok((tmp, f))
 }
 
 #[cfg(test)]

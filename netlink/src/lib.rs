@@ -6,8 +6,10 @@
 
 pub mod netns;
 mod ops;
+mod overlay;
 pub mod sysctl;
 
 pub use netns::{NetNs, NetnsError};
 pub use ops::{Link, Netlink, NetlinkError, Route, VethSpec};
+pub use overlay::{VxlanInfo, VxlanSpec};
 pub use rtnetlink;

@@ -1,6 +1,7 @@
 //! Links, addresses and routes over rtnetlink.
 
 use crate::netns::{NetNs, NetnsError};
+use crate::overlay::VxlanInfo;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
@@ -8,7 +9,7 @@ use rtnetlink::packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -53,7 +54,7 @@ impl NetlinkError {
     }
 }
 
-trait Context<T> {
+pub(crate) trait Context<T> {
     fn op(self, op: impl FnOnce() -> String) -> Result<T, NetlinkError>;
 }
 
@@ -78,6 +79,8 @@ pub struct Link {
     /// For a veth: the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     pub alias: Option<String>,
+    /// For a VXLAN device: its parameters (from IFLA_INFO_DATA).
+    pub vxlan: Option<VxlanInfo>,
 }
 
 impl Link {
@@ -92,6 +95,7 @@ impl Link {
             kind: None,
             peer_index: None,
             alias: None,
+            vxlan: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -107,8 +111,12 @@ impl Link {
                 LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(k) = info {
-                            link.kind = Some(k.to_string());
+                        match info {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::Vxlan(data)) => {
+                                link.vxlan = Some(VxlanInfo::from_info_data(data))
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -164,6 +172,9 @@ pub struct Route {
     pub oif: Option<u32>,
     pub protocol: u8,
     pub table: u32,
+    /// The route carries the `onlink` flag (its gateway is not checked against the
+    /// link's prefixes).
+    pub onlink: bool,
 }
 
 /// A netlink connection bound to one network namespace.
@@ -554,6 +565,7 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
         oif,
         protocol: u8::from(m.header.protocol),
         table,
+        onlink: m.header.flags.contains(RouteFlags::Onlink),
     })
 }
 

@@ -18,6 +18,9 @@ pub enum NextHop {
     Vxlan { via: IpAddr },
     /// Through the underlay, via the peer's public IP.
     Direct { via: IpAddr },
+    /// A route with the agent's protocol that has neither shape (hand-edited, or left
+    /// from another underlay device): never wanted, so it is replaced or removed.
+    Foreign,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,16 +56,64 @@ impl DesiredState {
     }
 }
 
-/// The changes that turn `have` into `want`: what to add or replace, what to remove.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The changes that turn `have` into `want`: what to add or replace, and what to
+/// remove (with the value the kernel has, which an FDB delete needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changes<K: Ord, V> {
     pub put: BTreeMap<K, V>,
-    pub remove: Vec<K>,
+    pub remove: BTreeMap<K, V>,
+}
+
+impl<K: Ord, V> Default for Changes<K, V> {
+    fn default() -> Self {
+        Changes {
+            put: BTreeMap::new(),
+            remove: BTreeMap::new(),
+        }
+    }
 }
 
 impl<K: Ord, V> Changes<K, V> {
     pub fn is_empty(&self) -> bool {
         self.put.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.put.len() + self.remove.len()
+    }
+}
+
+/// Everything one reconcile pass changes in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub routes: Changes<IpNet, NextHop>,
+    pub neighbours: Changes<IpAddr, Mac>,
+    pub fdb: Changes<Mac, IpAddr>,
+}
+
+impl Plan {
+    /// `removals: false` keeps everything `have` holds beyond `want`: used while the
+    /// registry has not been listed completely, so a partial view never deletes peers.
+    pub fn between(want: &DesiredState, have: &DesiredState, removals: bool) -> Plan {
+        let mut plan = Plan {
+            routes: diff(&want.routes, &have.routes),
+            neighbours: diff(&want.neighbours, &have.neighbours),
+            fdb: diff(&want.fdb, &have.fdb),
+        };
+        if !removals {
+            plan.routes.remove.clear();
+            plan.neighbours.remove.clear();
+            plan.fdb.remove.clear();
+        }
+        plan
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.neighbours.is_empty() && self.fdb.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len() + self.neighbours.len() + self.fdb.len()
     }
 }
 
@@ -79,9 +130,9 @@ pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         remove: have
-            .keys()
-            .filter(|k| !want.contains_key(*k))
-            .cloned()
+            .iter()
+            .filter(|(k, _)| !want.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     }
 }
@@ -160,7 +211,23 @@ mod tests {
         let have: BTreeMap<u8, u8> = [(1, 1), (2, 9), (4, 4)].into();
         let c = diff(&want, &have);
         assert_eq!(c.put, [(2, 2), (3, 3)].into());
-        assert_eq!(c.remove, vec![4]);
+        assert_eq!(c.remove, [(4, 4)].into());
         assert!(diff(&want, &want).is_empty());
+    }
+
+    #[test]
+    fn plan_without_removals_keeps_what_the_kernel_has() {
+        let want = DesiredState::compute(&peers(), &[], true);
+        let mut have = want.clone();
+        have.routes.insert("10.244.9.0/24".parse().unwrap(), NextHop::Foreign);
+        have.neighbours.remove(&"10.244.2.0".parse::<IpAddr>().unwrap());
+        let full = Plan::between(&want, &have, true);
+        assert_eq!(full.routes.remove.len(), 1);
+        assert_eq!(full.neighbours.put.len(), 1);
+        assert_eq!(full.len(), 2);
+        let partial = Plan::between(&want, &have, false);
+        assert!(partial.routes.remove.is_empty());
+        assert_eq!(partial.len(), 1);
+        assert!(Plan::between(&want, &want, true).is_empty());
     }
 }

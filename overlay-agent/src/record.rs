@@ -11,6 +11,19 @@ use std::str::FromStr;
 pub struct Mac(pub [u8; 6]);
 
 impl Mac {
+    /// The VTEP MAC of `node`: derived from its name (FNV-1a), locally administered and
+    /// unicast. It needs no state, so it survives restarts and reinstalls, and the
+    /// neighbour entries peers hold for this node stay valid.
+    pub fn for_node(node: &str, vni: u32) -> Mac {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in node.bytes().chain(vni.to_be_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let b = h.to_be_bytes();
+        Mac([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
+    }
+
     /// A MAC a VTEP may carry: unicast and not all zeros.
     pub fn is_valid_unicast(&self) -> bool {
         self.0[0] & 1 == 0 && self.0 != [0; 6]
@@ -91,6 +104,16 @@ mod tests {
         assert_eq!(r.vtep_mac.to_string(), "0a:58:0a:f4:01:00");
         let back: VtepRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn node_macs_are_stable_local_unicast_and_distinct() {
+        let a = Mac::for_node("node-1", 1);
+        assert_eq!(a, Mac::for_node("node-1", 1));
+        assert_ne!(a, Mac::for_node("node-2", 1));
+        assert_ne!(a, Mac::for_node("node-1", 2));
+        assert!(a.is_valid_unicast());
+        assert_eq!(a.0[0] & 0x03, 0x02, "locally administered, unicast");
     }
 
     #[test]

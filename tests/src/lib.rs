@@ -5,7 +5,9 @@
 //! Everything a test creates lives in namespaces whose names carry a per-run prefix, so
 //! tests run in parallel and a crashed run's leftovers can be swept.
 
+pub mod cluster;
 pub mod cni;
+pub mod etcd;
 pub mod fixture;
 pub mod netns;
 

@@ -1,0 +1,167 @@
+//! The files the agent puts on the host for the container runtime and the plugin: the
+//! subnet file, the CNI conflist and the `twill` binary. Every write is atomic (temp
+//! file + rename), so a runtime never reads half a conflist and never hits "text file
+//! busy" on the binary.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use twill_conf::SubnetFile;
+
+pub const CONFLIST_NAME: &str = "10-twill.conflist";
+pub const NETWORK_NAME: &str = "twill";
+pub const PLUGIN_BINARY: &str = "twill";
+
+/// Where the host files go; every path is configurable because simulated nodes share
+/// one filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPaths {
+    pub cni_conf_dir: PathBuf,
+    pub conflist_name: String,
+    pub cni_bin_dir: PathBuf,
+    pub subnet_file: PathBuf,
+    /// The plugin's address store (`dataDir` in the conflist).
+    pub data_dir: PathBuf,
+    pub bridge: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct HostError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+fn at(path: &Path) -> impl FnOnce(std::io::Error) -> HostError + '_ {
+    move |source| HostError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl HostPaths {
+    pub fn conflist_path(&self) -> PathBuf {
+        self.cni_conf_dir.join(&self.conflist_name)
+    }
+
+    pub fn plugin_path(&self) -> PathBuf {
+        self.cni_bin_dir.join(PLUGIN_BINARY)
+    }
+
+    /// The conflist runtimes read: one `twill` entry that takes its subnet from the
+    /// subnet file, so the conflist never changes when the node's subnet does.
+    pub fn conflist(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+            "name": NETWORK_NAME,
+            "plugins": [{
+                "type": "twill",
+                "subnetFile": self.subnet_file,
+                "dataDir": self.data_dir,
+                "bridge": self.bridge,
+                "hairpinMode": true,
+            }],
+        })
+    }
+
+    /// Writes the conflist; returns whether it changed.
+    pub fn write_conflist(&self) -> Result<bool, HostError> {
+        let path = self.conflist_path();
+        let mut body = serde_json::to_vec_pretty(&self.conflist()).map_err(|e| HostError {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        body.push(b'\n');
+        twill_conf::atomic::write_if_changed(&path, &body, 0o644).map_err(at(&path))
+    }
+
+    /// Writes the subnet file; returns whether it changed.
+    pub fn write_subnet_file(&self, file: &SubnetFile) -> Result<bool, HostError> {
+        file.write_atomic(&self.subnet_file)
+            .map_err(at(&self.subnet_file))
+    }
+
+    /// True when both files hold what the agent would write.
+    pub fn files_current(&self, file: &SubnetFile) -> bool {
+        SubnetFile::read(&self.subnet_file).ok().as_ref() == Some(file)
+            && std::fs::read(self.conflist_path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                == Some(self.conflist())
+    }
+
+    /// Copies the plugin binary into the bin dir: temp file in the same directory, then
+    /// rename, so a runtime executing the old binary is never disturbed.
+    pub fn install_plugin(&self, source: &Path) -> Result<(), HostError> {
+        let bytes = std::fs::read(source).map_err(at(source))?;
+        let dest = self.plugin_path();
+        twill_conf::atomic::write_if_changed(&dest, &bytes, 0o755).map_err(at(&dest))?;
+        Ok(())
+    }
+
+    /// Removes what the agent wrote; missing files are fine.
+    pub fn remove_all(&self) -> Result<Vec<PathBuf>, HostError> {
+        let mut removed = Vec::new();
+        for p in [self.conflist_path(), self.subnet_file.clone(), self.plugin_path()] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => removed.push(p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(at(&p)(e)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_conf::PluginConf;
+
+    fn paths(dir: &Path) -> HostPaths {
+        HostPaths {
+            cni_conf_dir: dir.join("net.d"),
+            conflist_name: CONFLIST_NAME.into(),
+            cni_bin_dir: dir.join("bin"),
+            subnet_file: dir.join("run/subnet.json"),
+            data_dir: dir.join("data"),
+            bridge: "tw0".into(),
+        }
+    }
+
+    #[test]
+    fn conflist_entry_is_a_valid_plugin_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        let list = p.conflist();
+        let mut entry = list["plugins"][0].clone();
+        entry["cniVersion"] = list["cniVersion"].clone();
+        entry["name"] = list["name"].clone();
+        let conf = PluginConf::parse(entry.to_string().as_bytes()).unwrap();
+        assert_eq!(conf.bridge, "tw0");
+        assert_eq!(conf.subnet_file, p.subnet_file);
+    }
+
+    #[test]
+    fn files_are_written_once_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        let sf = SubnetFile {
+            networks: vec!["10.244.0.0/16".parse().unwrap()],
+            subnets: vec!["10.244.3.0/24".parse().unwrap()],
+            mtu: Some(1450),
+            ip_masq: true,
+        };
+        assert!(!p.files_current(&sf));
+        assert!(p.write_subnet_file(&sf).unwrap());
+        assert!(p.write_conflist().unwrap());
+        assert!(!p.write_conflist().unwrap(), "unchanged content is not rewritten");
+        assert!(p.files_current(&sf));
+        let src = dir.path().join("twill-src");
+        std::fs::write(&src, b"#!/bin/true\n").unwrap();
+        p.install_plugin(&src).unwrap();
+        assert_eq!(std::fs::read(p.plugin_path()).unwrap(), b"#!/bin/true\n");
+        assert_eq!(p.remove_all().unwrap().len(), 3);
+        assert!(p.remove_all().unwrap().is_empty());
+    }
+}

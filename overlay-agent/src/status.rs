@@ -1,0 +1,203 @@
+//! What the agent tells its operator: the peer table behind `/status` and
+//! `twill-agent status`, and the reasons it is not ready.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Vxlan,
+    Direct,
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    pub node: String,
+    pub subnets: Vec<IpNet>,
+    #[serde(rename = "publicIP")]
+    pub public_ip: Option<IpAddr>,
+    pub mode: Mode,
+    pub programmed: bool,
+    /// Why a record was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub node: String,
+    pub subnets: Vec<IpNet>,
+    #[serde(rename = "publicIP")]
+    pub public_ip: Option<IpAddr>,
+    pub device: String,
+    pub vtep_mac: String,
+    pub mtu: u32,
+    pub registry: String,
+    pub ready: bool,
+    /// Empty when ready.
+    pub not_ready: Vec<String>,
+    pub peers: Vec<PeerStatus>,
+}
+
+impl AgentStatus {
+    /// The peer table `twill-agent status` prints.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let subnets = join(&self.subnets);
+        out.push_str(&format!(
+            "node {}  subnet {}  public IP {}  device {} (MTU {}, MAC {})  registry {}\n",
+            self.node,
+            if subnets.is_empty() { "-".into() } else { subnets },
+            self.public_ip.map(|i| i.to_string()).unwrap_or("-".into()),
+            self.device,
+            self.mtu,
+            self.vtep_mac,
+            self.registry,
+        ));
+        if self.ready {
+            out.push_str("ready\n");
+        } else {
+            out.push_str(&format!("NOT READY: {}\n", self.not_ready.join("; ")));
+        }
+        let mut rows = vec![[
+            "NODE".to_string(),
+            "SUBNET".into(),
+            "PUBLIC IP".into(),
+            "MODE".into(),
+            "PROGRAMMED".into(),
+        ]];
+        for p in &self.peers {
+            let mode = match p.mode {
+                Mode::Vxlan => "vxlan".to_string(),
+                Mode::Direct => "direct".to_string(),
+                Mode::Rejected => format!("rejected: {}", p.reason.as_deref().unwrap_or("")),
+            };
+            rows.push([
+                p.node.clone(),
+                join(&p.subnets),
+                p.public_ip.map(|i| i.to_string()).unwrap_or("-".into()),
+                mode,
+                if p.programmed { "yes" } else { "no" }.into(),
+            ]);
+        }
+        let widths: Vec<usize> = (0..5)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        for r in rows {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn join(nets: &[IpNet]) -> String {
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_every_peer_with_mode_and_state() {
+        let s = AgentStatus {
+            node: "n1".into(),
+            subnets: vec!["10.244.1.0/24".parse().unwrap()],
+            public_ip: Some("192.168.0.1".parse().unwrap()),
+            device: "twill.1".into(),
+            vtep_mac: "0e:00:00:00:00:01".into(),
+            mtu: 1450,
+            registry: "file".into(),
+            ready: false,
+            not_ready: vec!["1 peer not programmed".into()],
+            peers: vec![
+                PeerStatus {
+                    node: "n2".into(),
+                    subnets: vec!["10.244.2.0/24".parse().unwrap()],
+                    public_ip: Some("192.168.0.2".parse().unwrap()),
+                    mode: Mode::Direct,
+                    programmed: true,
+                    reason: None,
+                },
+                PeerStatus {
+                    node: "bad".into(),
+                    subnets: vec![],
+                    public_ip: None,
+                    mode: Mode::Rejected,
+                    programmed: false,
+                    reason: Some("bad MAC".into()),
+                },
+            ],
+        };
+        let t = s.render();
+        assert!(t.contains("NOT READY: 1 peer not programmed"), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("n2") && l.contains("direct") && l.ends_with("yes")), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("bad") && l.contains("rejected: bad MAC")), "{t}");
+        let back: AgentStatus = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
+
+/// What the reconcile loop writes and the HTTP endpoints read.
+pub struct Board {
+    pub status: std::sync::Mutex<AgentStatus>,
+    pub metrics: crate::metrics::Metrics,
+    heartbeat: std::sync::Mutex<std::time::Instant>,
+    /// `/healthz` fails when the loop has not beaten for this long.
+    stale_after: std::time::Duration,
+}
+
+impl Board {
+    pub fn new(stale_after: std::time::Duration) -> Self {
+        Board {
+            status: std::sync::Mutex::new(AgentStatus::default()),
+            metrics: crate::metrics::Metrics::new(),
+            heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
+            stale_after,
+        }
+    }
+
+    pub fn beat(&self) {
+        if let Ok(mut h) = self.heartbeat.lock() {
+            *h = std::time::Instant::now();
+        }
+    }
+
+    /// `Err(reason)` when the loop seems stuck.
+    pub fn healthy(&self) -> Result<(), String> {
+        let age = self
+            .heartbeat
+            .lock()
+            .map(|h| h.elapsed())
+            .unwrap_or_default();
+        if age > self.stale_after {
+            return Err(format!("the reconcile loop has not run for {}s", age.as_secs()));
+        }
+        Ok(())
+    }
+
+    pub fn snapshot(&self) -> AgentStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut AgentStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+            self.metrics.ready.set(i64::from(s.ready));
+        }
+    }
+}

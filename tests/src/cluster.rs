@@ -1,0 +1,423 @@
+//! A whole cluster on one machine: an underlay namespace (bridges per segment, and the
+//! router between them, which also stands for "the outside"), node namespaces each with
+//! a `twill-agent`, and pods wired by the real `twill` plugin with the conflist the
+//! agent wrote. The lab, the end-to-end tests and the benchmarks all build on this, so
+//! a scenario is written once.
+//!
+//! Addresses: segment `s` is `192.168.<s+1>.0/24` with the router at `.254`; node `i`
+//! gets `192.168.<s+1>.<i+1>`. Nodes are spread over segments round-robin.
+
+use crate::cni::{CniCall, Plugin};
+use crate::fixture::TempDir;
+use crate::netns::{next_id, Netns};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How nodes find each other.
+#[derive(Debug, Clone)]
+pub enum RegistryKind {
+    /// A directory under the cluster's temp dir.
+    File,
+    /// An etcd at this endpoint (reachable from every node namespace: loopback does not
+    /// work across namespaces, so it must listen on an underlay address).
+    Etcd { endpoint: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    pub segments: usize,
+    pub network: String,
+    pub subnet_len: u8,
+    pub direct_routing: bool,
+    pub registry: RegistryKind,
+    /// Seconds between the agents' full resyncs.
+    pub resync_secs: f64,
+    pub ip_masq: bool,
+    /// Underlay MTU.
+    pub mtu: u32,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            nodes: 3,
+            segments: 1,
+            network: "10.244.0.0/16".into(),
+            subnet_len: 24,
+            direct_routing: false,
+            registry: RegistryKind::File,
+            resync_secs: 2.0,
+            ip_masq: true,
+            mtu: 1500,
+        }
+    }
+}
+
+/// The underlay: bridges `ul<s>` in one namespace that also routes between segments.
+pub struct Underlay {
+    pub ns: Netns,
+    pub segments: usize,
+}
+
+impl Underlay {
+    pub fn new(segments: usize, mtu: u32) -> Underlay {
+        let ns = Netns::new("underlay");
+        let mtu = mtu.to_string();
+        for s in 0..segments {
+            let br = format!("ul{s}");
+            ns.ip(&["link", "add", &br, "mtu", &mtu, "type", "bridge"]);
+            ns.ip(&["addr", "add", &format!("192.168.{}.254/24", s + 1), "dev", &br]);
+            ns.ip(&["link", "set", &br, "up"]);
+        }
+        ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        Underlay { ns, segments }
+    }
+
+    /// The router's (and the outside world's) address on segment `s`.
+    pub fn router_ip(&self, segment: usize) -> String {
+        format!("192.168.{}.254", segment + 1)
+    }
+}
+
+/// One node: a namespace with `eth0` on the underlay, its directories, and its agent.
+pub struct ClusterNode {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: String,
+    pub segment: usize,
+    pub dir: PathBuf,
+    pub agent: Option<Child>,
+}
+
+impl ClusterNode {
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("net.d")
+    }
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.dir.join("bin")
+    }
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.join("run/subnet.json")
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// The agent's stderr so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    /// The conflist the agent wrote, if any.
+    pub fn conflist(&self) -> Option<Value> {
+        let bytes = std::fs::read(self.cni_conf_dir().join("10-twill.conflist")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The node's pod subnet (IPv4) from the subnet file.
+    pub fn subnet(&self) -> Option<String> {
+        let v: Value = serde_json::from_slice(&std::fs::read(self.subnet_file()).ok()?).ok()?;
+        v["subnets"][0].as_str().map(str::to_string)
+    }
+
+    /// `twill-agent status --json` run inside the node.
+    pub fn status(&self) -> Option<Value> {
+        let bin = crate::workspace_bin("twill-agent");
+        let out = self.ns.run(&[
+            bin.to_str()?,
+            "status",
+            "--json",
+            "--listen",
+            "127.0.0.1:9473",
+        ]);
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.status().is_some_and(|s| s["ready"] == json!(true))
+    }
+
+    /// Kills the agent with `signal` (e.g. libc::SIGKILL) and reaps it.
+    pub fn stop_agent(&mut self, signal: i32) {
+        if let Some(mut child) = self.agent.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.stop_agent(libc::SIGKILL);
+    }
+}
+
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub dir: TempDir,
+    pub conf_path: PathBuf,
+    pub nodes: Vec<ClusterNode>,
+    // Dropped last: nodes' veths hang off its bridges.
+    pub underlay: Underlay,
+}
+
+/// A pod made by the plugin on one node.
+pub struct ClusterPod {
+    pub name: String,
+    pub node: usize,
+    pub ns: Netns,
+    pub id: String,
+    pub ip: String,
+    pub conf: Value,
+}
+
+impl Cluster {
+    /// Builds the underlay and the nodes; agents are not started yet.
+    pub fn new(spec: ClusterSpec) -> Cluster {
+        let dir = TempDir::new("cluster");
+        let underlay = Underlay::new(spec.segments.max(1), spec.mtu);
+        let registry = match &spec.registry {
+            RegistryKind::File => json!({"kind": "file", "dir": dir.path().join("registry")}),
+            RegistryKind::Etcd { endpoint } => {
+                json!({"kind": "etcd", "endpoints": [endpoint], "prefix": format!("/twill-test-{}", next_id()), "leaseTtl": 10})
+            }
+        };
+        let conf = json!({
+            "network": spec.network,
+            "subnetLen": spec.subnet_len,
+            "backend": {"type": "vxlan", "directRouting": if spec.direct_routing { "auto" } else { "never" }},
+            "ipMasq": spec.ip_masq,
+            "registry": registry,
+        });
+        let conf_path = dir.path().join("net-conf.json");
+        std::fs::write(&conf_path, serde_json::to_vec_pretty(&conf).unwrap()).unwrap();
+        let mut c = Cluster {
+            spec,
+            dir,
+            conf_path,
+            nodes: Vec::new(),
+            underlay,
+        };
+        for _ in 0..c.spec.nodes {
+            c.add_node();
+        }
+        c
+    }
+
+    /// Adds a node namespace wired to the underlay (no agent yet); returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let segment = i % self.underlay.segments;
+        let name = format!("node-{}", i + 1);
+        let ns = Netns::new(&format!("n{}", i + 1));
+        let ip = format!("192.168.{}.{}", segment + 1, i + 1);
+        let host_end = format!("ul{}n{}", segment, i + 1);
+        let mtu = self.spec.mtu.to_string();
+        // The node end is created in the node namespace, then the other end is moved
+        // into the underlay: names never meet the root namespace's.
+        ns.ip(&[
+            "link", "add", "eth0", "mtu", &mtu, "type", "veth", "peer", "name", &host_end,
+            "mtu", &mtu,
+        ]);
+        ns.ip(&["link", "set", &host_end, "netns", self.underlay.ns.name()]);
+        self.underlay
+            .ns
+            .ip(&["link", "set", &host_end, "master", &format!("ul{segment}"), "up"]);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", &self.underlay.router_ip(segment)]);
+        let dir = self.dir.path().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        self.nodes.push(ClusterNode {
+            name,
+            ns,
+            ip,
+            segment,
+            dir,
+            agent: None,
+        });
+        i
+    }
+
+    /// Starts (or restarts) node `i`'s agent.
+    pub fn start_agent(&mut self, i: usize) {
+        let bin = crate::workspace_bin("twill-agent");
+        let resync = self.spec.resync_secs.to_string();
+        let node = &mut self.nodes[i];
+        node.stop_agent(libc::SIGKILL);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log_file())
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", node.ns.name()])
+            .arg(&bin)
+            .arg("--conf")
+            .arg(&self.conf_path)
+            .args(["--node-name", &node.name])
+            .arg("--cni-conf-dir")
+            .arg(node.cni_conf_dir())
+            .arg("--cni-bin-dir")
+            .arg(node.cni_bin_dir())
+            .arg("--subnet-file")
+            .arg(node.subnet_file())
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .args(["--listen", "127.0.0.1:9473", "--resync", &resync])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start twill-agent");
+        node.agent = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i);
+        }
+    }
+
+    /// Waits until every running agent reports ready and knows all the others.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let running: Vec<&ClusterNode> = self.nodes.iter().filter(|n| n.agent.is_some()).collect();
+        wait_until(timeout, || {
+            running.iter().all(|n| {
+                n.status().is_some_and(|s| {
+                    s["ready"] == json!(true)
+                        && s["peers"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().filter(|p| p["programmed"] == json!(true)).count() + 1 >= running.len())
+                })
+            })
+        })
+        .map_err(|_| {
+            let mut msg = String::from("agents not ready in time:\n");
+            for n in &running {
+                msg.push_str(&format!(
+                    "--- {} status: {}\n--- {} log (tail):\n{}\n",
+                    n.name,
+                    n.status().map(|s| s.to_string()).unwrap_or("none".into()),
+                    n.name,
+                    tail(&n.log(), 15)
+                ));
+            }
+            msg
+        })
+    }
+
+    /// Runs ADD for a new pod on node `i` with the conflist the agent wrote, as a runtime
+    /// does (plugin entry + the list's `cniVersion` and `name`).
+    pub fn add_pod(&self, i: usize, name: &str) -> Result<ClusterPod, String> {
+        let node = &self.nodes[i];
+        let list = node
+            .conflist()
+            .ok_or_else(|| format!("{} has no conflist yet", node.name))?;
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        let ns = Netns::new(&format!("p{}", next_id()));
+        let id = format!("{name}-{}", next_id());
+        let out = Plugin::new(&node.ns)
+            .call(&CniCall::new("ADD", &conf).container(&id, &ns.path(), "eth0"));
+        if !out.success() {
+            return Err(format!(
+                "ADD of {name} on {} failed: {} {}",
+                node.name, out.stdout, out.stderr
+            ));
+        }
+        let result = out.json();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .ok_or_else(|| format!("ADD result without an address: {result}"))?
+            .to_string();
+        Ok(ClusterPod {
+            name: name.to_string(),
+            node: i,
+            ns,
+            id,
+            ip,
+            conf,
+        })
+    }
+
+    /// Runs DEL for `pod` (its namespace is kept).
+    pub fn del_pod(&self, pod: &ClusterPod) -> Result<(), String> {
+        let node = &self.nodes[pod.node];
+        let out = Plugin::new(&node.ns)
+            .call(&CniCall::new("DEL", &pod.conf).container(&pod.id, &pod.ns.path(), "eth0"));
+        if out.success() {
+            Ok(())
+        } else {
+            Err(format!("DEL of {} failed: {}", pod.name, out.stdout))
+        }
+    }
+
+    /// The agent binary's path (for tests that run subcommands).
+    pub fn agent_bin() -> PathBuf {
+        crate::workspace_bin("twill-agent")
+    }
+
+    pub fn conf_path(&self) -> &Path {
+        &self.conf_path
+    }
+}
+
+/// Polls `f` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Pings every pod from every other pod: (from, to, Some(rtt ms) or None).
+pub fn ping_matrix(pods: &[ClusterPod]) -> Vec<(usize, usize, Option<f64>)> {
+    let mut out = Vec::new();
+    for (a, from) in pods.iter().enumerate() {
+        for (b, to) in pods.iter().enumerate() {
+            if a == b {
+                continue;
+            }
+            out.push((a, b, ping_rtt(&from.ns, &to.ip)));
+        }
+    }
+    out
+}
+
+/// One ping (up to 3 tries, 1 s each); the RTT in ms when answered.
+pub fn ping_rtt(from: &Netns, to: &str) -> Option<f64> {
+    for _ in 0..3 {
+        let out = from.run(&["ping", "-c", "1", "-W", "1", to]);
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            return text
+                .split("time=")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().next())
+                .and_then(|t| t.parse().ok())
+                .or(Some(0.0));
+        }
+    }
+    None
+}

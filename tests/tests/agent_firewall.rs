@@ -1,0 +1,597 @@
+//! The agent's nftables rules ([`twill_agent::firewall::Nft`]) against the real kernel and
+//! the real `nft`, inside test namespaces only: `nft` runs on a thread that entered the
+//! node namespace, so the root namespace's firewall is never touched.
+//!
+//! Topology (one set of namespaces per test):
+//!
+//! ```text
+//!   pod 10.244.1.2 / fd10:244:1::2 ── eth0 ══ vpod ─ twbr0 10.244.1.1 / fd10:244:1::1 ┐
+//!   remote 10.244.2.2 / fd10:244:2::2 ── eth0 ══ vremote 10.244.2.1 / fd10:244:2::1  ├ node
+//!   outside 192.168.100.2 / fd00:100::2 ── eth0 ══ underlay 192.168.100.1 / fd00:100::1 ┘
+//! ```
+//!
+//! The node forwards (in its namespace only). The outside namespace has no route back to
+//! the cluster network, so pod → outside works only when masqueraded, and the address the
+//! outside sees tells which.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use twill_agent::firewall::{Firewall, FirewallRules, IpNet, Nft};
+use twill_netlink::NetNs;
+use twill_tests::{require_root, Netns};
+
+const POD4: &str = "10.244.1.2";
+const POD6: &str = "fd10:244:1::2";
+const REMOTE4: &str = "10.244.2.2";
+const REMOTE6: &str = "fd10:244:2::2";
+const OUTSIDE4: &str = "192.168.100.2";
+const OUTSIDE6: &str = "fd00:100::2";
+const NODE4: &str = "192.168.100.1";
+const NODE6: &str = "fd00:100::1";
+
+/// How long one connection attempt may take before it counts as failed.
+const ATTEMPT: Duration = Duration::from_secs(1);
+/// How long a path that must work may take to start working.
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn cluster(ip_masq: bool) -> FirewallRules {
+    FirewallRules {
+        cluster_networks: vec![net("10.244.0.0/16"), net("fd10:244::/48")],
+        ip_masq,
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("test network")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+struct Topology {
+    node: Netns,
+    pod: Netns,
+    remote: Netns,
+    outside: Netns,
+}
+
+impl Topology {
+    fn new() -> Topology {
+        require_root();
+        let t = Topology {
+            node: Netns::new("fw-node"),
+            pod: Netns::new("fw-pod"),
+            remote: Netns::new("fw-remote"),
+            outside: Netns::new("fw-out"),
+        };
+        t.node.ip(&["link", "add", "twbr0", "type", "bridge"]);
+        t.node.ip(&["addr", "add", "10.244.1.1/24", "dev", "twbr0"]);
+        t.node
+            .ip(&["addr", "add", "fd10:244:1::1/64", "dev", "twbr0", "nodad"]);
+        t.node.ip(&["link", "set", "twbr0", "up"]);
+        for (host, peer_ns, node_addrs, peer_addrs, gateways) in [
+            (
+                "vpod",
+                &t.pod,
+                &[][..],
+                &[POD4, POD6][..],
+                Some(("10.244.1.1", "fd10:244:1::1")),
+            ),
+            (
+                "vremote",
+                &t.remote,
+                &["10.244.2.1/24", "fd10:244:2::1/64"][..],
+                &[REMOTE4, REMOTE6][..],
+                Some(("10.244.2.1", "fd10:244:2::1")),
+            ),
+            (
+                "underlay",
+                &t.outside,
+                &["192.168.100.1/24", "fd00:100::1/64"][..],
+                &[OUTSIDE4, OUTSIDE6][..],
+                None,
+            ),
+        ] {
+            t.node.ip(&[
+                "link",
+                "add",
+                host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                peer_ns.name(),
+            ]);
+            for a in node_addrs {
+                t.node.ip(&["addr", "add", a, "dev", host, "nodad"]);
+            }
+            if host == "vpod" {
+                t.node.ip(&["link", "set", host, "master", "twbr0"]);
+            }
+            t.node.ip(&["link", "set", host, "up"]);
+            for a in peer_addrs {
+                let prefixed = if a.contains(':') {
+                    format!("{a}/64")
+                } else {
+                    format!("{a}/24")
+                };
+                peer_ns.ip(&["addr", "add", &prefixed, "dev", "eth0", "nodad"]);
+            }
+            peer_ns.ip(&["link", "set", "eth0", "up"]);
+            if let Some((gw4, gw6)) = gateways {
+                peer_ns.ip(&["route", "add", "default", "via", gw4]);
+                peer_ns.ip(&["-6", "route", "add", "default", "via", gw6]);
+            }
+        }
+        t.node.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        t.node
+            .sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        t
+    }
+
+    /// Runs `f` on a thread inside the node namespace (where the agent runs).
+    fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_ns(&self.node, f)
+    }
+
+    fn apply(&self, nft: &Nft, rules: &FirewallRules) {
+        self.in_node(|| nft.apply(rules))
+            .unwrap_or_else(|e| panic!("apply {rules:?}: {e}"));
+    }
+
+    fn remove(&self, nft: &Nft) {
+        self.in_node(|| nft.remove())
+            .unwrap_or_else(|e| panic!("remove: {e}"));
+    }
+
+    /// `nft <args>` in the node namespace.
+    fn nft(&self, args: &[&str]) -> String {
+        let mut argv = vec!["nft"];
+        argv.extend_from_slice(args);
+        self.node.sh(&argv)
+    }
+
+    /// `nft -f -` in the node namespace with `script`.
+    fn nft_script(&self, script: &str) {
+        let out = self.in_node(|| {
+            use std::io::Write;
+            let mut child = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn nft");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(script.as_bytes())
+                .expect("write script");
+            child.wait_with_output().expect("wait nft")
+        });
+        assert!(
+            out.status.success(),
+            "nft -f - failed: {}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Docker's (iptables-nft) forward chains with their drop policy, and a rule of their
+    /// own that must survive us.
+    fn add_docker_chains(&self) {
+        for family in ["ip", "ip6"] {
+            self.nft_script(&format!(
+                "table {family} filter {{
+                    chain FORWARD {{
+                        type filter hook forward priority filter; policy drop;
+                        oifname \"docker0\" ct state established,related counter accept
+                    }}
+                }}\n"
+            ));
+        }
+    }
+
+    /// Docker's chains, with handles, without counters.
+    fn docker_chains(&self) -> String {
+        let mut s = String::new();
+        for family in ["ip", "ip6"] {
+            s.push_str(&self.nft(&["-a", "list", "chain", family, "filter", "FORWARD"]));
+        }
+        // Counters move with traffic: leave out the value after `packets` and `bytes`.
+        s.lines()
+            .map(|l| {
+                let mut out = Vec::new();
+                let mut skip = false;
+                for w in l.split_whitespace() {
+                    if skip {
+                        skip = false;
+                    } else if w == "packets" || w == "bytes" {
+                        skip = true;
+                    } else {
+                        out.push(w);
+                    }
+                }
+                out.join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn tables(&self) -> String {
+        self.nft(&["list", "tables"])
+    }
+}
+
+fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let handle =
+        NetNs::open(Path::new(&ns.path())).unwrap_or_else(|e| panic!("open {}: {e}", ns.path()));
+    handle
+        .run(f)
+        .unwrap_or_else(|e| panic!("run in {}: {e}", ns.path()))
+}
+
+/// A TCP listener inside a namespace; the address it sees a connection come from is
+/// what the tests check.
+struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(ns: &Netns, addr: &str) -> Server {
+        let bind = SocketAddr::new(ip(addr), 0);
+        let listener = in_ns(ns, || TcpListener::bind(bind))
+            .unwrap_or_else(|e| panic!("bind {bind} in {}: {e}", ns.name()));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local addr");
+        Server { listener, addr }
+    }
+
+    /// Waits up to `timeout` for a connection and returns its peer address.
+    fn accept(&self, timeout: Duration) -> Option<IpAddr> {
+        let mut pfd = libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n <= 0 {
+            return None;
+        }
+        self.listener.accept().ok().map(|(_, peer)| peer.ip())
+    }
+
+    /// Drops connections a previous attempt left queued.
+    fn drain(&self) {
+        while self.listener.accept().is_ok() {}
+    }
+}
+
+/// One connection from `client` to `server`: the source address the server saw, or
+/// `None` when it did not get through within [`ATTEMPT`].
+fn source_seen(client: &Netns, server: &Server) -> Option<IpAddr> {
+    server.drain();
+    let to = server.addr;
+    let conn: io::Result<TcpStream> = in_ns(client, || TcpStream::connect_timeout(&to, ATTEMPT));
+    let _stream = conn.ok()?;
+    // The client is connected: the server's side completes within a moment.
+    server.accept(ATTEMPT)
+}
+
+/// The source address the server sees, waiting up to [`SETTLE`] for the path to work.
+fn source_when_up(client: &Netns, server: &Server) -> IpAddr {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Some(src) = source_seen(client, server) {
+            return src;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} → {} did not get through within {SETTLE:?}",
+            client.name(),
+            server.addr
+        );
+    }
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn masquerades_pod_to_outside_but_not_pod_to_pod() {
+    let t = Topology::new();
+    let nft = Nft::new();
+    let out4 = Server::start(&t.outside, OUTSIDE4);
+    let out6 = Server::start(&t.outside, OUTSIDE6);
+    let rem4 = Server::start(&t.remote, REMOTE4);
+    let rem6 = Server::start(&t.remote, REMOTE6);
+
+    // Without rules: pod to pod works with the pod's address; the outside cannot answer.
+    assert_eq!(source_when_up(&t.pod, &rem4), ip(POD4));
+    assert_eq!(source_when_up(&t.pod, &rem6), ip(POD6));
+    assert_eq!(
+        source_seen(&t.pod, &out4),
+        None,
+        "outside reached unmasqueraded"
+    );
+    assert_eq!(
+        source_seen(&t.pod, &out6),
+        None,
+        "outside reached unmasqueraded"
+    );
+
+    t.apply(&nft, &cluster(true));
+    assert_eq!(source_when_up(&t.pod, &out4), ip(NODE4));
+    assert_eq!(source_when_up(&t.pod, &out6), ip(NODE6));
+    assert_eq!(source_when_up(&t.pod, &rem4), ip(POD4));
+    assert_eq!(source_when_up(&t.pod, &rem6), ip(POD6));
+    // The node's own traffic to the outside is not from the cluster network: untouched.
+    assert_eq!(source_when_up(&t.node, &out4), ip(NODE4));
+
+    t.remove(&nft);
+    assert!(!t.tables().contains("twill"), "{}", t.tables());
+    assert_eq!(
+        source_seen(&t.pod, &out4),
+        None,
+        "still masqueraded after remove"
+    );
+    assert_eq!(
+        source_seen(&t.pod, &out6),
+        None,
+        "still masqueraded after remove"
+    );
+    assert_eq!(source_when_up(&t.pod, &rem4), ip(POD4));
+}
+
+#[test]
+fn accepts_cluster_forwarding_through_docker_drop_policy() {
+    let t = Topology::new();
+    let nft = Nft::new();
+    let rem4 = Server::start(&t.remote, REMOTE4);
+    let rem6 = Server::start(&t.remote, REMOTE6);
+    let out4 = Server::start(&t.outside, OUTSIDE4);
+    // The path works, until Docker's chains drop it.
+    assert_eq!(source_when_up(&t.pod, &rem4), ip(POD4));
+    t.add_docker_chains();
+    let docker_before = t.docker_chains();
+    assert_eq!(
+        source_seen(&t.pod, &rem4),
+        None,
+        "Docker's drop policy had no effect"
+    );
+    assert_eq!(
+        source_seen(&t.pod, &rem6),
+        None,
+        "Docker's drop policy had no effect"
+    );
+
+    t.apply(&nft, &cluster(true));
+    assert_eq!(source_when_up(&t.pod, &rem4), ip(POD4));
+    assert_eq!(source_when_up(&t.pod, &rem6), ip(POD6));
+    // Forwarding out of the cluster network is accepted too (and masqueraded).
+    assert_eq!(source_when_up(&t.pod, &out4), ip(NODE4));
+    for family in ["ip", "ip6"] {
+        let chain = t.nft(&["list", "chain", family, "filter", "FORWARD"]);
+        assert_eq!(count(&chain, "comment \"twill\""), 2, "{chain}");
+        // Ours come first, before Docker's own rule.
+        let first = chain
+            .lines()
+            .map(str::trim)
+            .find(|l| l.contains("accept"))
+            .unwrap_or("");
+        assert!(first.ends_with("comment \"twill\""), "{chain}");
+    }
+    let ip_chain = t.nft(&["list", "chain", "ip", "filter", "FORWARD"]);
+    assert!(
+        ip_chain.contains("ip saddr 10.244.0.0/16 counter"),
+        "{ip_chain}"
+    );
+    assert!(
+        ip_chain.contains("ip daddr 10.244.0.0/16 counter"),
+        "{ip_chain}"
+    );
+    let ip6_chain = t.nft(&["list", "chain", "ip6", "filter", "FORWARD"]);
+    assert!(
+        ip6_chain.contains("ip6 saddr fd10:244::/48 counter"),
+        "{ip6_chain}"
+    );
+
+    t.remove(&nft);
+    assert_eq!(
+        source_seen(&t.pod, &rem4),
+        None,
+        "still accepted after remove"
+    );
+    assert_eq!(
+        source_seen(&t.pod, &rem6),
+        None,
+        "still accepted after remove"
+    );
+    assert_eq!(t.docker_chains(), docker_before, "Docker's chains changed");
+    assert!(!t.tables().contains("inet twill"), "{}", t.tables());
+}
+
+#[test]
+fn apply_is_idempotent_and_follows_changes() {
+    let t = Topology::new();
+    let nft = Nft::new();
+    t.add_docker_chains();
+    let rules = cluster(true);
+
+    t.apply(&nft, &rules);
+    let table = t.nft(&["list", "table", "inet", "twill"]);
+    let docker = t.docker_chains();
+    t.apply(&nft, &rules);
+    assert_eq!(t.nft(&["list", "table", "inet", "twill"]), table);
+    // Not even replaced: the same handles.
+    assert_eq!(t.docker_chains(), docker);
+    assert_eq!(count(&table, "masquerade fully-random"), 2, "{table}");
+    assert_eq!(count(&table, "ip saddr 10.244.0.0/16 accept"), 1, "{table}");
+    assert_eq!(
+        count(&table, "ip6 daddr fd10:244::/48 accept"),
+        1,
+        "{table}"
+    );
+    assert_eq!(count(&docker, "comment \"twill\""), 4, "{docker}");
+
+    // How long one apply takes, Docker's chains present (list chains, two chain
+    // listings, one transaction).
+    let mut times: Vec<Duration> = (0..20)
+        .map(|_| {
+            let start = Instant::now();
+            t.apply(&nft, &rules);
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    eprintln!(
+        "apply with Docker chains: min {:?}, median {:?}, max {:?}",
+        times[0], times[10], times[19]
+    );
+    assert_eq!(t.docker_chains(), docker);
+
+    // A changed cluster network: the table follows, stale FORWARD rules go.
+    let changed = FirewallRules {
+        cluster_networks: vec![net("10.245.0.0/16")],
+        ip_masq: false,
+    };
+    t.apply(&nft, &changed);
+    let table = t.nft(&["list", "table", "inet", "twill"]);
+    assert!(!table.contains("masquerade"), "{table}");
+    assert!(!table.contains("postrouting"), "{table}");
+    assert!(!table.contains("10.244."), "{table}");
+    assert!(table.contains("ip saddr 10.245.0.0/16 accept"), "{table}");
+    let docker = t.docker_chains();
+    assert!(!docker.contains("10.244."), "{docker}");
+    assert!(!docker.contains("fd10:244"), "{docker}");
+    assert_eq!(count(&docker, "comment \"twill\""), 2, "{docker}");
+
+    // A rule of ours someone deleted comes back; a copy someone added goes.
+    let handle_of_saddr = docker
+        .lines()
+        .find(|l| l.contains("ip saddr 10.245.0.0/16"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .expect("our saddr rule")
+        .trim()
+        .to_string();
+    t.nft(&[
+        "delete",
+        "rule",
+        "ip",
+        "filter",
+        "FORWARD",
+        "handle",
+        &handle_of_saddr,
+    ]);
+    t.nft(&[
+        "add",
+        "rule",
+        "ip",
+        "filter",
+        "FORWARD",
+        "ip",
+        "daddr",
+        "10.245.0.0/16",
+        "counter",
+        "accept",
+        "comment",
+        "\"twill\"",
+    ]);
+    t.apply(&nft, &changed);
+    let docker = t.docker_chains();
+    assert_eq!(
+        count(
+            &docker,
+            "ip saddr 10.245.0.0/16 counter accept comment \"twill\""
+        ),
+        1,
+        "{docker}"
+    );
+    assert_eq!(
+        count(
+            &docker,
+            "ip daddr 10.245.0.0/16 counter accept comment \"twill\""
+        ),
+        1,
+        "{docker}"
+    );
+}
+
+#[test]
+fn ip_masq_off_keeps_pod_addresses() {
+    let t = Topology::new();
+    let nft = Nft::new();
+    let out4 = Server::start(&t.outside, OUTSIDE4);
+    let rem4 = Server::start(&t.remote, REMOTE4);
+    t.apply(&nft, &cluster(false));
+    assert_eq!(source_when_up(&t.pod, &rem4), ip(POD4));
+    assert_eq!(
+        source_seen(&t.pod, &out4),
+        None,
+        "masqueraded with ip_masq off"
+    );
+    // Switching it on takes effect for new connections.
+    t.apply(&nft, &cluster(true));
+    assert_eq!(source_when_up(&t.pod, &out4), ip(NODE4));
+    t.remove(&nft);
+}
+
+#[test]
+fn without_docker_nothing_else_is_created_and_remove_is_idempotent() {
+    let t = Topology::new();
+    let nft = Nft::new();
+    // Remove with nothing there.
+    t.remove(&nft);
+    assert_eq!(t.tables().trim(), "");
+
+    let mut times: Vec<Duration> = (0..20)
+        .map(|_| {
+            let start = Instant::now();
+            t.apply(&nft, &cluster(true));
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    eprintln!(
+        "apply without Docker chains: min {:?}, median {:?}, max {:?}",
+        times[0], times[10], times[19]
+    );
+    // Only our table: no `ip filter` created.
+    assert_eq!(t.tables().trim(), "table inet twill");
+
+    t.remove(&nft);
+    t.remove(&nft);
+    assert_eq!(t.tables().trim(), "");
+}
+
+#[test]
+fn tables_of_other_names_are_independent() {
+    let t = Topology::new();
+    t.add_docker_chains();
+    let a = Nft::with_table("twill_a");
+    let b = Nft::with_table("twill_b");
+    t.apply(&a, &cluster(true));
+    t.apply(&b, &cluster(false));
+    t.remove(&a);
+    let tables = t.tables();
+    assert!(
+        tables.contains("inet twill_b") && !tables.contains("twill_a"),
+        "{tables}"
+    );
+    let docker = t.docker_chains();
+    assert_eq!(count(&docker, "comment \"twill_b\""), 4, "{docker}");
+    assert_eq!(count(&docker, "comment \"twill_a\""), 0, "{docker}");
+    // A name nft would misread is refused before anything runs.
+    let bad = Nft::with_table("x; flush ruleset");
+    assert!(t.in_node(|| bad.apply(&cluster(true))).is_err());
+    assert!(t.tables().contains("inet twill_b"));
+}
