@@ -289,87 +289,104 @@ impl LoopState<'_> {
     /// One reconcile pass; false when something failed (retried soon).
     async fn pass(&mut self, snap: &Snapshot, full: bool) -> bool {
         let started = Instant::now();
+        let mut ok = true;
+        if full || self.device.is_none() || self.cache.is_none() {
+            ok &= self.ensure_device().await;
+        }
+        let have = match (self.device, &self.cache, full) {
+            (None, _, _) => None,
+            (Some(_), Some(c), false) => Some(c.clone()),
+            (Some(dev), _, _) => match self.datapath.observe(dev).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the kernel state");
+                    self.board.metrics.reconcile_errors.inc();
+                    None
+                }
+            },
+        };
+
         let own = OwnNode {
             name: self.conf.node.clone(),
             subnets: self.datapath.conf().own_subnets.clone(),
             cluster_networks: self.conf.cluster.cluster_cidrs(),
         };
-        let (peers, rejected) = PeerSet::validate(&own, &snap.records);
+        let programmed_subnets: BTreeSet<IpNet> = have
+            .iter()
+            .flat_map(|h| h.routes.iter())
+            .filter(|(_, hop)| **hop != NextHop::Foreign)
+            .map(|(dst, _)| *dst)
+            .collect();
+        let (peers, rejected) = PeerSet::validate(&own, &snap.records, &programmed_subnets);
         self.report_rejections(snap, &rejected);
         let direct = self.conf.cluster.backend.direct_routing == DirectRouting::Auto;
         let want = DesiredState::compute(&peers, &self.underlay.connected, direct);
 
-        let mut ok = true;
-        if full || self.device.is_none() || self.cache.is_none() {
-            match self.datapath.ensure_device().await {
-                Ok((index, created)) => {
-                    if created {
-                        let name = &self.datapath.conf().name;
-                        if self.device.is_some() {
-                            tracing::warn!(device = %name, "the VXLAN device was gone or changed; recreated it");
-                        } else {
-                            tracing::info!(device = %name, "created the VXLAN device");
-                        }
-                        self.cache = None;
-                    }
-                    self.device = Some(index);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot set up the VXLAN device");
-                    self.board.metrics.reconcile_errors.inc();
-                    self.device = None;
-                }
-            }
-        }
         let mut programmed = None;
-        if let Some(dev) = self.device {
-            let have = match (&self.cache, full) {
-                (Some(c), false) => Ok(c.clone()),
-                _ => self.datapath.observe(dev).await,
-            };
-            match have {
-                Ok(have) => {
-                    let plan = Plan::between(&want, &have, snap.complete);
-                    if !plan.is_empty() {
-                        let applied = self.datapath.apply(dev, &plan).await;
-                        self.count(&plan);
-                        if applied.errors.is_empty() {
-                            tracing::info!(changes = applied.changes, full, "programmed");
-                        } else {
-                            ok = false;
-                            self.board
-                                .metrics
-                                .reconcile_errors
-                                .inc_by(applied.errors.len() as u64);
-                            for e in applied.errors.iter().take(5) {
-                                tracing::error!(error = %e, "kernel change failed");
-                            }
-                        }
+        match (self.device, have) {
+            (Some(dev), Some(have)) => {
+                let plan = Plan::between(&want, &have, snap.complete);
+                let mut applied_ok = true;
+                if !plan.is_empty() {
+                    let applied = self.datapath.apply(dev, &plan).await;
+                    self.count(&plan);
+                    if applied.errors.is_empty() {
+                        tracing::info!(changes = applied.changes, full, "programmed");
+                    } else {
+                        applied_ok = false;
                         self.board
                             .metrics
-                            .programming_latency
-                            .observe(started.elapsed().as_secs_f64());
+                            .reconcile_errors
+                            .inc_by(applied.errors.len() as u64);
+                        for e in applied.errors.iter().take(5) {
+                            tracing::error!(error = %e, "kernel change failed");
+                        }
                     }
-                    if ok && snap.complete {
-                        self.cache = Some(want.clone());
-                        programmed = Some(want.clone());
-                    } else {
-                        self.cache = None;
-                        programmed = self.datapath.observe(dev).await.ok();
-                    }
+                    self.board
+                        .metrics
+                        .programming_latency
+                        .observe(started.elapsed().as_secs_f64());
                 }
-                Err(e) => {
-                    ok = false;
-                    tracing::error!(error = %e, "cannot read the kernel state");
-                    self.board.metrics.reconcile_errors.inc();
+                if applied_ok && snap.complete {
+                    self.cache = Some(want.clone());
+                    programmed = Some(want.clone());
+                } else {
                     self.cache = None;
+                    programmed = self.datapath.observe(dev).await.ok();
                 }
+                ok &= applied_ok;
             }
-        } else {
-            ok = false;
+            _ => {
+                ok = false;
+                self.cache = None;
+            }
         }
         self.publish(snap, &peers, &rejected, &want, programmed.as_ref());
         ok
+    }
+
+    async fn ensure_device(&mut self) -> bool {
+        match self.datapath.ensure_device().await {
+            Ok((index, created)) => {
+                if created {
+                    let name = &self.datapath.conf().name;
+                    if self.device.is_some() {
+                        tracing::warn!(device = %name, "the VXLAN device was gone or changed; recreated it");
+                    } else {
+                        tracing::info!(device = %name, "created the VXLAN device");
+                    }
+                    self.cache = None;
+                }
+                self.device = Some(index);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the VXLAN device");
+                self.board.metrics.reconcile_errors.inc();
+                self.device = None;
+                false
+            }
+        }
     }
 
     fn count(&self, plan: &Plan) {

@@ -165,7 +165,7 @@ mod tests {
                 backend: "vxlan".into(),
             },
         ];
-        PeerSet::validate(&own, &recs).0
+        PeerSet::validate(&own, &recs, &Default::default()).0
     }
 
     #[test]

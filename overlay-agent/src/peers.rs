@@ -3,7 +3,7 @@
 
 use crate::record::VtepRecord;
 use ipnet::IpNet;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// What this node is, as far as validation is concerned.
@@ -35,10 +35,16 @@ fn usable_ip(ip: &IpAddr) -> bool {
 
 impl PeerSet {
     /// Splits `records` into valid peers and rejected ones. The own record is skipped
-    /// silently. When two peers claim overlapping subnets neither is programmed: the
-    /// agent cannot tell which one is right, and routing to the wrong one is worse than
-    /// routing to none.
-    pub fn validate(own: &OwnNode, records: &[VtepRecord]) -> (PeerSet, Vec<Rejected>) {
+    /// silently. When peers claim overlapping subnets, a peer already programmed
+    /// (all its subnets in `programmed`) keeps its place and the newcomer is rejected,
+    /// so a bogus record cannot take a working node off the network; between peers
+    /// equally new (or equally established) neither is programmed: the agent cannot
+    /// tell which one is right, and routing to the wrong one is worse than to none.
+    pub fn validate(
+        own: &OwnNode,
+        records: &[VtepRecord],
+        programmed: &BTreeSet<IpNet>,
+    ) -> (PeerSet, Vec<Rejected>) {
         let mut rejected = Vec::new();
         let mut candidates: Vec<&VtepRecord> = Vec::new();
         for r in records {
@@ -53,18 +59,35 @@ impl PeerSet {
                 }),
             }
         }
+        let clashing = overlapping(&candidates);
+        let established =
+            |r: &VtepRecord| r.subnets.iter().all(|s| programmed.contains(s));
+        let involved: Vec<&VtepRecord> = candidates
+            .iter()
+            .copied()
+            .filter(|r| clashing.contains_key(r.node.as_str()))
+            .collect();
         let mut set = PeerSet::default();
         for r in &candidates {
-            let clash = candidates.iter().find(|o| {
+            // Pairwise only among the few records that clash at all.
+            let loser_to = involved.iter().find(|o| {
                 o.node != r.node
                     && o.subnets
                         .iter()
                         .any(|a| r.subnets.iter().any(|b| overlaps(a, b)))
+                    && !(established(r) && !established(o))
             });
-            match clash {
-                Some(o) => rejected.push(Rejected {
+            match loser_to {
+                Some(other) => rejected.push(Rejected {
                     node: r.node.clone(),
-                    reason: format!("its subnets overlap those of node {}", o.node),
+                    reason: if established(other) && !established(r) {
+                        format!(
+                            "its subnets overlap those of node {}, which is already programmed",
+                            other.node
+                        )
+                    } else {
+                        format!("its subnets overlap those of node {}", other.node)
+                    },
                 }),
                 None => {
                     set.peers.insert(r.node.clone(), (*r).clone());
@@ -73,6 +96,47 @@ impl PeerSet {
         }
         (set, rejected)
     }
+}
+
+/// Nodes whose subnets overlap another node's, each with one node it clashes with.
+/// Sorted by start address, two CIDRs overlap only if one contains the other, so a
+/// sweep that remembers the furthest-reaching subnet so far finds every clash in
+/// O(n log n) (thousands of peers are re-validated on every registry change).
+fn overlapping<'a>(records: &[&'a VtepRecord]) -> BTreeMap<&'a str, &'a str> {
+    let key = |n: &IpNet| -> (bool, u128, u128) {
+        match n {
+            IpNet::V4(v4) => (
+                false,
+                u128::from(u32::from(v4.network())),
+                u128::from(u32::from(v4.broadcast())),
+            ),
+            IpNet::V6(v6) => (
+                true,
+                u128::from(v6.network()),
+                u128::from(v6.broadcast()),
+            ),
+        }
+    };
+    let mut spans: Vec<((bool, u128, u128), &'a str)> = records
+        .iter()
+        .flat_map(|r| r.subnets.iter().map(move |s| (key(s), r.node.as_str())))
+        .collect();
+    spans.sort();
+    let mut clashes = BTreeMap::new();
+    let mut reach: Option<((bool, u128, u128), &'a str)> = None;
+    for (span, node) in spans {
+        if let Some((far, far_node)) = reach {
+            if far.0 == span.0 && span.1 <= far.2 && far_node != node {
+                clashes.entry(node).or_insert(far_node);
+                clashes.entry(far_node).or_insert(node);
+            }
+            if far.0 == span.0 && far.2 >= span.2 {
+                continue;
+            }
+        }
+        reach = Some((span, node));
+    }
+    clashes
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -161,7 +225,7 @@ mod tests {
                 "0a:00:00:00:00:08",
             ),
         ];
-        let (set, rejected) = PeerSet::validate(&own(), &records);
+        let (set, rejected) = PeerSet::validate(&own(), &records, &BTreeSet::new());
         assert_eq!(set.peers.keys().collect::<Vec<_>>(), vec!["good"]);
         let names: Vec<&str> = rejected.iter().map(|r| r.node.as_str()).collect();
         assert_eq!(
@@ -170,5 +234,45 @@ mod tests {
         );
         assert!(rejected[0].reason.contains("outside the cluster network"));
         assert!(rejected[1].reason.contains("overlaps this node's subnet"));
+    }
+
+    #[test]
+    fn an_established_peer_keeps_its_place_against_a_newcomer() {
+        let records = vec![
+            rec("old", "10.244.7.0/24", "192.168.0.7", "0a:00:00:00:00:07"),
+            rec("new", "10.244.7.128/25", "192.168.0.8", "0a:00:00:00:00:08"),
+        ];
+        let programmed: BTreeSet<IpNet> = ["10.244.7.0/24".parse().unwrap()].into();
+        let (set, rejected) = PeerSet::validate(&own(), &records, &programmed);
+        assert_eq!(set.peers.keys().collect::<Vec<_>>(), vec!["old"]);
+        assert_eq!(rejected.len(), 1);
+        assert!(rejected[0].reason.contains("already programmed"), "{rejected:?}");
+    }
+
+    #[test]
+    fn overlap_sweep_finds_nested_and_distant_clashes() {
+        let recs = vec![
+            rec("big", "10.244.0.0/22", "192.168.0.2", "0a:00:00:00:00:02"),
+            rec("a", "10.244.2.0/24", "192.168.0.3", "0a:00:00:00:00:03"),
+            rec("b", "10.244.4.0/24", "192.168.0.4", "0a:00:00:00:00:04"),
+            rec("c", "10.244.5.0/24", "192.168.0.5", "0a:00:00:00:00:05"),
+            rec("c2", "10.244.5.128/25", "192.168.0.6", "0a:00:00:00:00:06"),
+        ];
+        let refs: Vec<&VtepRecord> = recs.iter().collect();
+        let clashes = overlapping(&refs);
+        let names: Vec<&str> = clashes.keys().copied().collect();
+        assert_eq!(names, vec!["a", "big", "c", "c2"]);
+        let many: Vec<VtepRecord> = (0..5000u32)
+            .map(|i| {
+                rec(
+                    &format!("n{i}"),
+                    &format!("10.{}.{}.0/24", i / 256, i % 256),
+                    "192.168.0.9",
+                    "0a:00:00:00:00:09",
+                )
+            })
+            .collect();
+        let refs: Vec<&VtepRecord> = many.iter().collect();
+        assert!(overlapping(&refs).is_empty());
     }
 }

@@ -139,6 +139,36 @@ impl ClusterNode {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// A GET against the agent's HTTP endpoint, from inside the node (bash's
+    /// /dev/tcp: no HTTP client needed on the machine).
+    pub fn http_get(&self, path: &str) -> String {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/9473 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let out = self.ns.run(&["bash", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Destinations of the agent's routes (protocol 71) in the node.
+    pub fn agent_routes(&self) -> Vec<String> {
+        let out = self.ns.ip(&["-j", "route", "show", "proto", "71"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["dst"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Peer rows of the agent's status, by node name.
+    pub fn peer_rows(&self) -> Vec<Value> {
+        self.status()
+            .and_then(|s| s["peers"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
     pub fn ready(&self) -> bool {
         self.status().is_some_and(|s| s["ready"] == json!(true))
     }
@@ -186,7 +216,7 @@ impl Cluster {
         let registry = match &spec.registry {
             RegistryKind::File => json!({"kind": "file", "dir": dir.path().join("registry")}),
             RegistryKind::Etcd { endpoint } => {
-                json!({"kind": "etcd", "endpoints": [endpoint], "prefix": format!("/twill-test-{}", next_id()), "leaseTtl": 10})
+                json!({"kind": "etcd", "endpoints": [endpoint], "prefix": format!("/twill-test-{}", next_id()), "leaseTtl": 5})
             }
         };
         let conf = json!({
@@ -246,21 +276,16 @@ impl Cluster {
         i
     }
 
-    /// Starts (or restarts) node `i`'s agent.
-    pub fn start_agent(&mut self, i: usize) {
-        let bin = crate::workspace_bin("twill-agent");
-        let resync = self.spec.resync_secs.to_string();
-        let node = &mut self.nodes[i];
-        node.stop_agent(libc::SIGKILL);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.log_file())
-            .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", node.ns.name()])
-            .arg(&bin)
-            .arg("--conf")
+    /// `ip netns exec <node> twill-agent [sub] <node's flags>`.
+    pub fn agent_command(&self, i: usize, sub: Option<&str>) -> Command {
+        let node = &self.nodes[i];
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", node.ns.name()])
+            .arg(crate::workspace_bin("twill-agent"));
+        if let Some(sub) = sub {
+            cmd.arg(sub);
+        }
+        cmd.arg("--conf")
             .arg(&self.conf_path)
             .args(["--node-name", &node.name])
             .arg("--cni-conf-dir")
@@ -271,13 +296,27 @@ impl Cluster {
             .arg(node.subnet_file())
             .arg("--data-dir")
             .arg(node.data_dir())
-            .args(["--listen", "127.0.0.1:9473", "--resync", &resync])
+            .args(["--listen", "127.0.0.1:9473"])
+            .args(["--resync", &self.spec.resync_secs.to_string()]);
+        cmd
+    }
+
+    /// Starts (or restarts) node `i`'s agent.
+    pub fn start_agent(&mut self, i: usize) {
+        self.nodes[i].stop_agent(libc::SIGKILL);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.nodes[i].log_file())
+            .unwrap();
+        let child = self
+            .agent_command(i, None)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("cannot start twill-agent");
-        node.agent = Some(child);
+        self.nodes[i].agent = Some(child);
     }
 
     pub fn start_all(&mut self) {

@@ -19,6 +19,10 @@ pub struct EtcdServer {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Where etcd runs and listens: loopback of this process's namespace, or an
+    /// address inside a test namespace (so node namespaces can reach it).
+    netns: Option<String>,
+    host: String,
     child: Option<Child>,
 }
 
@@ -33,15 +37,32 @@ impl EtcdServer {
             dir: TempDir::new("etcd"),
             client_port: free_port(),
             peer_port: free_port(),
+            netns: None,
+            host: "127.0.0.1".into(),
             child: None,
         };
         server.spawn();
         server
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// Starts etcd inside the namespace `netns`, listening on `ip` (an address of that
+    /// namespace, e.g. the lab's underlay router), and waits until it is healthy.
+    pub fn start_in(netns: &str, ip: &str) -> EtcdServer {
+        let mut server = EtcdServer {
+            dir: TempDir::new("etcd"),
+            client_port: 2379,
+            peer_port: 2380,
+            netns: Some(netns.to_string()),
+            host: ip.to_string(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `http://<host>:<client port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
     /// The server's log (stdout and stderr, across restarts).
@@ -71,8 +92,16 @@ impl EtcdServer {
             .expect("cannot open the etcd log");
         let err = log.try_clone().expect("cannot clone the etcd log handle");
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(ETCD_BIN)
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, ETCD_BIN]);
+                c
+            }
+            None => Command::new(ETCD_BIN),
+        };
+        let child = cmd
             .arg("--name")
             .arg("twill-test")
             .arg("--data-dir")
@@ -102,7 +131,11 @@ impl EtcdServer {
         let deadline = Instant::now() + START_TIMEOUT;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
         loop {
-            if health(addr) {
+            let healthy = match &self.netns {
+                None => health(addr),
+                Some(ns) => health_in(ns, &self.host, self.client_port),
+            };
+            if healthy {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -142,6 +175,18 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("cannot bind an ephemeral port on loopback")
+}
+
+/// `health` from inside a namespace, with bash's /dev/tcp.
+fn health_in(ns: &str, host: &str, port: u16) -> bool {
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "2", "bash", "-c", &script])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""))
+        .unwrap_or(false)
 }
 
 /// True when `GET /health` answers `"health":"true"`.

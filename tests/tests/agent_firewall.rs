@@ -5,9 +5,9 @@
 //! Topology (one set of namespaces per test):
 //!
 //! ```text
-//!   pod 10.244.1.2 / fd10:244:1::2 ── eth0 ══ vpod ─ twbr0 10.244.1.1 / fd10:244:1::1 ┐
-//!   remote 10.244.2.2 / fd10:244:2::2 ── eth0 ══ vremote 10.244.2.1 / fd10:244:2::1  ├ node
-//!   outside 192.168.100.2 / fd00:100::2 ── eth0 ══ underlay 192.168.100.1 / fd00:100::1 ┘
+//!   pod      10.244.1.2    fd10:244:0:1::2  eth0 ══ vpod ── twbr0  10.244.1.1    fd10:244:0:1::1  ┐
+//!   remote   10.244.2.2    fd10:244:0:2::2  eth0 ══ vremote         10.244.2.1    fd10:244:0:2::1  ├ node
+//!   outside  192.168.100.2 fd00:100::2      eth0 ══ underlay        192.168.100.1 fd00:100::1      ┘
 //! ```
 //!
 //! The node forwards (in its namespace only). The outside namespace has no route back to
@@ -19,14 +19,14 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use twill_agent::firewall::{Firewall, FirewallRules, IpNet, Nft};
+use twill_agent::firewall::{Firewall, FirewallError, FirewallRules, IpNet, Nft};
 use twill_netlink::NetNs;
 use twill_tests::{require_root, Netns};
 
 const POD4: &str = "10.244.1.2";
-const POD6: &str = "fd10:244:1::2";
+const POD6: &str = "fd10:244:0:1::2";
 const REMOTE4: &str = "10.244.2.2";
-const REMOTE6: &str = "fd10:244:2::2";
+const REMOTE6: &str = "fd10:244:0:2::2";
 const OUTSIDE4: &str = "192.168.100.2";
 const OUTSIDE6: &str = "fd00:100::2";
 const NODE4: &str = "192.168.100.1";
@@ -39,7 +39,7 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 fn cluster(ip_masq: bool) -> FirewallRules {
     FirewallRules {
-        cluster_networks: vec![net("10.244.0.0/16"), net("fd10:244::/48")],
+        cluster_networks: vec![net("10.244.0.0/16"), net("fd10:244::/56")],
         ip_masq,
     }
 }
@@ -68,67 +68,32 @@ impl Topology {
             remote: Netns::new("fw-remote"),
             outside: Netns::new("fw-out"),
         };
-        t.node.ip(&["link", "add", "twbr0", "type", "bridge"]);
-        t.node.ip(&["addr", "add", "10.244.1.1/24", "dev", "twbr0"]);
-        t.node
-            .ip(&["addr", "add", "fd10:244:1::1/64", "dev", "twbr0", "nodad"]);
-        t.node.ip(&["link", "set", "twbr0", "up"]);
-        for (host, peer_ns, node_addrs, peer_addrs, gateways) in [
-            (
-                "vpod",
-                &t.pod,
-                &[][..],
-                &[POD4, POD6][..],
-                Some(("10.244.1.1", "fd10:244:1::1")),
-            ),
-            (
-                "vremote",
-                &t.remote,
-                &["10.244.2.1/24", "fd10:244:2::1/64"][..],
-                &[REMOTE4, REMOTE6][..],
-                Some(("10.244.2.1", "fd10:244:2::1")),
-            ),
-            (
-                "underlay",
-                &t.outside,
-                &["192.168.100.1/24", "fd00:100::1/64"][..],
-                &[OUTSIDE4, OUTSIDE6][..],
-                None,
-            ),
-        ] {
-            t.node.ip(&[
-                "link",
-                "add",
-                host,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                peer_ns.name(),
-            ]);
-            for a in node_addrs {
-                t.node.ip(&["addr", "add", a, "dev", host, "nodad"]);
-            }
-            if host == "vpod" {
-                t.node.ip(&["link", "set", host, "master", "twbr0"]);
-            }
-            t.node.ip(&["link", "set", host, "up"]);
-            for a in peer_addrs {
-                let prefixed = if a.contains(':') {
-                    format!("{a}/64")
-                } else {
-                    format!("{a}/24")
-                };
-                peer_ns.ip(&["addr", "add", &prefixed, "dev", "eth0", "nodad"]);
-            }
-            peer_ns.ip(&["link", "set", "eth0", "up"]);
-            if let Some((gw4, gw6)) = gateways {
-                peer_ns.ip(&["route", "add", "default", "via", gw4]);
-                peer_ns.ip(&["-6", "route", "add", "default", "via", gw6]);
-            }
-        }
+        let (node, pod, remote, outside) = (&t.node, &t.pod, &t.remote, &t.outside);
+        node.ip(&["link", "add", "twbr0", "type", "bridge"]);
+        addr(node, "twbr0", "10.244.1.1/24");
+        addr(node, "twbr0", "fd10:244:0:1::1/64");
+        node.ip(&["link", "set", "twbr0", "up"]);
+
+        veth(node, "vpod", pod);
+        node.ip(&["link", "set", "vpod", "master", "twbr0"]);
+        addr(pod, "eth0", &format!("{POD4}/24"));
+        addr(pod, "eth0", &format!("{POD6}/64"));
+        default_routes(pod, "10.244.1.1", "fd10:244:0:1::1");
+
+        veth(node, "vremote", remote);
+        addr(node, "vremote", "10.244.2.1/24");
+        addr(node, "vremote", "fd10:244:0:2::1/64");
+        addr(remote, "eth0", &format!("{REMOTE4}/24"));
+        addr(remote, "eth0", &format!("{REMOTE6}/64"));
+        default_routes(remote, "10.244.2.1", "fd10:244:0:2::1");
+
+        // The outside gets no route to the cluster network.
+        veth(node, "underlay", outside);
+        addr(node, "underlay", &format!("{NODE4}/24"));
+        addr(node, "underlay", &format!("{NODE6}/64"));
+        addr(outside, "eth0", &format!("{OUTSIDE4}/24"));
+        addr(outside, "eth0", &format!("{OUTSIDE6}/64"));
+
         t.node.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         t.node
             .sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
@@ -226,6 +191,38 @@ impl Topology {
     fn tables(&self) -> String {
         self.nft(&["list", "tables"])
     }
+}
+
+/// A veth pair `host` (in `node`, up) ↔ `eth0` (in `peer`, up).
+fn veth(node: &Netns, host: &str, peer: &Netns) {
+    node.ip(&[
+        "link",
+        "add",
+        host,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        peer.name(),
+    ]);
+    node.ip(&["link", "set", host, "up"]);
+    peer.ip(&["link", "set", "eth0", "up"]);
+}
+
+/// Adds an address; IPv6 ones without duplicate address detection, usable at once.
+fn addr(ns: &Netns, dev: &str, cidr: &str) {
+    if cidr.contains(':') {
+        ns.ip(&["addr", "add", cidr, "dev", dev, "nodad"]);
+    } else {
+        ns.ip(&["addr", "add", cidr, "dev", dev]);
+    }
+}
+
+fn default_routes(ns: &Netns, gw4: &str, gw6: &str) {
+    ns.ip(&["route", "add", "default", "via", gw4]);
+    ns.ip(&["-6", "route", "add", "default", "via", gw6]);
 }
 
 fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
@@ -401,7 +398,7 @@ fn accepts_cluster_forwarding_through_docker_drop_policy() {
     );
     let ip6_chain = t.nft(&["list", "chain", "ip6", "filter", "FORWARD"]);
     assert!(
-        ip6_chain.contains("ip6 saddr fd10:244::/48 counter"),
+        ip6_chain.contains("ip6 saddr fd10:244::/56 counter"),
         "{ip6_chain}"
     );
 
@@ -437,7 +434,7 @@ fn apply_is_idempotent_and_follows_changes() {
     assert_eq!(count(&table, "masquerade fully-random"), 2, "{table}");
     assert_eq!(count(&table, "ip saddr 10.244.0.0/16 accept"), 1, "{table}");
     assert_eq!(
-        count(&table, "ip6 daddr fd10:244::/48 accept"),
+        count(&table, "ip6 daddr fd10:244::/56 accept"),
         1,
         "{table}"
     );
@@ -592,6 +589,10 @@ fn tables_of_other_names_are_independent() {
     assert_eq!(count(&docker, "comment \"twill_a\""), 0, "{docker}");
     // A name nft would misread is refused before anything runs.
     let bad = Nft::with_table("x; flush ruleset");
-    assert!(t.in_node(|| bad.apply(&cluster(true))).is_err());
+    let refused = t.in_node(|| bad.apply(&cluster(true)));
+    assert!(
+        matches!(refused, Err(FirewallError::TableName(_))),
+        "{refused:?}"
+    );
     assert!(t.tables().contains("inet twill_b"));
 }

@@ -1,0 +1,232 @@
+//! The overlay benchmark's table: like `report::table` (same columns, same layout), but a
+//! row's values carry a unit, since throughput, memory and CPU are not durations, and a
+//! target can be a floor ("at least 0.98x of the reference") as well as a ceiling.
+
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Gbit/s (higher is better).
+    Gbps,
+    /// Milliseconds.
+    Ms,
+    /// Microseconds.
+    Us,
+    /// MiB.
+    MiB,
+    /// Percent of one CPU.
+    CpuPct,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Gbps => "Gbit/s",
+            Unit::Ms => "ms",
+            Unit::Us => "us",
+            Unit::MiB => "MiB",
+            Unit::CpuPct => "% CPU",
+        }
+    }
+
+    pub fn show(self, v: f64) -> String {
+        match self {
+            Unit::Gbps => format!("{v:.2} Gbit/s"),
+            Unit::Ms => format!("{v:.1} ms"),
+            Unit::Us => format!("{v:.1} us"),
+            Unit::MiB => format!("{v:.1} MiB"),
+            Unit::CpuPct => format!("{v:.2} %"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// twill / reference must be at least this (throughput).
+    MinRatio(f64),
+    /// twill's value must be below this (in the row's unit).
+    Below(f64),
+    /// Shown for information.
+    None,
+}
+
+pub struct Row {
+    pub metric: String,
+    pub twill: f64,
+    /// The reference's value in the same unit, when the row compares with one.
+    pub reference: Option<f64>,
+    pub unit: Unit,
+    pub target: Target,
+}
+
+impl Row {
+    pub fn ratio(&self) -> Option<f64> {
+        self.reference
+            .filter(|r| *r > 0.0)
+            .map(|r| self.twill / r)
+    }
+
+    /// `None` when the row has no target.
+    pub fn pass(&self) -> Option<bool> {
+        match self.target {
+            Target::MinRatio(min) => Some(self.ratio().is_some_and(|r| r >= min)),
+            Target::Below(limit) => Some(self.twill < limit),
+            Target::None => None,
+        }
+    }
+
+    fn target_text(&self) -> String {
+        match self.target {
+            Target::MinRatio(min) => format!(">= {min:.2}x"),
+            Target::Below(limit) => format!("< {}", self.unit.show(limit)),
+            Target::None => "-".into(),
+        }
+    }
+
+    /// How far from the target, for the summary of missed ones.
+    pub fn miss_text(&self) -> Option<String> {
+        match (self.pass(), self.target) {
+            (Some(false), Target::MinRatio(min)) => {
+                let r = self.ratio().unwrap_or(0.0);
+                Some(format!(
+                    "{}: {r:.3}x, {:.1} points below {min:.2}x",
+                    self.metric,
+                    (min - r) * 100.0
+                ))
+            }
+            (Some(false), Target::Below(limit)) => Some(format!(
+                "{}: {}, {:.0}% over {}",
+                self.metric,
+                self.unit.show(self.twill),
+                (self.twill / limit - 1.0) * 100.0,
+                self.unit.show(limit)
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn pass_text(p: Option<bool>) -> &'static str {
+    match p {
+        Some(true) => "ok",
+        Some(false) => "MISSED",
+        None => "-",
+    }
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let header = [
+        "metric",
+        "twill",
+        "reference",
+        "ratio (twill/ref)",
+        "target",
+        "pass?",
+    ];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.metric.clone(),
+                r.unit.show(r.twill),
+                r.reference.map_or("-".into(), |v| r.unit.show(v)),
+                r.ratio().map_or("-".into(), |x| format!("{x:.3}x")),
+                r.target_text(),
+                pass_text(r.pass()).to_string(),
+            ]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |row: &[String]| -> String {
+        let parts: Vec<String> = row
+            .iter()
+            .zip(width)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                // Names left, numbers right (as report::table does).
+                if i == 0 || i >= 4 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        format!("| {} |", parts.join(" | "))
+    };
+    let mut out = String::new();
+    out.push_str(&line(&header.map(String::from)));
+    out.push('\n');
+    let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
+    out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+    for row in &cells {
+        out.push_str(&line(row));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn rows_json(rows: &[Row]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|r| {
+                json!({
+                    "metric": r.metric,
+                    "unit": r.unit.name(),
+                    "twill": r.twill,
+                    "reference": r.reference,
+                    "ratio": r.ratio(),
+                    "target": r.target_text(),
+                    "pass": r.pass(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The median of `v` (mean of the middle two for an even count); 0 for none.
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_targets() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        let row = |twill, reference, target| Row {
+            metric: "m".into(),
+            twill,
+            reference,
+            unit: Unit::Gbps,
+            target,
+        };
+        assert_eq!(row(9.9, Some(10.0), Target::MinRatio(0.98)).pass(), Some(true));
+        assert_eq!(row(9.7, Some(10.0), Target::MinRatio(0.98)).pass(), Some(false));
+        assert_eq!(row(9.7, None, Target::MinRatio(0.98)).pass(), Some(false));
+        assert_eq!(row(29.0, None, Target::Below(30.0)).pass(), Some(true));
+        assert_eq!(row(1.0, None, Target::None).pass(), None);
+        assert!(row(9.7, Some(10.0), Target::MinRatio(0.98))
+            .miss_text()
+            .unwrap()
+            .contains("1.0 points below"));
+    }
+}
