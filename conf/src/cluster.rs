@@ -98,7 +98,14 @@ impl ClusterConf {
         }
         let v6: Option<IpNet> = k.parsed("ipv6Network", "a CIDR")?;
         if let Some(n) = v6 {
-            networks.push(pod_network(&k, "ipv6Network", n, "ipv6SubnetLen", 64, true)?);
+            networks.push(pod_network(
+                &k,
+                "ipv6Network",
+                n,
+                "ipv6SubnetLen",
+                64,
+                true,
+            )?);
         }
         if networks.is_empty() {
             return Err(ConfError::Missing { key: "network" });
@@ -201,7 +208,10 @@ fn pod_network(
     if network.network() != network.addr() {
         return Err(ConfError::invalid(
             net_key,
-            format!("{network} has host bits set (did you mean {})?", network.trunc()),
+            format!(
+                "{network} has host bits set (did you mean {})?",
+                network.trunc()
+            ),
         ));
     }
     let max = network.max_prefix_len() as u32;
@@ -278,27 +288,26 @@ fn parse_registry(map: &Map<String, Value>) -> Result<RegistryConf, ConfError> {
             dir: k.string("dir")?.unwrap_or(DEFAULT_REGISTRY_DIR).into(),
         }),
         Some("etcd") => {
-            let endpoints = match k.array("endpoints")? {
-                None => vec!["http://127.0.0.1:2379".to_string()],
-                Some(list) => {
-                    let mut out = Vec::new();
-                    for (i, e) in list.iter().enumerate() {
-                        match e.as_str() {
-                            Some(s) if !s.is_empty() => out.push(s.to_string()),
-                            _ => {
-                                return Err(ConfError::invalid(
+            let endpoints =
+                match k.array("endpoints")? {
+                    None => vec!["http://127.0.0.1:2379".to_string()],
+                    Some(list) => {
+                        let mut out = Vec::new();
+                        for (i, e) in list.iter().enumerate() {
+                            match e.as_str() {
+                                Some(s) if !s.is_empty() => out.push(s.to_string()),
+                                _ => return Err(ConfError::invalid(
                                     format!("registry.endpoints[{i}]"),
                                     "expected a non-empty string such as \"http://10.0.0.1:2379\"",
-                                ))
+                                )),
                             }
                         }
+                        if out.is_empty() {
+                            return Err(ConfError::invalid(k.path("endpoints"), "is empty"));
+                        }
+                        out
                     }
-                    if out.is_empty() {
-                        return Err(ConfError::invalid(k.path("endpoints"), "is empty"));
-                    }
-                    out
-                }
-            };
+                };
             let prefix = k.string("prefix")?.unwrap_or(DEFAULT_ETCD_PREFIX);
             if !prefix.starts_with('/') {
                 return Err(ConfError::invalid(
@@ -340,7 +349,10 @@ mod tests {
                 dir: DEFAULT_REGISTRY_DIR.into()
             }
         );
-        assert_eq!(ClusterConf::parse(c.to_json().to_string().as_bytes()).unwrap(), c);
+        assert_eq!(
+            ClusterConf::parse(c.to_json().to_string().as_bytes()).unwrap(),
+            c
+        );
     }
 
     #[test]
@@ -359,7 +371,10 @@ mod tests {
         assert_eq!(c.backend.mtu, Mtu::Fixed(1400));
         assert_eq!(c.backend.direct_routing, DirectRouting::Never);
         assert!(matches!(&c.registry, RegistryConf::Etcd { prefix, .. } if prefix == "/x"));
-        assert_eq!(ClusterConf::parse(c.to_json().to_string().as_bytes()).unwrap(), c);
+        assert_eq!(
+            ClusterConf::parse(c.to_json().to_string().as_bytes()).unwrap(),
+            c
+        );
     }
 
     #[test]
@@ -368,21 +383,51 @@ mod tests {
             (r#"{}"#, "network"),
             (r#"{"network": "10.244.0.1/16"}"#, "network"),
             (r#"{"network": "fd00::/48"}"#, "network"),
-            (r#"{"network": "10.244.0.0/16", "subnetLen": 16}"#, "subnetLen"),
-            (r#"{"network": "10.244.0.0/16", "subnetLen": 31}"#, "subnetLen"),
-            (r#"{"network": "10.244.0.0/16", "subnetLen": "24"}"#, "subnetLen"),
+            (
+                r#"{"network": "10.244.0.0/16", "subnetLen": 16}"#,
+                "subnetLen",
+            ),
+            (
+                r#"{"network": "10.244.0.0/16", "subnetLen": 31}"#,
+                "subnetLen",
+            ),
+            (
+                r#"{"network": "10.244.0.0/16", "subnetLen": "24"}"#,
+                "subnetLen",
+            ),
             (r#"{"network": "10.244.0.0/16", "ipMasq": "yes"}"#, "ipMasq"),
-            (r#"{"network": "10.244.0.0/16", "backend": {"type": "udp"}}"#, "backend.type"),
-            (r#"{"network": "10.244.0.0/16", "backend": {"vni": 0}}"#, "backend.vni"),
-            (r#"{"network": "10.244.0.0/16", "backend": {"port": 70000}}"#, "backend.port"),
-            (r#"{"network": "10.244.0.0/16", "backend": {"mtu": "big"}}"#, "backend.mtu"),
-            (r#"{"network": "10.244.0.0/16", "backend": {"mtu": 100}}"#, "backend.mtu"),
+            (
+                r#"{"network": "10.244.0.0/16", "backend": {"type": "udp"}}"#,
+                "backend.type",
+            ),
+            (
+                r#"{"network": "10.244.0.0/16", "backend": {"vni": 0}}"#,
+                "backend.vni",
+            ),
+            (
+                r#"{"network": "10.244.0.0/16", "backend": {"port": 70000}}"#,
+                "backend.port",
+            ),
+            (
+                r#"{"network": "10.244.0.0/16", "backend": {"mtu": "big"}}"#,
+                "backend.mtu",
+            ),
+            (
+                r#"{"network": "10.244.0.0/16", "backend": {"mtu": 100}}"#,
+                "backend.mtu",
+            ),
             (
                 r#"{"network": "10.244.0.0/16", "backend": {"directRouting": "yes"}}"#,
                 "backend.directRouting",
             ),
-            (r#"{"network": "10.244.0.0/16", "registry": {}}"#, "registry.kind"),
-            (r#"{"network": "10.244.0.0/16", "registry": {"kind": "consul"}}"#, "registry.kind"),
+            (
+                r#"{"network": "10.244.0.0/16", "registry": {}}"#,
+                "registry.kind",
+            ),
+            (
+                r#"{"network": "10.244.0.0/16", "registry": {"kind": "consul"}}"#,
+                "registry.kind",
+            ),
             (
                 r#"{"network": "10.244.0.0/16", "registry": {"kind": "etcd", "endpoints": [1]}}"#,
                 "registry.endpoints[0]",

@@ -61,7 +61,10 @@ impl Backoff {
 }
 
 /// The node's identity on the underlay.
-pub async fn announce(nl: &Netlink, conf: &AgentConf) -> Result<(Underlay, Announcement), AgentError> {
+pub async fn announce(
+    nl: &Netlink,
+    conf: &AgentConf,
+) -> Result<(Underlay, Announcement), AgentError> {
     let underlay = underlay::detect(nl, conf.iface.as_deref(), conf.public_ip).await?;
     let ann = Announcement {
         node: conf.node.clone(),
@@ -392,7 +395,11 @@ impl LoopState<'_> {
     fn count(&self, plan: &Plan) {
         let m = &self.board.metrics;
         m.count_changes("route", plan.routes.put.len(), plan.routes.remove.len());
-        m.count_changes("neighbour", plan.neighbours.put.len(), plan.neighbours.remove.len());
+        m.count_changes(
+            "neighbour",
+            plan.neighbours.put.len(),
+            plan.neighbours.remove.len(),
+        );
         m.count_changes("fdb", plan.fdb.put.len(), plan.fdb.remove.len());
     }
 
@@ -483,7 +490,10 @@ impl LoopState<'_> {
 
         let mut not_ready = Vec::new();
         if self.device.is_none() {
-            not_ready.push(format!("VXLAN device {} is not up", self.datapath.conf().name));
+            not_ready.push(format!(
+                "VXLAN device {} is not up",
+                self.datapath.conf().name
+            ));
         }
         if !snap.complete {
             not_ready.push("the registry has not been listed yet".into());

@@ -96,7 +96,8 @@ impl Datapath {
             }
         }
         for a in have {
-            let link_local = matches!(a.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            let link_local =
+                matches!(a.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
             if !want.contains(&a) && !link_local {
                 self.nl.del_address(link.index, a).await?;
             }

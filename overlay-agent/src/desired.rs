@@ -219,8 +219,10 @@ mod tests {
     fn plan_without_removals_keeps_what_the_kernel_has() {
         let want = DesiredState::compute(&peers(), &[], true);
         let mut have = want.clone();
-        have.routes.insert("10.244.9.0/24".parse().unwrap(), NextHop::Foreign);
-        have.neighbours.remove(&"10.244.2.0".parse::<IpAddr>().unwrap());
+        have.routes
+            .insert("10.244.9.0/24".parse().unwrap(), NextHop::Foreign);
+        have.neighbours
+            .remove(&"10.244.2.0".parse::<IpAddr>().unwrap());
         let full = Plan::between(&want, &have, true);
         assert_eq!(full.routes.remove.len(), 1);
         assert_eq!(full.neighbours.put.len(), 1);

@@ -230,7 +230,7 @@ impl Firewall for Nft {
         for family in self.foreign_forward_chains()? {
             let existing = self.tagged_rules(family)?;
             let wanted = wanted_forward_rules(family, rules);
-            if let Some(fix) = render_forward_fix(family, &self.table, &existing, &wanted).filter(|_| false) {
+            if let Some(fix) = render_forward_fix(family, &self.table, &existing, &wanted) {
                 forward_changes += 1;
                 tracing::info!(
                     family = family.name(),
@@ -386,7 +386,7 @@ pub fn render_table_script(table: &str, rules: &FirewallRules) -> String {
         s.push_str("        type nat hook postrouting priority srcnat; policy accept;\n");
         for (f, nets) in &families {
             let ip = f.name();
-            let _ = writeln!(s, "        {ip} saddr {nets} {ip} daddr 1.2.3.4 return");
+            let _ = writeln!(s, "        {ip} saddr {nets} {ip} daddr {nets} return");
             let multicast = f.multicast();
             let _ = writeln!(s, "        {ip} saddr {nets} {ip} daddr {multicast} return");
             let _ = writeln!(s, "        {ip} saddr {nets} masquerade fully-random");

@@ -102,7 +102,11 @@ impl HostPaths {
     /// Removes what the agent wrote; missing files are fine.
     pub fn remove_all(&self) -> Result<Vec<PathBuf>, HostError> {
         let mut removed = Vec::new();
-        for p in [self.conflist_path(), self.subnet_file.clone(), self.plugin_path()] {
+        for p in [
+            self.conflist_path(),
+            self.subnet_file.clone(),
+            self.plugin_path(),
+        ] {
             match std::fs::remove_file(&p) {
                 Ok(()) => removed.push(p),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -155,7 +159,10 @@ mod tests {
         assert!(!p.files_current(&sf));
         assert!(p.write_subnet_file(&sf).unwrap());
         assert!(p.write_conflist().unwrap());
-        assert!(!p.write_conflist().unwrap(), "unchanged content is not rewritten");
+        assert!(
+            !p.write_conflist().unwrap(),
+            "unchanged content is not rewritten"
+        );
         assert!(p.files_current(&sf));
         let src = dir.path().join("twill-src");
         std::fs::write(&src, b"#!/bin/true\n").unwrap();

@@ -76,7 +76,11 @@ fn respond(method: &str, path: &str, board: &Board) -> (u16, &'static str, Strin
             if s.ready {
                 (200, TEXT, "ready\n".into())
             } else {
-                (503, TEXT, format!("not ready: {}\n", s.not_ready.join("; ")))
+                (
+                    503,
+                    TEXT,
+                    format!("not ready: {}\n", s.not_ready.join("; ")),
+                )
             }
         }
         "/metrics" => (
@@ -89,7 +93,11 @@ fn respond(method: &str, path: &str, board: &Board) -> (u16, &'static str, Strin
             "application/json",
             serde_json::to_string_pretty(&board.snapshot()).unwrap_or_default(),
         ),
-        _ => (404, TEXT, "not found; try /healthz /readyz /metrics /status\n".into()),
+        _ => (
+            404,
+            TEXT,
+            "not found; try /healthz /readyz /metrics /status\n".into(),
+        ),
     }
 }
 

@@ -12,14 +12,18 @@ use twill_agent::agent::{self, AgentConf};
 use twill_agent::datapath::{device_name, Datapath, DeviceConf};
 use twill_agent::firewall::{Firewall, Nft};
 use twill_agent::host::{HostPaths, CONFLIST_NAME};
+use twill_agent::http;
 use twill_agent::record::Mac;
 use twill_agent::registry::{etcd::EtcdRegistry, file::FileRegistry, Registry};
 use twill_agent::status::{AgentStatus, Board};
-use twill_agent::http;
 use twill_conf::{ClusterConf, RegistryConf};
 
 #[derive(Parser)]
-#[command(name = "twill-agent", version, about = "Twill node agent: a VXLAN pod network")]
+#[command(
+    name = "twill-agent",
+    version,
+    about = "Twill node agent: a VXLAN pod network"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -50,7 +54,11 @@ struct HostArgs {
     #[arg(long, env = "TWILL_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
     cni_bin_dir: PathBuf,
     /// The subnet file the plugin reads.
-    #[arg(long, env = "TWILL_SUBNET_FILE", default_value = "/run/twill/subnet.json")]
+    #[arg(
+        long,
+        env = "TWILL_SUBNET_FILE",
+        default_value = "/run/twill/subnet.json"
+    )]
     subnet_file: PathBuf,
     /// The plugin's address store directory (`dataDir` in the conflist).
     #[arg(long, env = "TWILL_DATA_DIR", default_value = "/var/lib/twill")]
@@ -202,7 +210,7 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
     init_logging(&a.log_level);
     let cluster = ClusterConf::read(&a.conf).context("cluster network configuration")?;
     let node = node_name(&a)?;
-    if !(a.resync >= 0.1) {
+    if a.resync.is_nan() || a.resync < 0.1 {
         bail!("--resync must be at least 0.1 seconds");
     }
     let resync = Duration::from_secs_f64(a.resync);
@@ -235,7 +243,10 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
     };
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -290,17 +301,25 @@ async fn uninstall(a: RunArgs) -> Result<std::process::ExitCode> {
             own_subnets: Vec::new(),
         },
     );
-    dp.remove_all().await.context("removing the VXLAN device and routes")?;
+    dp.remove_all()
+        .await
+        .context("removing the VXLAN device and routes")?;
     Nft::new().remove().context("removing the firewall rules")?;
     let removed = a.host.paths().remove_all()?;
     for p in &removed {
         println!("removed {}", p.display());
     }
     match registry_for(&cluster).await {
-        Ok((r, _)) => r.leave(&node).await.context("removing this node's record")?,
+        Ok((r, _)) => r
+            .leave(&node)
+            .await
+            .context("removing this node's record")?,
         Err(e) => eprintln!("twill-agent: could not reach the registry to remove this node: {e:#}"),
     }
-    println!("removed device {}, routes, firewall rules and node record {node}", device_name(vni));
+    println!(
+        "removed device {}, routes, firewall rules and node record {node}",
+        device_name(vni)
+    );
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -52,7 +52,11 @@ impl Metrics {
             ready: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("peers", "Peers by state (programmed, pending, rejected)", m.peers.clone());
+        registry.register(
+            "peers",
+            "Peers by state (programmed, pending, rejected)",
+            m.peers.clone(),
+        );
         registry.register(
             "programming_latency_seconds",
             "Time from a registry change or resync to its kernel entries programmed",
@@ -73,15 +77,25 @@ impl Metrics {
             "Routes, neighbour and FDB entries put or removed",
             m.kernel_changes.clone(),
         );
-        registry.register("resyncs", "Full resyncs against the kernel", m.resyncs.clone());
+        registry.register(
+            "resyncs",
+            "Full resyncs against the kernel",
+            m.resyncs.clone(),
+        );
         registry.register("ready", "1 when the agent is ready", m.ready.clone());
         Metrics { registry, ..m }
     }
 
     pub fn set_peers(&self, programmed: usize, pending: usize, rejected: usize) {
-        for (state, n) in [("programmed", programmed), ("pending", pending), ("rejected", rejected)] {
+        for (state, n) in [
+            ("programmed", programmed),
+            ("pending", pending),
+            ("rejected", rejected),
+        ] {
             self.peers
-                .get_or_create(&StateLabel { state: state.into() })
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
                 .set(n as i64);
         }
     }

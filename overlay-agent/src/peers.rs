@@ -60,8 +60,7 @@ impl PeerSet {
             }
         }
         let clashing = overlapping(&candidates);
-        let established =
-            |r: &VtepRecord| r.subnets.iter().all(|s| programmed.contains(s));
+        let established = |r: &VtepRecord| r.subnets.iter().all(|s| programmed.contains(s));
         let involved: Vec<&VtepRecord> = candidates
             .iter()
             .copied()
@@ -75,7 +74,7 @@ impl PeerSet {
                     && o.subnets
                         .iter()
                         .any(|a| r.subnets.iter().any(|b| overlaps(a, b)))
-                    && !(established(r) && !established(o))
+                    && (!established(r) || established(o))
             });
             match loser_to {
                 Some(other) => rejected.push(Rejected {
@@ -110,11 +109,7 @@ fn overlapping<'a>(records: &[&'a VtepRecord]) -> BTreeMap<&'a str, &'a str> {
                 u128::from(u32::from(v4.network())),
                 u128::from(u32::from(v4.broadcast())),
             ),
-            IpNet::V6(v6) => (
-                true,
-                u128::from(v6.network()),
-                u128::from(v6.broadcast()),
-            ),
+            IpNet::V6(v6) => (true, u128::from(v6.network()), u128::from(v6.broadcast())),
         }
     };
     let mut spans: Vec<((bool, u128, u128), &'a str)> = records
@@ -246,12 +241,15 @@ mod tests {
         let (set, rejected) = PeerSet::validate(&own(), &records, &programmed);
         assert_eq!(set.peers.keys().collect::<Vec<_>>(), vec!["old"]);
         assert_eq!(rejected.len(), 1);
-        assert!(rejected[0].reason.contains("already programmed"), "{rejected:?}");
+        assert!(
+            rejected[0].reason.contains("already programmed"),
+            "{rejected:?}"
+        );
     }
 
     #[test]
     fn overlap_sweep_finds_nested_and_distant_clashes() {
-        let recs = vec![
+        let recs = [
             rec("big", "10.244.0.0/22", "192.168.0.2", "0a:00:00:00:00:02"),
             rec("a", "10.244.2.0/24", "192.168.0.3", "0a:00:00:00:00:03"),
             rec("b", "10.244.4.0/24", "192.168.0.4", "0a:00:00:00:00:04"),

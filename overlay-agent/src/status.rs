@@ -52,7 +52,11 @@ impl AgentStatus {
         out.push_str(&format!(
             "node {}  subnet {}  public IP {}  device {} (MTU {}, MAC {})  registry {}\n",
             self.node,
-            if subnets.is_empty() { "-".into() } else { subnets },
+            if subnets.is_empty() {
+                "-".into()
+            } else {
+                subnets
+            },
             self.public_ip.map(|i| i.to_string()).unwrap_or("-".into()),
             self.device,
             self.mtu,
@@ -108,6 +112,59 @@ fn join(nets: &[IpNet]) -> String {
         .join(",")
 }
 
+/// What the reconcile loop writes and the HTTP endpoints read.
+pub struct Board {
+    pub status: std::sync::Mutex<AgentStatus>,
+    pub metrics: crate::metrics::Metrics,
+    heartbeat: std::sync::Mutex<std::time::Instant>,
+    /// `/healthz` fails when the loop has not beaten for this long.
+    stale_after: std::time::Duration,
+}
+
+impl Board {
+    pub fn new(stale_after: std::time::Duration) -> Self {
+        Board {
+            status: std::sync::Mutex::new(AgentStatus::default()),
+            metrics: crate::metrics::Metrics::new(),
+            heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
+            stale_after,
+        }
+    }
+
+    pub fn beat(&self) {
+        if let Ok(mut h) = self.heartbeat.lock() {
+            *h = std::time::Instant::now();
+        }
+    }
+
+    /// `Err(reason)` when the loop seems stuck.
+    pub fn healthy(&self) -> Result<(), String> {
+        let age = self
+            .heartbeat
+            .lock()
+            .map(|h| h.elapsed())
+            .unwrap_or_default();
+        if age > self.stale_after {
+            return Err(format!(
+                "the reconcile loop has not run for {}s",
+                age.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn snapshot(&self) -> AgentStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut AgentStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+            self.metrics.ready.set(i64::from(s.ready));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,59 +202,17 @@ mod tests {
         };
         let t = s.render();
         assert!(t.contains("NOT READY: 1 peer not programmed"), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("n2") && l.contains("direct") && l.ends_with("yes")), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("bad") && l.contains("rejected: bad MAC")), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("n2") && l.contains("direct") && l.ends_with("yes")),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("bad") && l.contains("rejected: bad MAC")),
+            "{t}"
+        );
         let back: AgentStatus = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
-    }
-}
-
-/// What the reconcile loop writes and the HTTP endpoints read.
-pub struct Board {
-    pub status: std::sync::Mutex<AgentStatus>,
-    pub metrics: crate::metrics::Metrics,
-    heartbeat: std::sync::Mutex<std::time::Instant>,
-    /// `/healthz` fails when the loop has not beaten for this long.
-    stale_after: std::time::Duration,
-}
-
-impl Board {
-    pub fn new(stale_after: std::time::Duration) -> Self {
-        Board {
-            status: std::sync::Mutex::new(AgentStatus::default()),
-            metrics: crate::metrics::Metrics::new(),
-            heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
-            stale_after,
-        }
-    }
-
-    pub fn beat(&self) {
-        if let Ok(mut h) = self.heartbeat.lock() {
-            *h = std::time::Instant::now();
-        }
-    }
-
-    /// `Err(reason)` when the loop seems stuck.
-    pub fn healthy(&self) -> Result<(), String> {
-        let age = self
-            .heartbeat
-            .lock()
-            .map(|h| h.elapsed())
-            .unwrap_or_default();
-        if age > self.stale_after {
-            return Err(format!("the reconcile loop has not run for {}s", age.as_secs()));
-        }
-        Ok(())
-    }
-
-    pub fn snapshot(&self) -> AgentStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    pub fn update(&self, f: impl FnOnce(&mut AgentStatus)) {
-        if let Ok(mut s) = self.status.lock() {
-            f(&mut s);
-            self.metrics.ready.set(i64::from(s.ready));
-        }
     }
 }

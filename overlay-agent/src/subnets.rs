@@ -44,8 +44,14 @@ mod tests {
     fn lowest_free_subnet_after_the_first() {
         let n = net("10.244.0.0/16", 24);
         assert_eq!(pick(&n, &[], None), Some("10.244.1.0/24".parse().unwrap()));
-        let taken: Vec<IpNet> = vec!["10.244.1.0/24".parse().unwrap(), "10.244.2.0/23".parse().unwrap()];
-        assert_eq!(pick(&n, &taken, None), Some("10.244.4.0/24".parse().unwrap()));
+        let taken: Vec<IpNet> = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "10.244.2.0/23".parse().unwrap(),
+        ];
+        assert_eq!(
+            pick(&n, &taken, None),
+            Some("10.244.4.0/24".parse().unwrap())
+        );
     }
 
     #[test]
@@ -53,19 +59,33 @@ mod tests {
         let n = net("10.244.0.0/16", 24);
         let p: IpNet = "10.244.77.0/24".parse().unwrap();
         assert_eq!(pick(&n, &[], Some(p)), Some(p));
-        assert_eq!(pick(&n, &[p], Some(p)), Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(
+            pick(&n, &[p], Some(p)),
+            Some("10.244.1.0/24".parse().unwrap())
+        );
         let wrong_len: IpNet = "10.244.77.0/25".parse().unwrap();
-        assert_eq!(pick(&n, &[], Some(wrong_len)), Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(
+            pick(&n, &[], Some(wrong_len)),
+            Some("10.244.1.0/24".parse().unwrap())
+        );
         let outside: IpNet = "10.99.1.0/24".parse().unwrap();
-        assert_eq!(pick(&n, &[], Some(outside)), Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(
+            pick(&n, &[], Some(outside)),
+            Some("10.244.1.0/24".parse().unwrap())
+        );
     }
 
     #[test]
     fn full_network_gives_none() {
         let n = net("10.244.0.0/22", 24);
-        let taken: Vec<IpNet> = (1..4).map(|i| format!("10.244.{i}.0/24").parse().unwrap()).collect();
+        let taken: Vec<IpNet> = (1..4)
+            .map(|i| format!("10.244.{i}.0/24").parse().unwrap())
+            .collect();
         assert_eq!(pick(&n, &taken, None), None);
         let v6 = net("fd00:1::/56", 64);
-        assert_eq!(pick(&v6, &[], None), Some("fd00:1:0:1::/64".parse().unwrap()));
+        assert_eq!(
+            pick(&v6, &[], None),
+            Some("fd00:1:0:1::/64".parse().unwrap())
+        );
     }
 }

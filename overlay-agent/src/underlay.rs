@@ -165,10 +165,16 @@ mod tests {
     #[test]
     fn default_route_interface_wins() {
         let u = choose(&all(), &[3], None, None).unwrap();
-        assert_eq!((u.name.as_str(), u.ip.to_string()), ("eth1", "192.168.7.2".into()));
+        assert_eq!(
+            (u.name.as_str(), u.ip.to_string()),
+            ("eth1", "192.168.7.2".into())
+        );
         assert_eq!(u.connected.len(), 2);
         let u = choose(&all(), &[], None, None).unwrap();
-        assert_eq!(u.name, "eth0", "else the first interface with a global address");
+        assert_eq!(
+            u.name, "eth0",
+            "else the first interface with a global address"
+        );
     }
 
     #[test]

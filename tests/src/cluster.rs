@@ -69,7 +69,13 @@ impl Underlay {
         for s in 0..segments {
             let br = format!("ul{s}");
             ns.ip(&["link", "add", &br, "mtu", &mtu, "type", "bridge"]);
-            ns.ip(&["addr", "add", &format!("192.168.{}.254/24", s + 1), "dev", &br]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("192.168.{}.254/24", s + 1),
+                "dev",
+                &br,
+            ]);
             ns.ip(&["link", "set", &br, "up"]);
         }
         ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -253,16 +259,27 @@ impl Cluster {
         // The node end is created in the node namespace, then the other end is moved
         // into the underlay: names never meet the root namespace's.
         ns.ip(&[
-            "link", "add", "eth0", "mtu", &mtu, "type", "veth", "peer", "name", &host_end,
-            "mtu", &mtu,
+            "link", "add", "eth0", "mtu", &mtu, "type", "veth", "peer", "name", &host_end, "mtu",
+            &mtu,
         ]);
         ns.ip(&["link", "set", &host_end, "netns", self.underlay.ns.name()]);
-        self.underlay
-            .ns
-            .ip(&["link", "set", &host_end, "master", &format!("ul{segment}"), "up"]);
+        self.underlay.ns.ip(&[
+            "link",
+            "set",
+            &host_end,
+            "master",
+            &format!("ul{segment}"),
+            "up",
+        ]);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["route", "add", "default", "via", &self.underlay.router_ip(segment)]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.underlay.router_ip(segment),
+        ]);
         let dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
         self.nodes.push(ClusterNode {
@@ -328,29 +345,31 @@ impl Cluster {
     /// Waits until every running agent reports ready and knows all the others.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let running: Vec<&ClusterNode> = self.nodes.iter().filter(|n| n.agent.is_some()).collect();
-        wait_until(timeout, || {
+        let ready = wait_until(timeout, || {
             running.iter().all(|n| {
                 n.status().is_some_and(|s| {
                     s["ready"] == json!(true)
-                        && s["peers"]
-                            .as_array()
-                            .is_some_and(|p| p.iter().filter(|p| p["programmed"] == json!(true)).count() + 1 >= running.len())
+                        && s["peers"].as_array().is_some_and(|p| {
+                            p.iter().filter(|p| p["programmed"] == json!(true)).count() + 1
+                                >= running.len()
+                        })
                 })
             })
-        })
-        .map_err(|_| {
-            let mut msg = String::from("agents not ready in time:\n");
-            for n in &running {
-                msg.push_str(&format!(
-                    "--- {} status: {}\n--- {} log (tail):\n{}\n",
-                    n.name,
-                    n.status().map(|s| s.to_string()).unwrap_or("none".into()),
-                    n.name,
-                    tail(&n.log(), 15)
-                ));
-            }
-            msg
-        })
+        });
+        if ready {
+            return Ok(());
+        }
+        let mut msg = String::from("agents not ready in time:\n");
+        for n in &running {
+            msg.push_str(&format!(
+                "--- {} status: {}\n--- {} log (tail):\n{}\n",
+                n.name,
+                n.status().map(|s| s.to_string()).unwrap_or("none".into()),
+                n.name,
+                tail(&n.log(), 15)
+            ));
+        }
+        Err(msg)
     }
 
     /// Runs ADD for a new pod on node `i` with the conflist the agent wrote, as a runtime
@@ -365,8 +384,11 @@ impl Cluster {
         conf["name"] = list["name"].clone();
         let ns = Netns::new(&format!("p{}", next_id()));
         let id = format!("{name}-{}", next_id());
-        let out = Plugin::new(&node.ns)
-            .call(&CniCall::new("ADD", &conf).container(&id, &ns.path(), "eth0"));
+        let out = Plugin::new(&node.ns).call(&CniCall::new("ADD", &conf).container(
+            &id,
+            &ns.path(),
+            "eth0",
+        ));
         if !out.success() {
             return Err(format!(
                 "ADD of {name} on {} failed: {} {}",
@@ -392,8 +414,11 @@ impl Cluster {
     /// Runs DEL for `pod` (its namespace is kept).
     pub fn del_pod(&self, pod: &ClusterPod) -> Result<(), String> {
         let node = &self.nodes[pod.node];
-        let out = Plugin::new(&node.ns)
-            .call(&CniCall::new("DEL", &pod.conf).container(&pod.id, &pod.ns.path(), "eth0"));
+        let out = Plugin::new(&node.ns).call(&CniCall::new("DEL", &pod.conf).container(
+            &pod.id,
+            &pod.ns.path(),
+            "eth0",
+        ));
         if out.success() {
             Ok(())
         } else {
@@ -411,15 +436,16 @@ impl Cluster {
     }
 }
 
-/// Polls `f` every 50 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {
+/// Polls `f` every 50 ms until it holds (true) or `timeout` passes (false).
+#[must_use]
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if f() {
-            return Ok(());
+            return true;
         }
         if Instant::now() >= deadline {
-            return Err(());
+            return false;
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -41,8 +41,10 @@ fn three_nodes_on_etcd_reach_each_other_and_an_expired_node_leaves() {
         !c.nodes[0].agent_routes().contains(&subnets[2])
             && !c.nodes[1].agent_routes().contains(&subnets[2])
     });
-    assert!(gone.is_ok(), "node-3's routes stayed:\n{}", c.nodes[0].log());
-    let fdb = c.nodes[0].ns.sh(&["bridge", "fdb", "show", "dev", "twill.1"]);
+    assert!(gone, "node-3's routes stayed:\n{}", c.nodes[0].log());
+    let fdb = c.nodes[0]
+        .ns
+        .sh(&["bridge", "fdb", "show", "dev", "twill.1"]);
     assert!(!fdb.contains("192.168.1.3"), "{fdb}");
 
     // It restarts and gets its subnet back, and is programmed again.

@@ -1,7 +1,7 @@
 //! Multi-node overlay: agents on node namespaces, pods from the real plugin.
 
-use std::time::Duration;
 use serde_json::json;
+use std::time::Duration;
 use twill_tests::cluster::{ping_matrix, ping_rtt, wait_until, Cluster, ClusterSpec};
 use twill_tests::require_root;
 
@@ -10,7 +10,8 @@ fn three_nodes_file_registry_every_pod_reaches_every_pod() {
     require_root();
     let mut c = Cluster::new(ClusterSpec::default());
     c.start_all();
-    c.wait_ready(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut pods = Vec::new();
     for i in 0..3 {
         for k in 0..2 {
@@ -22,12 +23,15 @@ fn three_nodes_file_registry_every_pod_reaches_every_pod() {
         .filter(|(_, _, rtt)| rtt.is_none())
         .map(|(a, b, _)| format!("{} -> {} ({})", pods[a].name, pods[b].name, pods[b].ip))
         .collect();
-    assert!(failed.is_empty(), "unanswered: {failed:?}\n{}", c.nodes[0].log());
+    assert!(
+        failed.is_empty(),
+        "unanswered: {failed:?}\n{}",
+        c.nodes[0].log()
+    );
 }
 
-
 fn wait(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
-    wait_until(timeout, f).unwrap_or_else(|_| panic!("timed out: {what}"));
+    assert!(wait_until(timeout, f), "timed out: {what}");
 }
 
 #[test]
@@ -36,12 +40,14 @@ fn nodes_join_and_leave_without_restarting_anyone() {
     let mut c = Cluster::new(ClusterSpec::default());
     c.start_agent(0);
     c.start_agent(1);
-    c.wait_ready(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     let a = c.add_pod(0, "sleep-1").unwrap();
 
     // node-3 joins: node-1's pod reaches it with nobody restarted.
     c.start_agent(2);
-    c.wait_ready(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     let b = c.add_pod(2, "sleep-3").unwrap();
     assert!(ping_rtt(&a.ns, &b.ip).is_some(), "new node unreachable");
     let subnet3 = c.nodes[2].subnet().unwrap();
@@ -50,14 +56,21 @@ fn nodes_join_and_leave_without_restarting_anyone() {
     // node-3 leaves (uninstall): its entries leave node-1 within one resync.
     c.nodes[2].stop_agent(libc::SIGTERM);
     let out = c.agent_command(2, Some("uninstall")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let resync = Duration::from_secs_f64(c.spec.resync_secs) + Duration::from_secs(1);
     wait("node-3's route leaves node-1", resync, || {
         !c.nodes[0].agent_routes().contains(&subnet3)
     });
     let n1 = &c.nodes[0];
     let neigh = n1.ns.ip(&["neigh", "show", "dev", "twill.1"]);
-    assert!(!neigh.contains(subnet3.split('/').next().unwrap()), "{neigh}");
+    assert!(
+        !neigh.contains(subnet3.split('/').next().unwrap()),
+        "{neigh}"
+    );
     assert_eq!(n1.peer_rows().len(), 1, "{:?}", n1.peer_rows());
     // ... and uninstall removed everything on node-3.
     let n3 = &c.nodes[2];
@@ -76,7 +89,8 @@ fn hand_deleted_route_fdb_entry_and_device_come_back_within_one_resync() {
         ..ClusterSpec::default()
     });
     c.start_all();
-    c.wait_ready(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     let a = c.add_pod(0, "sleep-1").unwrap();
     let b = c.add_pod(1, "sleep-2").unwrap();
     let resync = Duration::from_secs_f64(c.spec.resync_secs) + Duration::from_secs(2);
@@ -85,15 +99,24 @@ fn hand_deleted_route_fdb_entry_and_device_come_back_within_one_resync() {
 
     n1.ns.ip(&["route", "del", &peer_subnet]);
     assert!(!n1.agent_routes().contains(&peer_subnet));
-    wait("route restored", resync, || n1.agent_routes().contains(&peer_subnet));
+    wait("route restored", resync, || {
+        n1.agent_routes().contains(&peer_subnet)
+    });
     assert!(ping_rtt(&a.ns, &b.ip).is_some());
 
     let fdb = n1.ns.sh(&["bridge", "fdb", "show", "dev", "twill.1"]);
-    let line = fdb.lines().find(|l| l.contains(" dst ")).expect("an FDB entry");
+    let line = fdb
+        .lines()
+        .find(|l| l.contains(" dst "))
+        .expect("an FDB entry");
     let words: Vec<&str> = line.split_whitespace().collect();
-    n1.ns.sh(&["bridge", "fdb", "del", words[0], "dev", "twill.1", "dst", words[2]]);
+    n1.ns.sh(&[
+        "bridge", "fdb", "del", words[0], "dev", "twill.1", "dst", words[2],
+    ]);
     wait("FDB entry restored", resync, || {
-        n1.ns.sh(&["bridge", "fdb", "show", "dev", "twill.1"]).contains(line.trim())
+        n1.ns
+            .sh(&["bridge", "fdb", "show", "dev", "twill.1"])
+            .contains(line.trim())
     });
     assert!(ping_rtt(&a.ns, &b.ip).is_some());
 
@@ -112,7 +135,8 @@ fn bogus_records_are_rejected_and_never_programmed() {
         ..ClusterSpec::default()
     });
     c.start_all();
-    c.wait_ready(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     let own = c.nodes[0].subnet().unwrap();
     let peer = c.nodes[1].subnet().unwrap();
     let dir = c.dir.path().join("registry");
@@ -122,23 +146,44 @@ fn bogus_records_are_rejected_and_never_programmed() {
     };
     let peer_half = format!("{}/25", peer.split('/').next().unwrap());
     for (node, body) in [
-        ("outside", rec("outside", "10.99.1.0/24", "0a:00:00:00:00:01")),
+        (
+            "outside",
+            rec("outside", "10.99.1.0/24", "0a:00:00:00:00:01"),
+        ),
         ("own", rec("own", &own, "0a:00:00:00:00:02")),
         ("overlap", rec("overlap", &peer_half, "0a:00:00:00:00:03")),
-        ("badmac", rec("badmac", "10.244.200.0/24", "01:00:5e:00:00:01")),
-        ("hostbits", rec("hostbits", "10.244.201.1/24", "0a:00:00:00:00:05")),
+        (
+            "badmac",
+            rec("badmac", "10.244.200.0/24", "01:00:5e:00:00:01"),
+        ),
+        (
+            "hostbits",
+            rec("hostbits", "10.244.201.1/24", "0a:00:00:00:00:05"),
+        ),
     ] {
         std::fs::write(dir.join(format!("{node}.json")), body.to_string()).unwrap();
     }
     std::fs::write(dir.join("junk.json"), b"{\"node\": ").unwrap();
     let n1 = &c.nodes[0];
     wait("six rejections", Duration::from_secs(10), || {
-        n1.peer_rows().iter().filter(|p| p["mode"] == "rejected").count() == 6
+        n1.peer_rows()
+            .iter()
+            .filter(|p| p["mode"] == "rejected")
+            .count()
+            == 6
     });
     // Only the real peer is programmed; the overlapping pair loses both sides.
     let routes = n1.agent_routes();
-    for bad in ["10.99.1.0/24", "10.244.200.0/24", "10.244.201.0/24", &peer_half] {
-        assert!(!routes.iter().any(|r| r == bad), "{bad} programmed: {routes:?}");
+    for bad in [
+        "10.99.1.0/24",
+        "10.244.200.0/24",
+        "10.244.201.0/24",
+        &peer_half,
+    ] {
+        assert!(
+            !routes.iter().any(|r| r == bad),
+            "{bad} programmed: {routes:?}"
+        );
     }
     assert!(!routes.contains(&own));
     let metrics = n1.http_get("/metrics");
@@ -160,20 +205,38 @@ fn sigkill_and_restart_lose_no_ping_reply() {
         ..ClusterSpec::default()
     });
     c.start_all();
-    c.wait_ready(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     let a = c.add_pod(0, "sleep-1").unwrap();
     let b = c.add_pod(1, "sleep-2").unwrap();
     let ping = std::process::Command::new("ip")
-        .args(["netns", "exec", a.ns.name(), "ping", "-i", "0.05", "-c", "160", "-W", "1", &b.ip])
+        .args([
+            "netns",
+            "exec",
+            a.ns.name(),
+            "ping",
+            "-i",
+            "0.05",
+            "-c",
+            "160",
+            "-W",
+            "1",
+            &b.ip,
+        ])
         .output();
     let pinger = std::thread::spawn(move || ping);
     std::thread::sleep(Duration::from_millis(500));
     for round in 0..2 {
         for i in 0..2 {
-            c.nodes[i].stop_agent(if round == 0 { libc::SIGKILL } else { libc::SIGTERM });
+            c.nodes[i].stop_agent(if round == 0 {
+                libc::SIGKILL
+            } else {
+                libc::SIGTERM
+            });
             c.start_agent(i);
         }
-        c.wait_ready(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+        c.wait_ready(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let out = pinger.join().unwrap().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -191,7 +254,8 @@ fn sigterm_leaves_the_data_path_in_place() {
         ..ClusterSpec::default()
     });
     c.start_all();
-    c.wait_ready(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     let a = c.add_pod(0, "sleep-1").unwrap();
     let b = c.add_pod(1, "sleep-2").unwrap();
     let before = c.nodes[0].agent_routes();
@@ -212,7 +276,8 @@ fn two_segments_get_direct_routes_within_and_vxlan_across() {
         ..ClusterSpec::default()
     });
     c.start_all();
-    c.wait_ready(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     // node-1 and node-3 share segment 0; node-2 and node-4 are on segment 1.
     let rows = c.nodes[0].peer_rows();
     let mode = |n: &str| {
@@ -223,7 +288,11 @@ fn two_segments_get_direct_routes_within_and_vxlan_across() {
     assert_eq!(mode("node-3").as_deref(), Some("direct"), "{rows:?}");
     assert_eq!(mode("node-2").as_deref(), Some("vxlan"), "{rows:?}");
     assert_eq!(mode("node-4").as_deref(), Some("vxlan"), "{rows:?}");
-    let via3 = c.nodes[0].ns.ip(&["route", "get", &c.nodes[2].subnet().unwrap().replace("0/24", "5")]);
+    let via3 = c.nodes[0].ns.ip(&[
+        "route",
+        "get",
+        &c.nodes[2].subnet().unwrap().replace("0/24", "5"),
+    ]);
     assert!(via3.contains("via 192.168.1.3 dev eth0"), "{via3}");
     let pods: Vec<_> = (0..4)
         .map(|i| c.add_pod(i, &format!("sleep-{}", i + 1)).unwrap())

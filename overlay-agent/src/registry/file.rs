@@ -107,7 +107,10 @@ fn read_record(path: &Path, file_name: &str) -> Entry {
     };
     match serde_json::from_slice::<VtepRecord>(&bytes) {
         Ok(r) if r.node == stem => Entry::Record(Box::new(r)),
-        Ok(r) => malformed(format!("the file is named for {stem:?} but holds node {:?}", r.node)),
+        Ok(r) => malformed(format!(
+            "the file is named for {stem:?} but holds node {:?}",
+            r.node
+        )),
         Err(e) => malformed(e.to_string()),
     }
 }
@@ -446,7 +449,10 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        wait_for(&rx, |s: &Snapshot| s.malformed.len() == 2 && s.records.len() == 1).await;
+        wait_for(&rx, |s: &Snapshot| {
+            s.malformed.len() == 2 && s.records.len() == 1
+        })
+        .await;
         reg.leave("a").await.unwrap();
         wait_for(&rx, |s: &Snapshot| s.records.is_empty()).await;
         drop(rx);

@@ -1,0 +1,158 @@
+//! The reference data paths, built by hand with `ip` and `bridge` in namespaces of their
+//! own, in the same shape as a Twill cluster of two nodes on one segment:
+//!
+//! - an underlay namespace with a bridge; each node's `eth0` is a veth whose other end is
+//!   a port of that bridge (MTU 1500), node `i` at 192.168.1.<i+1>/24;
+//! - in each node, flannel's VXLAN scheme: a VXLAN device (VNI 1, port 8472, `local`
+//!   the node address, `dev eth0`, `nolearning`, MTU 1450) carrying the network address
+//!   of the node's pod subnet; a pod bridge holding the gateway .1 (MTU 1450); and, per
+//!   peer, a permanent neighbour (peer VTEP address → peer VTEP MAC), an FDB entry (peer
+//!   VTEP MAC → peer node address) and an onlink route to the peer's subnet via its
+//!   VTEP address;
+//! - a pod namespace per node, its `eth0` a veth (MTU 1450) into the pod bridge, at .2,
+//!   default route via the gateway.
+//!
+//! No firewall rules and no agent: the fastest this shape goes on this kernel.
+
+use crate::overlay_proc::check_stop;
+use anyhow::Result;
+use twill_tests::Netns;
+
+/// Pod subnets are those a Twill cluster's first two nodes get from the default network,
+/// so a ruleset copied from a Twill node applies unchanged (see `--diag-nft`).
+pub const POD_NETWORK: &str = "10.244.0.0/16";
+const VXLAN_MTU: &str = "1450";
+
+/// Field order is drop order: pods, then nodes, then the underlay.
+pub struct Manual {
+    pub pods: Vec<Netns>,
+    pub nodes: Vec<Netns>,
+    pub underlay: Netns,
+}
+
+impl Manual {
+    pub fn node_ip(i: usize) -> String {
+        format!("192.168.1.{}", i + 1)
+    }
+
+    pub fn pod_ip(i: usize) -> String {
+        format!("10.244.{}.2", i + 1)
+    }
+
+    fn subnet(i: usize) -> String {
+        format!("10.244.{}.0/24", i + 1)
+    }
+
+    fn vtep_ip(i: usize) -> String {
+        format!("10.244.{}.0", i + 1)
+    }
+
+    fn vtep_mac(i: usize) -> String {
+        format!("0a:72:65:66:00:{:02x}", i + 1)
+    }
+
+    /// Two nodes with one pod each; nodes route to each other's pods through VXLAN.
+    pub fn build() -> Result<Manual> {
+        let underlay = Netns::new("ref-ul");
+        underlay.ip(&["link", "add", "ulbr", "mtu", "1500", "type", "bridge"]);
+        underlay.ip(&["addr", "add", "192.168.1.254/24", "dev", "ulbr"]);
+        underlay.ip(&["link", "set", "ulbr", "up"]);
+        let mut m = Manual {
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            underlay,
+        };
+        for i in 0..2 {
+            check_stop()?;
+            let n = Netns::new(&format!("ref-n{}", i + 1));
+            let host_end = format!("refn{}", i + 1);
+            n.ip(&[
+                "link", "add", "eth0", "mtu", "1500", "type", "veth", "peer", "name", &host_end,
+                "mtu", "1500",
+            ]);
+            n.ip(&["link", "set", &host_end, "netns", m.underlay.name()]);
+            m.underlay
+                .ip(&["link", "set", &host_end, "master", "ulbr", "up"]);
+            let ip = Self::node_ip(i);
+            n.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            n.ip(&["link", "set", "eth0", "up"]);
+            n.ip(&["route", "add", "default", "via", "192.168.1.254"]);
+            n.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+            n.ip(&[
+                "link", "add", "vxlan0", "type", "vxlan", "id", "1", "local", &ip, "dev", "eth0",
+                "dstport", "8472", "nolearning",
+            ]);
+            n.ip(&[
+                "link",
+                "set",
+                "vxlan0",
+                "address",
+                &Self::vtep_mac(i),
+                "mtu",
+                VXLAN_MTU,
+                "up",
+            ]);
+            n.ip(&["addr", "add", &format!("{}/32", Self::vtep_ip(i)), "dev", "vxlan0"]);
+
+            n.ip(&["link", "add", "cni0", "mtu", VXLAN_MTU, "type", "bridge"]);
+            n.ip(&["addr", "add", &format!("10.244.{}.1/24", i + 1), "dev", "cni0"]);
+            n.ip(&["link", "set", "cni0", "up"]);
+
+            let p = Netns::new(&format!("ref-p{}", i + 1));
+            n.ip(&[
+                "link",
+                "add",
+                "veth0",
+                "mtu",
+                VXLAN_MTU,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "mtu",
+                VXLAN_MTU,
+                "netns",
+                p.name(),
+            ]);
+            n.ip(&["link", "set", "veth0", "master", "cni0", "up"]);
+            p.ip(&["addr", "add", &format!("{}/24", Self::pod_ip(i)), "dev", "eth0"]);
+            p.ip(&["link", "set", "eth0", "up"]);
+            p.ip(&["route", "add", "default", "via", &format!("10.244.{}.1", i + 1)]);
+            m.nodes.push(n);
+            m.pods.push(p);
+        }
+        for (i, n) in m.nodes.iter().enumerate() {
+            for j in (0..2).filter(|j| *j != i) {
+                let (vtep, mac) = (Self::vtep_ip(j), Self::vtep_mac(j));
+                n.ip(&[
+                    "neigh", "replace", &vtep, "lladdr", &mac, "dev", "vxlan0", "nud", "permanent",
+                ]);
+                n.sh(&[
+                    "bridge",
+                    "fdb",
+                    "append",
+                    &mac,
+                    "dev",
+                    "vxlan0",
+                    "dst",
+                    &Self::node_ip(j),
+                    "self",
+                    "permanent",
+                ]);
+                n.ip(&[
+                    "route",
+                    "replace",
+                    &Self::subnet(j),
+                    "via",
+                    &vtep,
+                    "dev",
+                    "vxlan0",
+                    "onlink",
+                ]);
+            }
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,241 @@
+//! Throughput (iperf3, one TCP stream) and latency (ping) over five data paths that
+//! exist at the same time, measured in interleaved rounds:
+//!
+//! - `a`  node to node over the underlay, in the hand-built topology (no firewall);
+//! - `a'` node to node over the underlay, in the Twill VXLAN cluster (its nodes carry
+//!   the agent's nftables table);
+//! - `b`  Twill: pod to pod across two nodes through VXLAN (directRouting never);
+//! - `c`  the hand-built VXLAN pod path (reference for `b`);
+//! - `d`  Twill: pod to pod across two nodes on one segment, directly routed
+//!   (directRouting auto; reference `a`).
+
+use crate::overlay_manual::Manual;
+use crate::overlay_proc::{self, check_stop, iperf3_server, Guarded, PingStats};
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+use twill_tests::cluster::{Cluster, ClusterPod, ClusterSpec};
+use twill_tests::Netns;
+
+pub struct PathSpec {
+    pub reps: usize,
+    pub secs: u32,
+    pub pings: u32,
+    pub ping_interval: String,
+    pub resync_secs: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathId {
+    A,
+    A2,
+    B,
+    C,
+    D,
+}
+
+pub const ALL: [PathId; 5] = [PathId::A, PathId::B, PathId::C, PathId::D, PathId::A2];
+
+impl PathId {
+    pub fn key(self) -> &'static str {
+        match self {
+            PathId::A => "a",
+            PathId::A2 => "a'",
+            PathId::B => "b",
+            PathId::C => "c",
+            PathId::D => "d",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            PathId::A => "(a) underlay node->node, hand-built",
+            PathId::A2 => "(a') underlay node->node, Twill VXLAN cluster",
+            PathId::B => "(b) Twill pod->pod, VXLAN",
+            PathId::C => "(c) hand-built pod->pod, VXLAN",
+            PathId::D => "(d) Twill pod->pod, direct routing",
+        }
+    }
+}
+
+/// Samples of one path.
+#[derive(Default, Clone)]
+pub struct PathSamples {
+    pub gbps: Vec<f64>,
+    pub ping: Vec<PingStats>,
+}
+
+pub struct PathResults {
+    pub samples: Vec<(PathId, PathSamples)>,
+    /// The Twill nodes' nftables table, for the report.
+    pub twill_nft: String,
+}
+
+impl PathResults {
+    pub fn get(&self, id: PathId) -> &PathSamples {
+        &self
+            .samples
+            .iter()
+            .find(|(p, _)| *p == id)
+            .expect("every path is measured")
+            .1
+    }
+}
+
+/// Where a path's client and server are.
+struct Ends<'a> {
+    client: &'a Netns,
+    server: &'a Netns,
+    server_ip: String,
+}
+
+/// Everything measured over; field order is drop order (pods before their clusters).
+struct Topologies {
+    vx_pods: Vec<ClusterPod>,
+    dr_pods: Vec<ClusterPod>,
+    vx: Cluster,
+    dr: Cluster,
+    manual: Manual,
+}
+
+impl Topologies {
+    fn ends(&self, id: PathId) -> Ends<'_> {
+        match id {
+            PathId::A => Ends {
+                client: &self.manual.nodes[1],
+                server: &self.manual.nodes[0],
+                server_ip: Manual::node_ip(0),
+            },
+            PathId::A2 => Ends {
+                client: &self.vx.nodes[1].ns,
+                server: &self.vx.nodes[0].ns,
+                server_ip: self.vx.nodes[0].ip.clone(),
+            },
+            PathId::B => Ends {
+                client: &self.vx_pods[1].ns,
+                server: &self.vx_pods[0].ns,
+                server_ip: self.vx_pods[0].ip.clone(),
+            },
+            PathId::C => Ends {
+                client: &self.manual.pods[1],
+                server: &self.manual.pods[0],
+                server_ip: Manual::pod_ip(0),
+            },
+            PathId::D => Ends {
+                client: &self.dr_pods[1].ns,
+                server: &self.dr_pods[0].ns,
+                server_ip: self.dr_pods[0].ip.clone(),
+            },
+        }
+    }
+}
+
+fn twill_cluster(direct: bool, resync_secs: f64) -> Result<(Cluster, Vec<ClusterPod>)> {
+    let mut c = Cluster::new(ClusterSpec {
+        nodes: 2,
+        segments: 1,
+        direct_routing: direct,
+        resync_secs,
+        ..ClusterSpec::default()
+    });
+    c.start_all();
+    c.wait_ready(Duration::from_secs(30))
+        .map_err(anyhow::Error::msg)?;
+    let pods = vec![
+        c.add_pod(0, "srv").map_err(anyhow::Error::msg)?,
+        c.add_pod(1, "cli").map_err(anyhow::Error::msg)?,
+    ];
+    // Make sure the path is the one claimed: the route to the server pod's subnet on
+    // the client node goes through eth0 (direct) or the VXLAN device.
+    let subnet = c.nodes[0]
+        .subnet()
+        .context("node-1 has no subnet file")?;
+    let route = c.nodes[1].ns.ip(&["route", "show", &subnet, "proto", "71"]);
+    let want = if direct { "dev eth0" } else { "dev twill." };
+    if !route.contains(want) {
+        bail!(
+            "node-2's route to {subnet} is {:?}, expected one with {want:?}",
+            route.trim()
+        );
+    }
+    Ok((c, pods))
+}
+
+pub fn measure(spec: &PathSpec) -> Result<PathResults> {
+    eprintln!("overlay-bench: building the hand-built VXLAN reference...");
+    let manual = Manual::build()?;
+    check_stop()?;
+    eprintln!("overlay-bench: starting a 2-node Twill cluster, VXLAN...");
+    let (vx, vx_pods) = twill_cluster(false, spec.resync_secs)?;
+    check_stop()?;
+    eprintln!("overlay-bench: starting a 2-node Twill cluster, direct routing...");
+    let (dr, dr_pods) = twill_cluster(true, spec.resync_secs)?;
+    let topo = Topologies {
+        vx_pods,
+        dr_pods,
+        vx,
+        dr,
+        manual,
+    };
+    let twill_nft = topo.vx.nodes[0].ns.sh(&["nft", "list", "ruleset"]);
+
+    // Every path answers before anything is timed (this also resolves neighbours).
+    for id in ALL {
+        let e = topo.ends(id);
+        overlay_proc::ping(e.client, &e.server_ip, 3, "0.05")
+            .with_context(|| format!("{} does not work", id.describe()))?;
+    }
+    // Declared after the topologies: the servers are killed before the namespaces go.
+    let _servers: Vec<Guarded> = ALL
+        .iter()
+        .map(|id| iperf3_server(topo.ends(*id).server))
+        .collect::<Result<_>>()?;
+
+    let mut samples: Vec<(PathId, PathSamples)> =
+        ALL.iter().map(|id| (*id, PathSamples::default())).collect();
+    // Round r starts at path r and runs forwards, or backwards on odd rounds, so no
+    // path always follows the same one.
+    let order = |r: usize| -> Vec<usize> {
+        let mut o: Vec<usize> = (0..ALL.len()).map(|k| (k + r) % ALL.len()).collect();
+        if r % 2 == 1 {
+            o.reverse();
+        }
+        o
+    };
+    // Warm-up: one short stream per path, not recorded.
+    for id in ALL {
+        let e = topo.ends(id);
+        overlay_proc::iperf3(e.client, &e.server_ip, 1)?;
+    }
+    for r in 0..spec.reps {
+        eprintln!(
+            "overlay-bench: throughput round {}/{} ({} s per path)...",
+            r + 1,
+            spec.reps,
+            spec.secs
+        );
+        for k in order(r) {
+            let id = ALL[k];
+            let e = topo.ends(id);
+            let g = overlay_proc::iperf3(e.client, &e.server_ip, spec.secs)
+                .with_context(|| id.describe())?;
+            samples[k].1.gbps.push(g);
+        }
+    }
+    for r in 0..spec.reps {
+        eprintln!(
+            "overlay-bench: latency round {}/{} ({} pings per path)...",
+            r + 1,
+            spec.reps,
+            spec.pings
+        );
+        for k in order(r) {
+            let id = ALL[k];
+            let e = topo.ends(id);
+            let p = overlay_proc::ping(e.client, &e.server_ip, spec.pings, &spec.ping_interval)
+                .with_context(|| id.describe())?;
+            samples[k].1.ping.push(p);
+        }
+    }
+    eprintln!("overlay-bench: removing the path topologies...");
+    Ok(PathResults { samples, twill_nft })
+}
