@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build test bench check clean-netns lab
+.PHONY: build test bench bench-overlay check clean-netns lab lab-down
 
 build:
 	$(CARGO) build --workspace
@@ -25,7 +25,13 @@ check:
 clean-netns:
 	ip netns list | awk '/^twt/ {print $$1}' | xargs -r -n1 ip netns del
 
-# The local lab: pods as namespaces wired by the real plugin, then a ping matrix.
+# The local lab: nodes as namespaces with one twill-agent each, pods wired by the real
+# plugin, then the pod-to-pod ping matrix. LAB_ARGS="--nodes 5 --keep" etc.
 lab:
 	$(CARGO) build --workspace
 	./target/debug/twill-lab $(LAB_ARGS)
+
+# Removes a lab left up with --keep.
+lab-down:
+	$(CARGO) build -p twill-lab
+	./target/debug/twill-lab down

@@ -12,8 +12,8 @@ pub enum Unit {
     Ms,
     /// Microseconds.
     Us,
-    /// MiB.
-    MiB,
+    /// Megabytes (10^6 bytes).
+    MB,
     /// Percent of one CPU.
     CpuPct,
 }
@@ -24,7 +24,7 @@ impl Unit {
             Unit::Gbps => "Gbit/s",
             Unit::Ms => "ms",
             Unit::Us => "us",
-            Unit::MiB => "MiB",
+            Unit::MB => "MB",
             Unit::CpuPct => "% CPU",
         }
     }
@@ -34,7 +34,7 @@ impl Unit {
             Unit::Gbps => format!("{v:.2} Gbit/s"),
             Unit::Ms => format!("{v:.1} ms"),
             Unit::Us => format!("{v:.1} us"),
-            Unit::MiB => format!("{v:.1} MiB"),
+            Unit::MB => format!("{v:.1} MB"),
             Unit::CpuPct => format!("{v:.2} %"),
         }
     }
@@ -46,6 +46,8 @@ pub enum Target {
     MinRatio(f64),
     /// twill's value must be below this (in the row's unit).
     Below(f64),
+    /// twill's value must be at most this (in the row's unit).
+    AtMost(f64),
     /// Shown for information.
     None,
 }
@@ -71,6 +73,7 @@ impl Row {
         match self.target {
             Target::MinRatio(min) => Some(self.ratio().is_some_and(|r| r >= min)),
             Target::Below(limit) => Some(self.twill < limit),
+            Target::AtMost(limit) => Some(self.twill <= limit),
             Target::None => None,
         }
     }
@@ -79,6 +82,7 @@ impl Row {
         match self.target {
             Target::MinRatio(min) => format!(">= {min:.2}x"),
             Target::Below(limit) => format!("< {}", self.unit.show(limit)),
+            Target::AtMost(limit) => format!("<= {}", self.unit.show(limit)),
             Target::None => "-".into(),
         }
     }
@@ -94,7 +98,7 @@ impl Row {
                     (min - r) * 100.0
                 ))
             }
-            (Some(false), Target::Below(limit)) => Some(format!(
+            (Some(false), Target::Below(limit) | Target::AtMost(limit)) => Some(format!(
                 "{}: {}, {:.0}% over {}",
                 self.metric,
                 self.unit.show(self.twill),

@@ -1,160 +1,310 @@
-//! `twill-lab`: stands up pods as network namespaces on a node namespace, wires them with
-//! the real `twill` plugin (called exactly as a runtime calls it), prints the pod table
-//! and the pod-to-pod ping matrix, and tears everything down.
-//!
-//! Today the lab has one node: pods on different nodes need `twill-agent`, which comes
-//! with its own issue.
+//! `twill-lab`: a whole Twill cluster on one machine. Nodes are network namespaces on an
+//! underlay (two segments joined by a router, so both direct routing and VXLAN show
+//! up), each running `twill-agent`; pods are namespaces wired by the real `twill`
+//! plugin, called exactly as a runtime calls it with the conflist the agent wrote.
+//! Prints the node table, the pod table and the pod-to-pod ping matrix; exits non-zero
+//! if any pair fails.
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 use std::process::ExitCode;
-use std::time::Instant;
-use twill_tests::{require_root, CniCall, Netns, Plugin};
+use std::time::{Duration, Instant};
+use twill_tests::cluster::{ping_rtt, tail, Cluster, ClusterPod, ClusterSpec, RegistryKind};
+use twill_tests::etcd::EtcdServer;
+use twill_tests::netns::{run, set_run_prefix};
+use twill_tests::require_root;
+
+/// Every lab namespace and directory starts with this; `down` removes them.
+const PREFIX: &str = "twlab-";
+
+const USAGE: &str = "usage: twill-lab [up] [--nodes N] [--pods-per-node N] [--registry file|etcd]
+                 [--segments N] [--direct-routing auto|never] [--keep]
+       twill-lab down
+
+  up (default)   stand up the cluster, print node and pod tables and the ping matrix,
+                 tear it down (unless --keep); exit 1 if any pod pair fails
+  --nodes N            nodes (default 3)
+  --pods-per-node N    pods per node (default 2), named sleep-1, sleep-2, ...
+  --registry KIND      file (default; no outside service) or etcd (runs a real etcd)
+  --segments N         underlay segments joined by a router (default 2)
+  --direct-routing M   auto (default: same-segment peers without encapsulation) or never
+  --keep               leave everything up for exploring; `twill-lab down` removes it
+  down                 remove a lab left up with --keep (or by a killed run)
+
+Run as root. Explore a kept lab with e.g.
+  ip netns exec twlab-<n>-n1 ip route
+  ip netns exec twlab-<n>-n1 twill-agent status";
 
 struct Options {
+    nodes: usize,
     pods: usize,
+    etcd: bool,
+    segments: usize,
+    direct: bool,
+    keep: bool,
+    down: bool,
 }
 
 fn parse_args() -> Result<Options> {
-    let mut opts = Options { pods: 2 };
+    let mut o = Options {
+        nodes: 3,
+        pods: 2,
+        etcd: false,
+        segments: 2,
+        direct: true,
+        keep: false,
+        down: false,
+    };
     let mut args = std::env::args().skip(1);
+    let number = |flag: &str, v: Option<String>, max: usize| -> Result<usize> {
+        let v = v.with_context(|| format!("{flag} needs a number"))?;
+        let n: usize = v
+            .parse()
+            .with_context(|| format!("{flag} {v:?} is not a number"))?;
+        if !(1..=max).contains(&n) {
+            bail!("{flag} must be between 1 and {max}");
+        }
+        Ok(n)
+    };
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--pods-per-node" | "--pods" => {
-                let v = args.next().context("--pods-per-node needs a number")?;
-                opts.pods = v
-                    .parse()
-                    .with_context(|| format!("--pods-per-node {v:?} is not a number"))?;
-                if !(1..=200).contains(&opts.pods) {
-                    bail!("--pods-per-node must be between 1 and 200");
-                }
-            }
+            "up" => {}
+            "down" => o.down = true,
+            "--nodes" => o.nodes = number("--nodes", args.next(), 50)?,
+            "--pods-per-node" | "--pods" => o.pods = number("--pods-per-node", args.next(), 50)?,
+            "--segments" => o.segments = number("--segments", args.next(), 8)?,
+            "--registry" => match args.next().as_deref() {
+                Some("file") => o.etcd = false,
+                Some("etcd") => o.etcd = true,
+                other => bail!("--registry takes file or etcd, not {other:?}"),
+            },
+            "--direct-routing" => match args.next().as_deref() {
+                Some("auto") => o.direct = true,
+                Some("never") => o.direct = false,
+                other => bail!("--direct-routing takes auto or never, not {other:?}"),
+            },
+            "--keep" => o.keep = true,
             "-h" | "--help" => {
-                println!("usage: twill-lab [--pods-per-node N]   (run as root)");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            other => bail!("unknown option {other:?} (try --help)"),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    Ok(opts)
-}
-
-struct Pod {
-    name: String,
-    ns: Netns,
-    ip: String,
+    Ok(o)
 }
 
 fn main() -> ExitCode {
-    match run() {
+    match parse_args().and_then(|o| if o.down { down().map(|_| true) } else { up(o) }) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("twill-lab: {e:#}");
-            eprintln!("everything the lab made is removed on exit; if it was killed, `make clean-netns` removes leftovers");
+            eprintln!(
+                "twill-lab: what this run made is removed on exit; after a kill, `twill-lab down` (or `make lab-down`) removes leftovers"
+            );
             ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> Result<bool> {
-    let opts = parse_args()?;
+fn lab_namespaces() -> Vec<String> {
+    let out = run(&["ip", "netns", "list"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(PREFIX))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Kills every process in the lab's namespaces (agents, etcd), deletes the namespaces
+/// and the lab's directories.
+fn down() -> Result<()> {
     require_root();
-    let started = Instant::now();
-    let data = std::env::temp_dir().join(format!("twill-lab-{}", std::process::id()));
-    let _cleanup = RemoveDir(data.clone());
-
-    eprintln!("[lab] node-1: creating the node namespace");
-    let node = Netns::new("node-1");
-    let plugin = Plugin::new(&node);
-    let config = json!({
-        "cniVersion": "1.0.0", "name": "twill-lab", "type": "twill",
-        "subnet": "10.244.1.0/24", "dataDir": data.to_string_lossy(),
-    });
-
-    let mut pods = Vec::new();
-    for i in 1..=opts.pods {
-        let name = format!("sleep-{i}");
-        eprintln!("[lab] {name}: CNI ADD on node-1");
-        let ns = Netns::new(&name);
-        let out = plugin.call(&CniCall::new("ADD", &config).container(&name, &ns.path(), "eth0"));
-        if !out.success() {
-            bail!(
-                "ADD of {name} failed: {} {}",
-                out.stdout.trim(),
-                out.stderr.trim()
-            );
+    let names = lab_namespaces();
+    for ns in &names {
+        let pids = run(&["ip", "netns", "pids", ns]);
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: plain kill(2) of a process in a lab namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
-        let result = out.json();
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .context("ADD result has no address")?
-            .to_string();
-        pods.push(Pod { name, ns, ip });
     }
-
-    println!("\nNODE     SUBNET          BRIDGE");
-    println!("node-1   10.244.1.0/24   twill0 (10.244.1.1)");
-    println!("\nPOD        NODE     IP");
-    for p in &pods {
-        println!("{:<10} node-1   {}", p.name, p.ip);
+    for ns in &names {
+        let _ = run(&["ip", "netns", "del", ns]);
     }
-
-    println!("\nping matrix (from row to column):");
-    print!("{:<10}", "");
-    for p in &pods {
-        print!(" {:<14}", p.name);
-    }
-    println!();
-    let mut failures = 0;
-    for from in &pods {
-        print!("{:<10}", from.name);
-        for to in &pods {
-            let out = from.ns.run(&["ping", "-c", "1", "-W", "2", &to.ip]);
-            let cell = if out.status.success() {
-                rtt(&String::from_utf8_lossy(&out.stdout))
-                    .map_or("OK".to_string(), |r| format!("OK {r}ms"))
-            } else {
-                failures += 1;
-                "FAIL".to_string()
-            };
-            print!(" {cell:<14}");
-        }
-        println!();
-    }
-
-    for p in &pods {
-        let out =
-            plugin.call(&CniCall::new("DEL", &config).container(&p.name, &p.ns.path(), "eth0"));
-        if !out.success() {
-            eprintln!("[lab] DEL of {} failed: {}", p.name, out.stdout.trim());
+    let mut dirs = 0;
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(PREFIX) {
+                let _ = std::fs::remove_dir_all(e.path());
+                dirs += 1;
+            }
         }
     }
     println!(
-        "\n{} of {} pairs answered; {:.1}s",
-        pods.len() * pods.len() - failures,
-        pods.len() * pods.len(),
+        "removed {} namespaces and {dirs} directories",
+        names.len()
+    );
+    Ok(())
+}
+
+fn step(n: usize, total: usize, what: &str) {
+    eprintln!("[{n}/{total}] {what}");
+}
+
+fn up(o: Options) -> Result<bool> {
+    require_root();
+    if !lab_namespaces().is_empty() {
+        bail!("a lab is already up (namespaces {PREFIX}*); run `twill-lab down` first");
+    }
+    set_run_prefix(PREFIX);
+    let started = Instant::now();
+    let total = 4;
+    eprintln!(
+        "twill-lab: {} nodes on {} underlay segment(s), {} pods per node, {} registry, direct routing {}",
+        o.nodes,
+        o.segments,
+        o.pods,
+        if o.etcd { "etcd" } else { "file" },
+        if o.direct { "auto" } else { "never" }
+    );
+
+    step(1, total, "underlay, router and node namespaces");
+    let router = "192.168.1.254";
+    let mut c = Cluster::new(ClusterSpec {
+        nodes: o.nodes,
+        segments: o.segments,
+        direct_routing: o.direct,
+        registry: if o.etcd {
+            RegistryKind::Etcd {
+                endpoint: format!("http://{router}:2379"),
+            }
+        } else {
+            RegistryKind::File
+        },
+        resync_secs: 30.0,
+        ..ClusterSpec::default()
+    });
+    let etcd = if o.etcd {
+        eprintln!("      starting etcd at {router}:2379 in the underlay namespace");
+        Some(EtcdServer::start_in(c.underlay.ns.name(), router))
+    } else {
+        None
+    };
+
+    step(2, total, "one twill-agent per node; waiting until every agent is ready");
+    c.start_all();
+    if let Err(e) = c.wait_ready(Duration::from_secs(30)) {
+        bail!("{e}");
+    }
+    eprintln!("      ready after {:.1}s", started.elapsed().as_secs_f64());
+
+    step(3, total, "pods: CNI ADD through the real twill plugin");
+    let mut pods: Vec<ClusterPod> = Vec::new();
+    for i in 0..o.nodes {
+        for _ in 0..o.pods {
+            let name = format!("sleep-{}", pods.len() + 1);
+            let pod = c
+                .add_pod(i, &name)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("agent log of {}:\n{}", c.nodes[i].name, tail(&c.nodes[i].log(), 10)))?;
+            pods.push(pod);
+        }
+    }
+
+    print_nodes(&c);
+    print_pods(&c, &pods);
+
+    step(4, total, "ping matrix (from row to column)");
+    let failures = print_matrix(&pods);
+    let pairs = pods.len() * pods.len().saturating_sub(1);
+    println!(
+        "\n{} of {pairs} pairs answered; {:.1}s",
+        pairs - failures,
         started.elapsed().as_secs_f64()
     );
+
+    if o.keep {
+        println!("\nleft up (--keep). Try:");
+        println!("  ip netns list | grep {PREFIX}");
+        println!("  ip netns exec {} {} status", c.nodes[0].ns.name(), Cluster::agent_bin().display());
+        println!(
+            "  ip netns exec {} ping {}",
+            pods[0].ns.name(),
+            pods.last().map(|p| p.ip.as_str()).unwrap_or("")
+        );
+        println!("remove it with: twill-lab down");
+        std::mem::forget(pods);
+        std::mem::forget(etcd);
+        std::mem::forget(c);
+    } else {
+        for p in &pods {
+            if let Err(e) = c.del_pod(p) {
+                eprintln!("twill-lab: {e}");
+            }
+        }
+    }
     Ok(failures == 0)
 }
 
-fn rtt(ping_out: &str) -> Option<String> {
-    let line = ping_out.lines().find(|l| l.contains("time="))?;
-    Some(
-        line.split("time=")
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .to_string(),
-    )
+fn print_nodes(c: &Cluster) {
+    println!("\nNODE      SUBNET           UNDERLAY IP     MODE TO EACH PEER");
+    for n in &c.nodes {
+        let peers: Vec<String> = n
+            .peer_rows()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["node"].as_str().unwrap_or("?"),
+                    p["mode"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        println!(
+            "{:<9} {:<16} {:<15} {}",
+            n.name,
+            n.subnet().unwrap_or_else(|| "-".into()),
+            n.ip,
+            peers.join(", ")
+        );
+    }
 }
 
-struct RemoveDir(std::path::PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+fn print_pods(c: &Cluster, pods: &[ClusterPod]) {
+    println!("\nPOD        NODE      IP");
+    for p in pods {
+        println!("{:<10} {:<9} {}", p.name, c.nodes[p.node].name, p.ip);
     }
+    println!();
+}
+
+fn print_matrix(pods: &[ClusterPod]) -> usize {
+    print!("{:<10}", "");
+    for p in pods {
+        print!(" {:<12}", p.name);
+    }
+    println!();
+    let mut failures = 0;
+    for from in pods {
+        print!("{:<10}", from.name);
+        for to in pods {
+            let cell = if std::ptr::eq(from, to) {
+                "-".to_string()
+            } else {
+                match ping_rtt(&from.ns, &to.ip) {
+                    Some(rtt) => format!("OK {rtt:.3}ms"),
+                    None => {
+                        failures += 1;
+                        "FAIL".to_string()
+                    }
+                }
+            };
+            print!(" {cell:<12}");
+        }
+        println!();
+    }
+    failures
 }

@@ -5,10 +5,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-/// Prefix of every namespace this process creates: `twt<pid>-`. The pid lets the sweep
-/// tell a dead run's leftovers from a live parallel run's namespaces.
+static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Prefix of every namespace (and temp dir) this process creates: `twt<pid>-`. The pid
+/// lets the sweep tell a dead run's leftovers from a live parallel run's namespaces.
 pub fn run_prefix() -> String {
-    format!("twt{}-", std::process::id())
+    PREFIX
+        .get()
+        .cloned()
+        .unwrap_or_else(|| format!("twt{}-", std::process::id()))
+}
+
+/// Replaces the run prefix for this process (before anything is created). The lab uses
+/// `twlab-`, which the sweep never touches, so `--keep` survives later test runs.
+pub fn set_run_prefix(prefix: &str) {
+    let _ = PREFIX.set(prefix.to_string());
 }
 
 /// Runs a command (argv) and returns its output; panics with the command and its stderr

@@ -1,0 +1,519 @@
+//! Convergence against simulated peers: one node namespace with an agent on the file
+//! registry, and N peer records (records only, no real nodes) written before it starts.
+//!
+//! - start → all N routes programmed: from just before the agent is spawned to the
+//!   route notification that completes the set of N peer routes (`proto 71`, main
+//!   table), read from an RTNLGRP_IPV4_ROUTE subscription in the node namespace, then
+//!   confirmed with a dump. If the subscription overflows, it falls back to dumping
+//!   every 10 ms. The agent applies FDB, then neighbour entries, then routes, so the
+//!   last route means everything is in.
+//! - record → route: with the N peers programmed, a new record is written (temp file in
+//!   the registry directory, then rename, as `twill_conf::atomic` does) and timed from
+//!   just before the rename to its route's notification; then it is removed, timed to
+//!   the route's removal. 50-150 ms of jitter separate the steps.
+//! - resident memory (VmRSS, VmHWM) and CPU while idle (utime+stime from
+//!   /proc/<pid>/stat over a window, the agent's own and its reaped children's, i.e. the
+//!   `nft` runs of a resync).
+//!
+//! Peer i (1-based) owns the i-th /24 of 10.0.0.0/8 (10.0.1.0/24, 10.0.2.0/24, ...), as
+//! the registry would have handed them out, so the node itself gets the (N+1)-th; its
+//! public IP is on 172.16.0.0/12, which is not directly connected: every peer is a VXLAN
+//! peer (the kernel accepts an FDB destination anywhere).
+
+use crate::overlay_proc::{self, check_stop};
+use crate::overlay_rtnl::{Prefix, RouteSocket, RT_TABLE_MAIN};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use twill_tests::cluster::{tail, Cluster, ClusterSpec, RegistryKind};
+
+/// The agent's route protocol (`twill_agent::datapath::ROUTE_PROTOCOL`).
+const PROTO: u8 = 71;
+const NETWORK: &str = "10.0.0.0/8";
+/// Subnet indexes of the records added one at a time (far above any peer's).
+const ADD_BASE: u32 = 60_000;
+
+pub struct ConvSpec {
+    pub peers: Vec<usize>,
+    pub runs: usize,
+    pub adds: usize,
+    pub idle: Duration,
+    pub resync_secs: f64,
+    pub timeout: Duration,
+}
+
+pub struct ConvRun {
+    pub peers: usize,
+    pub elapsed: Duration,
+    pub method: &'static str,
+    /// (event, ms after the spawn) from the agent's log.
+    pub phases: Vec<(String, f64)>,
+    /// `changes=` of the first "programmed" line.
+    pub first_changes: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Trials {
+    pub peers: usize,
+    pub add: Vec<Duration>,
+    pub del: Vec<Duration>,
+    pub timeouts: usize,
+}
+
+pub struct Resources {
+    pub peers: usize,
+    pub rss_kib_converged: u64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    pub threads: u64,
+    pub window: Duration,
+    pub cpu_pct: f64,
+    pub children_cpu_pct: f64,
+    pub resyncs_in_window: Option<u64>,
+    pub resync_secs: f64,
+}
+
+pub struct ConvResults {
+    pub runs: Vec<ConvRun>,
+    pub trials: Trials,
+    pub resources: Resources,
+}
+
+/// The i-th /24 of 10.0.0.0/8 (i < 65,536).
+fn subnet(idx: u32) -> Prefix {
+    Prefix {
+        addr: Ipv4Addr::from(0x0a00_0000 | ((idx & 0xffff) << 8)),
+        len: 24,
+    }
+}
+
+fn record(node: &str, idx: u32, ip_idx: u32) -> Vec<u8> {
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + ip_idx + 1);
+    let mac = format!(
+        "0a:5e:{:02x}:{:02x}:{:02x}:{:02x}",
+        (ip_idx >> 24) & 0xff,
+        (ip_idx >> 16) & 0xff,
+        (ip_idx >> 8) & 0xff,
+        ip_idx & 0xff
+    );
+    let v = json!({
+        "node": node,
+        "subnets": [subnet(idx).to_string()],
+        "publicIP": ip.to_string(),
+        "vtepMAC": mac,
+        "backend": "vxlan",
+    });
+    serde_json::to_vec_pretty(&v).expect("a JSON value serializes")
+}
+
+/// A node with its agent, and the route sockets in its namespace. Field order is drop
+/// order; the cluster (agent, namespaces, directory) goes last.
+struct ConvNode {
+    monitor: RouteSocket,
+    dump: RouteSocket,
+    registry: PathBuf,
+    peers: usize,
+    cluster: Cluster,
+}
+
+impl ConvNode {
+    fn pid(&self) -> Result<u32> {
+        self.cluster.nodes[0]
+            .agent
+            .as_ref()
+            .map(|c| c.id())
+            .context("the agent is not running")
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        let node = &mut self.cluster.nodes[0];
+        if let Some(child) = node.agent.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "the agent exited ({status}); its log:\n{}",
+                    tail(&node.log(), 20)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the route to `dst` to appear (`new`) or go; when it happened.
+    fn wait_route(&mut self, dst: Prefix, new: bool, limit: Duration) -> Result<Option<Instant>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            check_stop()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let b = self.monitor.wait(left.min(Duration::from_millis(200)))?;
+            if b.routes.iter().any(|r| {
+                r.dst == dst && r.protocol == PROTO && r.table == RT_TABLE_MAIN && r.new == new
+            }) {
+                return Ok(Some(b.at));
+            }
+            if b.overflow {
+                let present = self
+                    .dump
+                    .dump()?
+                    .iter()
+                    .any(|r| r.dst == dst && r.protocol == PROTO && r.table == RT_TABLE_MAIN);
+                if present == new {
+                    return Ok(Some(Instant::now()));
+                }
+            }
+            self.check_alive()?;
+        }
+    }
+}
+
+fn spec_for(resync_secs: f64) -> ClusterSpec {
+    ClusterSpec {
+        nodes: 1,
+        segments: 1,
+        network: NETWORK.into(),
+        subnet_len: 24,
+        direct_routing: false,
+        registry: RegistryKind::File,
+        resync_secs,
+        ip_masq: true,
+        mtu: 1500,
+    }
+}
+
+/// One cold start against `n` peers.
+fn converge(n: usize, spec: &ConvSpec) -> Result<(ConvNode, ConvRun)> {
+    let mut cluster = Cluster::new(spec_for(spec.resync_secs));
+    let registry = cluster.dir.path().join("registry");
+    std::fs::create_dir_all(&registry)?;
+    for i in 1..=n as u32 {
+        let name = format!("peer-{i:05}");
+        std::fs::write(registry.join(format!("{name}.json")), record(&name, i, i))
+            .context("writing a peer record")?;
+    }
+    let ns_path = PathBuf::from(cluster.nodes[0].ns.path());
+    let monitor = RouteSocket::monitor_in(&ns_path)?;
+    let dump = RouteSocket::dump_in(&ns_path)?;
+    check_stop()?;
+
+    let wall0 = SystemTime::now();
+    let t0 = Instant::now();
+    cluster.start_agent(0);
+    let mut node = ConvNode {
+        monitor,
+        dump,
+        registry,
+        peers: n,
+        cluster,
+    };
+    let mut seen: HashSet<Prefix> = HashSet::new();
+    let mut method = "route notifications";
+    let deadline = t0 + spec.timeout;
+    let done = loop {
+        check_stop()?;
+        if method == "route notifications" {
+            let b = node.monitor.wait(Duration::from_millis(10))?;
+            for r in &b.routes {
+                if r.protocol == PROTO && r.table == RT_TABLE_MAIN {
+                    if r.new {
+                        seen.insert(r.dst);
+                    } else {
+                        seen.remove(&r.dst);
+                    }
+                }
+            }
+            if seen.len() >= n {
+                break b.at;
+            }
+            if b.overflow {
+                method = "10 ms dump poll (notifications overflowed)";
+            }
+        } else {
+            let count = node.dump.count_protocol(PROTO)?;
+            let at = Instant::now();
+            if count >= n {
+                break at;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        node.check_alive()?;
+        if Instant::now() > deadline {
+            let have = node.dump.count_protocol(PROTO)?;
+            bail!(
+                "{have} of {n} routes after {:?}; agent log:\n{}",
+                spec.timeout,
+                tail(&node.cluster.nodes[0].log(), 20)
+            );
+        }
+    };
+    let elapsed = done - t0;
+    let have = node.dump.count_protocol(PROTO)?;
+    if have != n {
+        bail!("notifications said {n} routes, a dump finds {have}");
+    }
+    let (phases, first_changes) = phases(&node.cluster.nodes[0].log(), wall0);
+    Ok((
+        node,
+        ConvRun {
+            peers: n,
+            elapsed,
+            method,
+            phases,
+            first_changes,
+        },
+    ))
+}
+
+/// xorshift, for jitter between trials.
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        Duration::from_millis(lo_ms + self.0 % (hi_ms - lo_ms + 1))
+    }
+}
+
+fn trials(node: &mut ConvNode, count: usize, limit: Duration) -> Result<Trials> {
+    let mut t = Trials {
+        peers: node.peers,
+        ..Trials::default()
+    };
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 | 1);
+    let mut jitter = Jitter(seed);
+    overlay_proc::sleep(Duration::from_millis(500))?;
+    for k in 0..count as u32 {
+        let name = format!("add-{k:04}");
+        let idx = ADD_BASE + k;
+        let dst = subnet(idx);
+        let path = node.registry.join(format!("{name}.json"));
+        let tmp = node.registry.join(format!(".{name}.json.tmp"));
+        std::fs::write(&tmp, record(&name, idx, 1_000_000 + k))?;
+        node.monitor.drain()?;
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, &path)?;
+        match node.wait_route(dst, true, limit)? {
+            Some(at) => t.add.push(at.saturating_duration_since(t0)),
+            None => {
+                t.add.push(limit);
+                t.timeouts += 1;
+            }
+        }
+        overlay_proc::sleep(jitter.next(50, 150))?;
+        node.monitor.drain()?;
+        let t0 = Instant::now();
+        std::fs::remove_file(&path)?;
+        match node.wait_route(dst, false, limit)? {
+            Some(at) => t.del.push(at.saturating_duration_since(t0)),
+            None => {
+                t.del.push(limit);
+                t.timeouts += 1;
+            }
+        }
+        overlay_proc::sleep(jitter.next(50, 150))?;
+    }
+    Ok(t)
+}
+
+fn status_kib(pid: u32, key: &str) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim_start_matches(':').split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+/// (utime+stime, cutime+cstime) in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = s.rsplit_once(')').map(|x| x.1).context("odd /proc/pid/stat")?;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // After the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+    // utime stime cutime cstime.
+    if f.len() < 14 {
+        bail!("short /proc/{pid}/stat");
+    }
+    Ok((f[10] + f[11], f[12] + f[13]))
+}
+
+/// A counter from the agent's /metrics, fetched inside its namespace.
+fn metric(node: &ConvNode, name: &str) -> Option<u64> {
+    let out = overlay_proc::output_in(
+        &node.cluster.nodes[0].ns,
+        Duration::from_secs(5),
+        &["curl", "-s", "--max-time", "2", "http://127.0.0.1:9473/metrics"],
+    )
+    .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+fn resources(node: &ConvNode, rss_converged: u64, idle: Duration, resync_secs: f64) -> Result<Resources> {
+    let pid = node.pid()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "twill-agent" {
+        bail!("pid {pid} is {:?}, not the agent", comm.trim());
+    }
+    overlay_proc::sleep(Duration::from_secs(1))?;
+    let resyncs0 = metric(node, "twill_resyncs_total");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (s0, c0) = cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    overlay_proc::sleep(idle)?;
+    let (s1, c1) = cpu_ticks(pid)?;
+    let window = t0.elapsed();
+    let resyncs1 = metric(node, "twill_resyncs_total");
+    let pct = |ticks: u64| ticks as f64 / hz / window.as_secs_f64() * 100.0;
+    Ok(Resources {
+        peers: node.peers,
+        rss_kib_converged: rss_converged,
+        rss_kib: status_kib(pid, "VmRSS")?,
+        hwm_kib: status_kib(pid, "VmHWM")?,
+        threads: status_kib(pid, "Threads").unwrap_or(0),
+        window,
+        cpu_pct: pct(s1 - s0),
+        children_cpu_pct: pct(c1 - c0),
+        resyncs_in_window: resyncs0.zip(resyncs1).map(|(a, b)| b.saturating_sub(a)),
+        resync_secs,
+    })
+}
+
+pub fn measure(spec: &ConvSpec) -> Result<ConvResults> {
+    let mut peers = spec.peers.clone();
+    peers.sort_unstable();
+    let mut runs = Vec::new();
+    let mut kept: Option<ConvNode> = None;
+    // Sizes interleaved run by run; the last run of the largest size stays up for the
+    // per-record trials and the resource figures.
+    for r in 0..spec.runs {
+        for &n in &peers {
+            eprintln!(
+                "overlay-bench: convergence, {n} peers, run {}/{}...",
+                r + 1,
+                spec.runs
+            );
+            drop(kept.take());
+            let (node, run) = converge(n, spec)?;
+            eprintln!(
+                "overlay-bench:   {n} routes after {:.1} ms ({})",
+                run.elapsed.as_secs_f64() * 1e3,
+                run.method
+            );
+            runs.push(run);
+            kept = Some(node);
+        }
+    }
+    let mut node = kept.context("no convergence run")?;
+    let rss_converged = status_kib(node.pid()?, "VmRSS")?;
+    eprintln!(
+        "overlay-bench: {} single records added and removed at {} peers...",
+        spec.adds, node.peers
+    );
+    let trials = trials(&mut node, spec.adds, Duration::from_secs(5))?;
+    eprintln!(
+        "overlay-bench: memory, and CPU over {:.0} s idle...",
+        spec.idle.as_secs_f64()
+    );
+    let resources = resources(&node, rss_converged, spec.idle, spec.resync_secs)?;
+    drop(node);
+    Ok(ConvResults {
+        runs,
+        trials,
+        resources,
+    })
+}
+
+/// Markers in the agent's log, with the ms after `wall0` of their first line.
+fn phases(log: &str, wall0: SystemTime) -> (Vec<(String, f64)>, Option<u64>) {
+    const MARKERS: [(&str, &str); 6] = [
+        ("process up, underlay found", ": starting"),
+        ("subnet leased (registry join)", ": joined the registry"),
+        ("CNI files written", ": wrote the CNI files"),
+        ("nftables rules installed", ": nftables rules installed"),
+        ("VXLAN device created", ": created the VXLAN device"),
+        ("first 'programmed' (pass done)", ": programmed changes="),
+    ];
+    let mut out = Vec::new();
+    let mut changes = None;
+    for (label, marker) in MARKERS {
+        let hit = log.lines().find_map(|l| {
+            let ts = parse_rfc3339(l.split_whitespace().next()?)?;
+            let after = ts.duration_since(wall0).ok()?;
+            l.contains(marker).then_some((after, l))
+        });
+        if let Some((after, line)) = hit {
+            out.push((label.to_string(), after.as_secs_f64() * 1e3));
+            if marker.contains("programmed") {
+                changes = line
+                    .split("changes=")
+                    .nth(1)
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok());
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.total_cmp(&b.1));
+    (out, changes)
+}
+
+/// `2026-11-22T20:16:17.123456Z` (tracing-subscriber's default timestamps).
+fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
+    let digits: String = frac.chars().take(9).collect();
+    let nanos: u32 = format!("{digits:0<9}").parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se;
+    Some(UNIX_EPOCH + Duration::new(u64::try_from(secs).ok()?, nanos))
+}
+
+/// How the simulated peers look, for the report.
+pub fn describe_records() -> String {
+    format!(
+        "peer i owns the i-th /24 of {NETWORK} (the node itself gets the (N+1)-th), public IP on 172.16.0.0/12 (not connected: all VXLAN)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_and_subnets() {
+        let t = parse_rfc3339("1970-01-02T00:00:01.5Z").unwrap();
+        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap(), Duration::from_millis(86_401_500));
+        let t = parse_rfc3339("2024-03-01T12:00:00.000001Z").unwrap();
+        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_709_294_400);
+        assert_eq!(subnet(1).to_string(), "10.0.1.0/24");
+        assert_eq!(subnet(5000).to_string(), "10.19.136.0/24");
+        assert_eq!(subnet(60_000).to_string(), "10.234.96.0/24");
+    }
+}
