@@ -335,7 +335,10 @@ fn status_kib(pid: u32, key: &str) -> Result<u64> {
 /// (utime+stime, cutime+cstime) in clock ticks.
 fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = s.rsplit_once(')').map(|x| x.1).context("odd /proc/pid/stat")?;
+    let rest = s
+        .rsplit_once(')')
+        .map(|x| x.1)
+        .context("odd /proc/pid/stat")?;
     let f: Vec<u64> = rest
         .split_whitespace()
         .skip(1)
@@ -354,16 +357,33 @@ fn metric(node: &ConvNode, name: &str) -> Option<u64> {
     let out = overlay_proc::output_in(
         &node.cluster.nodes[0].ns,
         Duration::from_secs(5),
-        &["curl", "-s", "--max-time", "2", "http://127.0.0.1:9473/metrics"],
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9473/metrics",
+        ],
     )
     .ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map(|v| v as u64)
 }
 
-fn resources(node: &ConvNode, rss_converged: u64, idle: Duration, resync_secs: f64) -> Result<Resources> {
+fn resources(
+    node: &ConvNode,
+    rss_converged: u64,
+    idle: Duration,
+    resync_secs: f64,
+) -> Result<Resources> {
     let pid = node.pid()?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     if comm.trim() != "twill-agent" {
@@ -509,9 +529,15 @@ mod tests {
     #[test]
     fn timestamps_and_subnets() {
         let t = parse_rfc3339("1970-01-02T00:00:01.5Z").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap(), Duration::from_millis(86_401_500));
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::from_millis(86_401_500)
+        );
         let t = parse_rfc3339("2024-03-01T12:00:00.000001Z").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_709_294_400);
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_709_294_400
+        );
         assert_eq!(subnet(1).to_string(), "10.0.1.0/24");
         assert_eq!(subnet(5000).to_string(), "10.19.136.0/24");
         assert_eq!(subnet(60_000).to_string(), "10.234.96.0/24");

@@ -80,8 +80,20 @@ impl Manual {
             n.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
 
             n.ip(&[
-                "link", "add", "vxlan0", "type", "vxlan", "id", "1", "local", &ip, "dev", "eth0",
-                "dstport", "8472", "nolearning",
+                "link",
+                "add",
+                "vxlan0",
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                &ip,
+                "dev",
+                "eth0",
+                "dstport",
+                "8472",
+                "nolearning",
             ]);
             n.ip(&[
                 "link",
@@ -93,10 +105,22 @@ impl Manual {
                 VXLAN_MTU,
                 "up",
             ]);
-            n.ip(&["addr", "add", &format!("{}/32", Self::vtep_ip(i)), "dev", "vxlan0"]);
+            n.ip(&[
+                "addr",
+                "add",
+                &format!("{}/32", Self::vtep_ip(i)),
+                "dev",
+                "vxlan0",
+            ]);
 
             n.ip(&["link", "add", "cni0", "mtu", VXLAN_MTU, "type", "bridge"]);
-            n.ip(&["addr", "add", &format!("10.244.{}.1/24", i + 1), "dev", "cni0"]);
+            n.ip(&[
+                "addr",
+                "add",
+                &format!("10.244.{}.1/24", i + 1),
+                "dev",
+                "cni0",
+            ]);
             n.ip(&["link", "set", "cni0", "up"]);
 
             let p = Netns::new(&format!("ref-p{}", i + 1));
@@ -117,9 +141,21 @@ impl Manual {
                 p.name(),
             ]);
             n.ip(&["link", "set", "veth0", "master", "cni0", "up"]);
-            p.ip(&["addr", "add", &format!("{}/24", Self::pod_ip(i)), "dev", "eth0"]);
+            p.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", Self::pod_ip(i)),
+                "dev",
+                "eth0",
+            ]);
             p.ip(&["link", "set", "eth0", "up"]);
-            p.ip(&["route", "add", "default", "via", &format!("10.244.{}.1", i + 1)]);
+            p.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.244.{}.1", i + 1),
+            ]);
             m.nodes.push(n);
             m.pods.push(p);
         }
@@ -127,7 +163,15 @@ impl Manual {
             for j in (0..2).filter(|j| *j != i) {
                 let (vtep, mac) = (Self::vtep_ip(j), Self::vtep_mac(j));
                 n.ip(&[
-                    "neigh", "replace", &vtep, "lladdr", &mac, "dev", "vxlan0", "nud", "permanent",
+                    "neigh",
+                    "replace",
+                    &vtep,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "vxlan0",
+                    "nud",
+                    "permanent",
                 ]);
                 n.sh(&[
                     "bridge",

@@ -146,9 +146,7 @@ fn twill_cluster(direct: bool, resync_secs: f64) -> Result<(Cluster, Vec<Cluster
     ];
     // Make sure the path is the one claimed: the route to the server pod's subnet on
     // the client node goes through eth0 (direct) or the VXLAN device.
-    let subnet = c.nodes[0]
-        .subnet()
-        .context("node-1 has no subnet file")?;
+    let subnet = c.nodes[0].subnet().context("node-1 has no subnet file")?;
     let route = c.nodes[1].ns.ip(&["route", "show", &subnet, "proto", "71"]);
     let want = if direct { "dev eth0" } else { "dev twill." };
     if !route.contains(want) {

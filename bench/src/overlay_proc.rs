@@ -99,7 +99,11 @@ pub fn iperf3_server(ns: &Netns) -> Result<Guarded> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let filter = format!(":{port}");
     loop {
-        let out = output_in(ns, Duration::from_secs(5), &["ss", "-Hltn", "sport", "=", &filter])?;
+        let out = output_in(
+            ns,
+            Duration::from_secs(5),
+            &["ss", "-Hltn", "sport", "=", &filter],
+        )?;
         if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
             return Ok(g);
         }

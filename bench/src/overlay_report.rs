@@ -63,9 +63,7 @@ pub struct Row {
 
 impl Row {
     pub fn ratio(&self) -> Option<f64> {
-        self.reference
-            .filter(|r| *r > 0.0)
-            .map(|r| self.twill / r)
+        self.reference.filter(|r| *r > 0.0).map(|r| self.twill / r)
     }
 
     /// `None` when the row has no target.
@@ -223,8 +221,14 @@ mod tests {
             unit: Unit::Gbps,
             target,
         };
-        assert_eq!(row(9.9, Some(10.0), Target::MinRatio(0.98)).pass(), Some(true));
-        assert_eq!(row(9.7, Some(10.0), Target::MinRatio(0.98)).pass(), Some(false));
+        assert_eq!(
+            row(9.9, Some(10.0), Target::MinRatio(0.98)).pass(),
+            Some(true)
+        );
+        assert_eq!(
+            row(9.7, Some(10.0), Target::MinRatio(0.98)).pass(),
+            Some(false)
+        );
         assert_eq!(row(9.7, None, Target::MinRatio(0.98)).pass(), Some(false));
         assert_eq!(row(29.0, None, Target::Below(30.0)).pass(), Some(true));
         assert_eq!(row(1.0, None, Target::None).pass(), None);

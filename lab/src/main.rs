@@ -143,10 +143,7 @@ fn down() -> Result<()> {
             }
         }
     }
-    println!(
-        "removed {} namespaces and {dirs} directories",
-        names.len()
-    );
+    println!("removed {} namespaces and {dirs} directories", names.len());
     Ok(())
 }
 
@@ -194,7 +191,11 @@ fn up(o: Options) -> Result<bool> {
         None
     };
 
-    step(2, total, "one twill-agent per node; waiting until every agent is ready");
+    step(
+        2,
+        total,
+        "one twill-agent per node; waiting until every agent is ready",
+    );
     c.start_all();
     if let Err(e) = c.wait_ready(Duration::from_secs(30)) {
         bail!("{e}");
@@ -209,7 +210,13 @@ fn up(o: Options) -> Result<bool> {
             let pod = c
                 .add_pod(i, &name)
                 .map_err(anyhow::Error::msg)
-                .with_context(|| format!("agent log of {}:\n{}", c.nodes[i].name, tail(&c.nodes[i].log(), 10)))?;
+                .with_context(|| {
+                    format!(
+                        "agent log of {}:\n{}",
+                        c.nodes[i].name,
+                        tail(&c.nodes[i].log(), 10)
+                    )
+                })?;
             pods.push(pod);
         }
     }
@@ -229,7 +236,11 @@ fn up(o: Options) -> Result<bool> {
     if o.keep {
         println!("\nleft up (--keep). Try:");
         println!("  ip netns list | grep {PREFIX}");
-        println!("  ip netns exec {} {} status", c.nodes[0].ns.name(), Cluster::agent_bin().display());
+        println!(
+            "  ip netns exec {} {} status",
+            c.nodes[0].ns.name(),
+            Cluster::agent_bin().display()
+        );
         println!(
             "  ip netns exec {} ping {}",
             pods[0].ns.name(),

@@ -304,3 +304,147 @@ fn two_segments_get_direct_routes_within_and_vxlan_across() {
         .collect();
     assert!(failed.is_empty(), "unanswered: {failed:?}");
 }
+
+#[test]
+fn entries_of_a_node_that_left_while_the_agent_was_down_are_removed_at_start() {
+    require_root();
+    let mut c = Cluster::new(ClusterSpec {
+        resync_secs: 300.0,
+        ..ClusterSpec::default()
+    });
+    c.start_all();
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gone = c.nodes[2].subnet().unwrap();
+    let stays = c.nodes[1].subnet().unwrap();
+    assert!(c.nodes[0].agent_routes().contains(&gone));
+    c.nodes[0].stop_agent(libc::SIGKILL);
+    c.nodes[2].stop_agent(libc::SIGTERM);
+    let out = c.agent_command(2, Some("uninstall")).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        c.nodes[0].agent_routes().contains(&gone),
+        "nobody removed it yet"
+    );
+    c.start_agent(0);
+    // With a 300 s resync, only the start-up pass can have removed it.
+    wait(
+        "stale route removed at start",
+        Duration::from_secs(10),
+        || {
+            let r = c.nodes[0].agent_routes();
+            !r.contains(&gone) && r.contains(&stays)
+        },
+    );
+    let fdb = c.nodes[0]
+        .ns
+        .sh(&["bridge", "fdb", "show", "dev", "twill.1"]);
+    assert!(!fdb.contains(&c.nodes[2].ip), "{fdb}");
+}
+
+#[test]
+fn health_readiness_metrics_and_status_endpoints_answer() {
+    require_root();
+    let mut c = Cluster::new(ClusterSpec {
+        nodes: 2,
+        ..ClusterSpec::default()
+    });
+    // No agent on node-2 yet: node-1 is ready as soon as it has listed the registry.
+    c.start_agent(0);
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n1 = &c.nodes[0];
+    assert!(n1.http_get("/healthz").starts_with("HTTP/1.0 200"));
+    assert!(n1.http_get("/readyz").starts_with("HTTP/1.0 200"));
+    assert!(n1.http_get("/nope").starts_with("HTTP/1.0 404"));
+    c.start_agent(1);
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n1 = &c.nodes[0];
+    let metrics = n1.http_get("/metrics");
+    for needle in [
+        "twill_peers{state=\"programmed\"} 1",
+        "twill_programming_latency_seconds_count",
+        "twill_reconcile_errors_total",
+        "twill_rejected_records_total",
+        "twill_ready 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+    let bin = twill_tests::cluster::Cluster::agent_bin();
+    let out = n1.ns.run(&[bin.to_str().unwrap(), "status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("node-2") && l.contains("vxlan") && l.ends_with("yes")),
+        "{table}"
+    );
+}
+
+#[test]
+fn install_cni_puts_the_plugin_and_conflist_in_place_atomically() {
+    require_root();
+    let c = Cluster::new(ClusterSpec {
+        nodes: 1,
+        ..ClusterSpec::default()
+    });
+    let n = &c.nodes[0];
+    let out = c.agent_command(0, Some("install-cni")).output().unwrap();
+    // install-cni takes only the host flags: it must reject the run flags.
+    assert!(!out.status.success());
+    let bin = Cluster::agent_bin();
+    let plugin = twill_tests::workspace_bin("twill");
+    let install_from = |source: &std::path::Path| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("install-cni")
+            .arg("--plugin")
+            .arg(source)
+            .arg("--cni-bin-dir")
+            .arg(n.cni_bin_dir())
+            .arg("--cni-conf-dir")
+            .arg(n.cni_conf_dir())
+            .arg("--subnet-file")
+            .arg(n.subnet_file());
+        cmd.output().unwrap()
+    };
+    let installed = n.cni_bin_dir().join("twill");
+    // A binary that is executing is replaced without "text file busy": install
+    // `sleep` as the plugin, run it, and install the real plugin over it meanwhile.
+    let out = install_from(std::path::Path::new("/bin/sleep"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut running = std::process::Command::new(&installed)
+        .arg("2")
+        .spawn()
+        .unwrap();
+    let again = install_from(&plugin);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&plugin).unwrap()
+    );
+    assert!(
+        running.wait().unwrap().success(),
+        "the old binary ran to its end"
+    );
+    let list = n.conflist().expect("conflist written");
+    assert_eq!(list["plugins"][0]["type"], "twill");
+    assert_eq!(
+        list["plugins"][0]["subnetFile"],
+        n.subnet_file().to_str().unwrap()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(n.cni_bin_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
