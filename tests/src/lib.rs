@@ -10,6 +10,7 @@ pub mod cni;
 pub mod etcd;
 pub mod fixture;
 pub mod netns;
+pub mod scenarios;
 
 pub use cni::{CniCall, CniOutcome, Plugin};
 pub use fixture::{ConfExt, Node, Pod, TempDir};
