@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use twill_tests::cluster::{ping_rtt, tail, Cluster, ClusterPod, ClusterSpec, RegistryKind};
 use twill_tests::etcd::EtcdServer;
 use twill_tests::netns::{run, set_run_prefix};
-use twill_tests::require_root;
+use twill_tests::{require_root, scenarios};
 
 /// Every lab namespace and directory starts with this; `down` removes them.
 const PREFIX: &str = "twlab-";
@@ -28,6 +28,8 @@ const USAGE: &str = "usage: twill-lab [up] [--nodes N] [--pods-per-node N] [--re
   --segments N         underlay segments joined by a router (default 2)
   --direct-routing M   auto (default: same-segment peers without encapsulation) or never
   --keep               leave everything up for exploring; `twill-lab down` removes it
+  --no-scenarios       skip the seeds' scenarios after the matrix (pod replaced,
+                       ClusterIP service, NodePort from outside, pod to outside)
   down                 remove a lab left up with --keep (or by a killed run)
 
 Run as root. Explore a kept lab with e.g.
@@ -42,6 +44,7 @@ struct Options {
     direct: bool,
     keep: bool,
     down: bool,
+    scenarios: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -53,6 +56,7 @@ fn parse_args() -> Result<Options> {
         direct: true,
         keep: false,
         down: false,
+        scenarios: true,
     };
     let mut args = std::env::args().skip(1);
     let number = |flag: &str, v: Option<String>, max: usize| -> Result<usize> {
@@ -83,6 +87,7 @@ fn parse_args() -> Result<Options> {
                 other => bail!("--direct-routing takes auto or never, not {other:?}"),
             },
             "--keep" => o.keep = true,
+            "--no-scenarios" => o.scenarios = false,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -158,7 +163,7 @@ fn up(o: Options) -> Result<bool> {
     }
     set_run_prefix(PREFIX);
     let started = Instant::now();
-    let total = 4;
+    let total = if o.scenarios { 5 } else { 4 };
     eprintln!(
         "twill-lab: {} nodes on {} underlay segment(s), {} pods per node, {} registry, direct routing {}",
         o.nodes,
@@ -233,6 +238,12 @@ fn up(o: Options) -> Result<bool> {
         started.elapsed().as_secs_f64()
     );
 
+    let mut scenario_failures = 0;
+    if o.scenarios {
+        step(5, total, "the seeds' scenarios");
+        scenario_failures = run_scenarios(&c, &mut pods);
+    }
+
     if o.keep {
         println!("\nleft up (--keep). Try:");
         println!("  ip netns list | grep {PREFIX}");
@@ -257,7 +268,52 @@ fn up(o: Options) -> Result<bool> {
             }
         }
     }
-    Ok(failures == 0)
+    Ok(failures == 0 && scenario_failures == 0)
+}
+
+/// Runs each scenario of the seeds on the lab's pods; prints OK or FAIL with what was
+/// shown; returns how many failed.
+fn run_scenarios(c: &Cluster, pods: &mut [ClusterPod]) -> usize {
+    let mut failed = 0;
+    let mut report = |name: &str, r: Result<String, String>| match r {
+        Ok(summary) => println!("  OK    {name}: {summary}"),
+        Err(why) => {
+            failed += 1;
+            println!("  FAIL  {name}: {why}");
+        }
+    };
+    // Pods on other nodes than the first pod's, for clients and backends.
+    let first_node = pods[0].node;
+    let remote = pods.iter().position(|p| p.node != first_node);
+    let Some(remote) = remote else {
+        println!("  (scenarios need two nodes)");
+        return 0;
+    };
+    {
+        let (head, tail) = pods.split_at_mut(1);
+        let clients: Vec<&ClusterPod> = tail.iter().filter(|p| p.node != first_node).collect();
+        report(
+            "pod replaced",
+            scenarios::pod_replaced(c, &mut head[0], &clients),
+        );
+    }
+    let backends: Vec<&ClusterPod> = pods.iter().skip(1).collect();
+    report(
+        "ClusterIP service",
+        scenarios::cluster_ip_service(c, &pods[0], &backends),
+    );
+    match scenarios::outside_client(c, 0, 200) {
+        Ok(outside) => report(
+            "NodePort from outside",
+            scenarios::node_port(c, &outside, 0, &pods[remote]),
+        ),
+        Err(e) => report("NodePort from outside", Err(e)),
+    }
+    report(
+        "pod to outside",
+        scenarios::pod_egress(c, &pods[0], &pods[remote]),
+    );
+    failed
 }
 
 fn print_nodes(c: &Cluster) {

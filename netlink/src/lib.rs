@@ -4,6 +4,7 @@
 //! rtnetlink's 0.x API breaks every few months; everything else in Twill goes through
 //! this crate so that such a break is mended in one place.
 
+pub mod ethtool;
 pub mod netns;
 mod ops;
 mod overlay;

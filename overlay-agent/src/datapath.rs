@@ -78,6 +78,13 @@ impl Datapath {
                 mtu: c.mtu,
             })
             .await?;
+        // See twill_netlink::ethtool: NATed local traffic through VXLAN needs it off.
+        twill_netlink::ethtool::set_tx_checksum(&c.name, false).map_err(|e| {
+            NetlinkError::InvalidRoute(format!(
+                "turning off tx checksum offload on {}: {e}",
+                c.name
+            ))
+        })?;
         let want: Vec<IpNet> = c
             .own_subnets
             .iter()

@@ -68,7 +68,13 @@ impl Underlay {
         let mtu = mtu.to_string();
         for s in 0..segments {
             let br = format!("ul{s}");
-            ns.ip(&["link", "add", &br, "mtu", &mtu, "type", "bridge"]);
+            // A fixed MAC: a bridge without one takes its lowest port's, and changes it
+            // when a port joins, leaving every node's neighbour entry for the router
+            // pointing nowhere.
+            let mac = format!("02:00:00:00:fe:{s:02x}");
+            ns.ip(&[
+                "link", "add", &br, "address", &mac, "mtu", &mtu, "type", "bridge",
+            ]);
             ns.ip(&[
                 "addr",
                 "add",

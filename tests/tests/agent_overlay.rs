@@ -448,3 +448,50 @@ fn install_cni_puts_the_plugin_and_conflist_in_place_atomically() {
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
+
+/// A node's own connection to a Service (DNAT, then masquerade) whose backend sits
+/// across the VXLAN overlay: with transmit checksum offload on the VXLAN device, the
+/// kernel sends such packets with a wrong inner TCP checksum and the peer drops them
+/// (flannel's "63-second" stalls). Every first attempt must connect.
+#[test]
+fn node_originated_nat_through_vxlan_keeps_tcp_checksums_valid() {
+    use std::net::SocketAddr;
+    use twill_tests::scenarios::{nft_script, tcp_ask_once, TcpServer};
+    require_root();
+    // The lab's shape, where the fault showed: a direct-routed peer beside VXLAN ones.
+    let mut c = Cluster::new(ClusterSpec {
+        nodes: 3,
+        segments: 2,
+        direct_routing: true,
+        ..ClusterSpec::default()
+    });
+    c.start_all();
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let backend = c.add_pod(1, "web-1").unwrap();
+    let bind: SocketAddr = format!("{}:8080", backend.ip).parse().unwrap();
+    let _server = TcpServer::start(&backend.ns, "web-1", bind).unwrap();
+    let n1 = &c.nodes[0];
+    let checksum = twill_netlink::NetNs::open(std::path::Path::new(&n1.ns.path()))
+        .unwrap()
+        .run(|| twill_netlink::ethtool::tx_checksum("twill.1"))
+        .unwrap()
+        .unwrap();
+    assert!(!checksum, "tx checksum offload is still on on twill.1");
+    nft_script(
+        &n1.ns,
+        &format!(
+            "table ip svc {{\n chain out {{\n  type nat hook output priority -100; policy accept;\n  \
+             ip daddr 10.96.0.10 tcp dport 80 meta mark set 0x4000 dnat to {}:8080\n }}\n \
+             chain post {{\n  type nat hook postrouting priority srcnat; policy accept;\n  \
+             meta mark & 0x4000 == 0x4000 masquerade fully-random\n }}\n}}\n",
+            backend.ip
+        ),
+    )
+    .unwrap();
+    let service: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    let failed: Vec<String> = (0..12)
+        .filter_map(|_| tcp_ask_once(&n1.ns, service).err())
+        .collect();
+    assert!(failed.is_empty(), "first attempts failed: {failed:?}");
+}
