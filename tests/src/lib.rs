@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod containerd;
 pub mod etcd;
 pub mod fixture;
 pub mod netns;
