@@ -187,6 +187,7 @@ fn up(o: Options) -> Result<bool> {
             RegistryKind::File
         },
         resync_secs: 30.0,
+        agents_die_with_parent: !o.keep,
         ..ClusterSpec::default()
     });
     let etcd = if o.etcd {

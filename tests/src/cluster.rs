@@ -38,6 +38,9 @@ pub struct ClusterSpec {
     pub ip_masq: bool,
     /// Underlay MTU.
     pub mtu: u32,
+    /// Agents die with the thread that started them (PR_SET_PDEATHSIG), so a killed
+    /// test leaves no orphan; the lab's `--keep` turns this off.
+    pub agents_die_with_parent: bool,
 }
 
 impl Default for ClusterSpec {
@@ -52,6 +55,7 @@ impl Default for ClusterSpec {
             resync_secs: 2.0,
             ip_masq: true,
             mtu: 1500,
+            agents_die_with_parent: true,
         }
     }
 }
@@ -332,8 +336,18 @@ impl Cluster {
             .append(true)
             .open(self.nodes[i].log_file())
             .unwrap();
-        let child = self
-            .agent_command(i, None)
+        let mut cmd = self.agent_command(i, None);
+        if self.spec.agents_die_with_parent {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
