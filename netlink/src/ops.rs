@@ -14,6 +14,8 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::{Mutex, MutexGuard, Semaphore, SemaphorePermit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -177,18 +179,88 @@ pub struct Route {
     pub onlink: bool,
 }
 
-/// A netlink connection bound to one network namespace.
+/// Requests of ours in flight on one socket at most. The kernel queues every answer in
+/// the socket's receive buffer (an ACK takes ~1 KiB of it) and drops what does not fit;
+/// netlink-proto then waits forever for the dropped answer. It writes requests as they
+/// come and reads answers only when the runtime reports the socket readable, so on a
+/// busy runtime hundreds of answers can pile up unread: 2,000-5,000 concurrent callers
+/// with the default 208 KiB buffer hung about one run in three (the socket's `Drops` in
+/// /proc/net/netlink counted the lost answers). Waiting for a slot here keeps the unread
+/// answers well within even the default buffer.
+const MAX_IN_FLIGHT: usize = 128;
+
+/// Receive buffer asked for (best effort; SO_RCVBUFFORCE needs CAP_NET_ADMIN, otherwise
+/// net.core.rmem_max caps it). Room for dump batches next to MAX_IN_FLIGHT answers.
+const RCVBUF: libc::c_int = 4 << 20;
+
+/// A netlink connection bound to one network namespace. Clones share the socket.
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    limits: Arc<Limits>,
 }
 
+struct Limits {
+    in_flight: Semaphore,
+    /// The kernel runs one dump at a time per socket and answers EBUSY to a second.
+    dump: Mutex<()>,
+}
+
+/// Held while a dump runs: the socket's dump turn and one in-flight slot.
+pub(crate) type DumpTurn<'a> = (MutexGuard<'a, ()>, SemaphorePermit<'a>);
+
 impl Netlink {
+    fn new(
+        mut conn: rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
+        handle: Handle,
+    ) -> Self {
+        use rtnetlink::sys::AsyncSocket;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(conn.socket_mut().socket_ref());
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: setsockopt on an open socket with a c_int option value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&RCVBUF as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
+        tokio::spawn(conn);
+        Netlink {
+            handle,
+            limits: Arc::new(Limits {
+                in_flight: Semaphore::new(MAX_IN_FLIGHT),
+                dump: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Waits for an in-flight slot; hold it until the request's answer is read. Never
+    /// take a second one while holding one.
+    pub(crate) async fn slot(&self) -> SemaphorePermit<'_> {
+        self.limits
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Waits for the socket's dump turn; hold it until the dump is read to its end.
+    pub(crate) async fn dump_turn(&self) -> DumpTurn<'_> {
+        let turn = self.limits.dump.lock().await;
+        (turn, self.slot().await)
+    }
+
     /// Connects in the calling thread's namespace. Needs a tokio runtime context.
     pub fn connect() -> Result<Self, NetlinkError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink::new(conn, handle))
     }
 
     /// Connects in `ns`: the socket is opened by a thread inside `ns` and stays bound
@@ -210,8 +282,7 @@ impl Netlink {
             (rtnetlink::new_connection(), out)
         })?;
         let (conn, handle, _) = socket.map_err(NetlinkError::Socket)?;
-        tokio::spawn(conn);
-        Ok((Netlink { handle }, out))
+        Ok((Netlink::new(conn, handle), out))
     }
 
     pub fn handle(&self) -> &Handle {
@@ -219,6 +290,7 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let _slot = self.slot().await;
         let res = self
             .handle
             .link()
@@ -236,6 +308,7 @@ impl Netlink {
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
+        let _slot = self.slot().await;
         let res = self
             .handle
             .link()
@@ -253,6 +326,7 @@ impl Netlink {
     }
 
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let _turn = self.dump_turn().await;
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()
@@ -281,14 +355,16 @@ impl Netlink {
             .mtu(mtu)
             .up()
             .build();
-        match self
+        let slot = self.slot().await;
+        let res = self
             .handle
             .link()
             .add(msg)
             .execute()
             .await
-            .op(|| format!("create bridge {name}"))
-        {
+            .op(|| format!("create bridge {name}"));
+        drop(slot);
+        match res {
             Ok(()) => {}
             Err(e) if e.is_exists() => {}
             Err(e) => return Err(e),
@@ -302,6 +378,7 @@ impl Netlink {
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.handle
             .link()
@@ -312,6 +389,7 @@ impl Netlink {
     }
 
     pub async fn set_down(&self, index: u32) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let msg = LinkUnspec::new_with_index(index).down().build();
         self.handle
             .link()
@@ -322,6 +400,7 @@ impl Netlink {
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
         self.handle
             .link()
@@ -334,6 +413,7 @@ impl Netlink {
     /// Creates the veth pair in one request: host end up, with MTU and master; peer in
     /// its namespace with its final name and MTU.
     pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let peer = LinkUnspec::new_with_name(spec.peer_name)
             .mtu(spec.mtu)
             .setns_by_fd(spec.peer_netns.fd())
@@ -361,6 +441,7 @@ impl Netlink {
         hairpin: bool,
         alias: Option<&str>,
     ) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let mut msg = LinkBridgePort::new(index).hairpin(hairpin);
         if let Some(alias) = alias {
             msg = msg.alias(truncate(alias, MAX_ALIAS_LEN));
@@ -375,6 +456,7 @@ impl Netlink {
 
     /// Deletes a link; `Ok(false)` when it did not exist.
     pub async fn delete_link(&self, index: u32) -> Result<bool, NetlinkError> {
+        let _slot = self.slot().await;
         match self
             .handle
             .link()
@@ -399,6 +481,7 @@ impl Netlink {
 
     /// The addresses on a link (all families).
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
+        let _turn = self.dump_turn().await;
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()
@@ -419,6 +502,7 @@ impl Netlink {
     /// duplicate address detection: Twill's addresses are unique by construction, and
     /// DAD keeps them unusable ("tentative") for a second or more.
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let mut req = self
             .handle
             .address()
@@ -435,6 +519,7 @@ impl Netlink {
     }
 
     pub async fn del_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let mut msg = AddressMessage::default();
         msg.header.family = if addr.addr().is_ipv4() {
             AddressFamily::Inet
@@ -470,6 +555,7 @@ impl Netlink {
         oif: u32,
         protocol: Option<u8>,
     ) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let mut builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.addr(), dst.prefix_len())
             .map_err(|e| NetlinkError::InvalidRoute(format!("route to {dst}: {e:?}")))?
@@ -503,6 +589,7 @@ impl Netlink {
         } else {
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
         };
+        let _turn = self.dump_turn().await;
         let msgs: Vec<RouteMessage> = self
             .handle
             .route()

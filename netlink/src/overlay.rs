@@ -1,7 +1,10 @@
 //! VXLAN device, neighbour, FDB and route operations for the overlay agent.
 //!
-//! Every operation is a single netlink request (or one dump) on the shared handle, with
-//! no lock of ours: the agent runs thousands of them concurrently on one connection.
+//! Every operation is a single netlink request (or one dump) on the shared connection,
+//! and the agent runs thousands of them concurrently on it. Two limits of the
+//! connection apply (see `Netlink::slot` and `Netlink::dump_turn`): at most
+//! `MAX_IN_FLIGHT` requests are in flight (more would lose kernel answers), and dumps
+//! take turns (the kernel answers EBUSY to a second dump on the same socket).
 
 use crate::ops::{Context, Link, Netlink, NetlinkError, Route};
 use futures::TryStreamExt;
@@ -194,12 +197,14 @@ impl Netlink {
         if !drift {
             return Ok((link, created));
         }
+        let slot = self.slot().await;
         self.handle()
             .link()
             .set(msg.build())
             .execute()
             .await
             .op(|| format!("fix MAC/MTU/up-state of VXLAN device {}", spec.name))?;
+        drop(slot);
         let link = self
             .link_by_index(link.index)
             .await?
@@ -211,6 +216,7 @@ impl Netlink {
     }
 
     async fn create_vxlan(&self, spec: &VxlanSpec<'_>) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let mut builder = LinkVxlan::new(spec.name, spec.vni)
             .dev(spec.underlay_index)
             .port(spec.port)
@@ -237,6 +243,7 @@ impl Netlink {
         &self,
         link_index: u32,
     ) -> Result<Vec<(IpAddr, [u8; 6])>, NetlinkError> {
+        let _turn = self.dump_turn().await;
         let mut req = self.handle().neighbours().get();
         // The kernel filters a neighbour dump on NDA_IFINDEX (with or without strict
         // checking); the filter below is kept in case it does not.
@@ -277,6 +284,7 @@ impl Netlink {
         ip: IpAddr,
         mac: [u8; 6],
     ) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         self.handle()
             .neighbours()
             .add(link_index, ip)
@@ -296,6 +304,7 @@ impl Netlink {
     /// Deletes the neighbour entry for `ip` on `link_index`; `Ok(())` when it is
     /// already gone (or the link is).
     pub async fn delete_neighbour(&self, link_index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let mut msg = NeighbourMessage::default();
         msg.header.family = family_of(ip);
         msg.header.ifindex = link_index;
@@ -322,6 +331,7 @@ impl Netlink {
         &self,
         link_index: u32,
     ) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError> {
+        let _turn = self.dump_turn().await;
         let msgs: Vec<NeighbourMessage> = self
             .handle()
             .neighbours()
@@ -344,7 +354,7 @@ impl Netlink {
                         _ => {}
                     }
                 }
-                let mac = mac?;
+                let mac = mac.filter(|m| *m != [0; 6])?;
                 Some((mac, dst?))
             })
             .collect())
@@ -360,6 +370,7 @@ impl Netlink {
         mac: [u8; 6],
         dst: IpAddr,
     ) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         self.handle()
             .neighbours()
             .add_bridge(link_index, &mac)
@@ -385,6 +396,7 @@ impl Netlink {
         mac: [u8; 6],
         dst: IpAddr,
     ) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = link_index;
@@ -404,7 +416,9 @@ impl Netlink {
 
     /// Routes of the main table, both families, whose protocol is `protocol`.
     pub async fn routes_by_protocol(&self, protocol: u8) -> Result<Vec<Route>, NetlinkError> {
-        let (v4, v6) = futures::try_join!(self.routes(false), self.routes(true))?;
+        // One after the other: a socket runs one dump at a time.
+        let v4 = self.routes(false).await?;
+        let v6 = self.routes(true).await?;
         Ok(v4
             .into_iter()
             .chain(v6)
@@ -422,6 +436,7 @@ impl Netlink {
         onlink: bool,
         protocol: u8,
     ) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let dst = dst.trunc();
         let mut builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.addr(), dst.prefix_len())
@@ -450,6 +465,7 @@ impl Netlink {
     /// Deletes the route to `dst` with this protocol from the main table; `Ok(())` when
     /// already gone (a route to `dst` with another protocol is left alone).
     pub async fn delete_route(&self, dst: IpNet, protocol: u8) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let dst = dst.trunc();
         // As `ip route del`: scope "nowhere" and no type match any route to `dst`; the
         // protocol narrows it to ours.
@@ -472,6 +488,7 @@ impl Netlink {
 
     /// Sets the link's MAC address.
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let _slot = self.slot().await;
         let msg = LinkUnspec::new_with_index(index)
             .address(mac.to_vec())
             .build();
