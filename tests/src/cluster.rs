@@ -257,6 +257,17 @@ impl Cluster {
         c
     }
 
+    /// A cluster with every agent started and ready; panics with the agents' status and
+    /// logs when they are not ready within 30 s.
+    pub fn up(spec: ClusterSpec) -> Cluster {
+        let mut c = Cluster::new(spec);
+        c.start_all();
+        if let Err(e) = c.wait_ready(Duration::from_secs(30)) {
+            panic!("{e}");
+        }
+        c
+    }
+
     /// Adds a node namespace wired to the underlay (no agent yet); returns its index.
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();

@@ -8,10 +8,7 @@ use twill_tests::require_root;
 #[test]
 fn three_nodes_file_registry_every_pod_reaches_every_pod() {
     require_root();
-    let mut c = Cluster::new(ClusterSpec::default());
-    c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let c = Cluster::up(ClusterSpec::default());
     let mut pods = Vec::new();
     for i in 0..3 {
         for k in 0..2 {
@@ -84,13 +81,10 @@ fn nodes_join_and_leave_without_restarting_anyone() {
 #[test]
 fn hand_deleted_route_fdb_entry_and_device_come_back_within_one_resync() {
     require_root();
-    let mut c = Cluster::new(ClusterSpec {
+    let c = Cluster::up(ClusterSpec {
         nodes: 2,
         ..ClusterSpec::default()
     });
-    c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
     let a = c.add_pod(0, "sleep-1").unwrap();
     let b = c.add_pod(1, "sleep-2").unwrap();
     let resync = Duration::from_secs_f64(c.spec.resync_secs) + Duration::from_secs(2);
@@ -130,13 +124,10 @@ fn hand_deleted_route_fdb_entry_and_device_come_back_within_one_resync() {
 #[test]
 fn bogus_records_are_rejected_and_never_programmed() {
     require_root();
-    let mut c = Cluster::new(ClusterSpec {
+    let c = Cluster::up(ClusterSpec {
         nodes: 2,
         ..ClusterSpec::default()
     });
-    c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
     let own = c.nodes[0].subnet().unwrap();
     let peer = c.nodes[1].subnet().unwrap();
     let dir = c.dir.path().join("registry");
@@ -200,13 +191,10 @@ fn bogus_records_are_rejected_and_never_programmed() {
 #[test]
 fn sigkill_and_restart_lose_no_ping_reply() {
     require_root();
-    let mut c = Cluster::new(ClusterSpec {
+    let mut c = Cluster::up(ClusterSpec {
         nodes: 2,
         ..ClusterSpec::default()
     });
-    c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
     let a = c.add_pod(0, "sleep-1").unwrap();
     let b = c.add_pod(1, "sleep-2").unwrap();
     let ping = std::process::Command::new("ip")
@@ -249,13 +237,10 @@ fn sigkill_and_restart_lose_no_ping_reply() {
 #[test]
 fn sigterm_leaves_the_data_path_in_place() {
     require_root();
-    let mut c = Cluster::new(ClusterSpec {
+    let mut c = Cluster::up(ClusterSpec {
         nodes: 2,
         ..ClusterSpec::default()
     });
-    c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
     let a = c.add_pod(0, "sleep-1").unwrap();
     let b = c.add_pod(1, "sleep-2").unwrap();
     let before = c.nodes[0].agent_routes();
@@ -269,15 +254,12 @@ fn sigterm_leaves_the_data_path_in_place() {
 #[test]
 fn two_segments_get_direct_routes_within_and_vxlan_across() {
     require_root();
-    let mut c = Cluster::new(ClusterSpec {
+    let c = Cluster::up(ClusterSpec {
         nodes: 4,
         segments: 2,
         direct_routing: true,
         ..ClusterSpec::default()
     });
-    c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
     // node-1 and node-3 share segment 0; node-2 and node-4 are on segment 1.
     let rows = c.nodes[0].peer_rows();
     let mode = |n: &str| {
@@ -308,13 +290,10 @@ fn two_segments_get_direct_routes_within_and_vxlan_across() {
 #[test]
 fn entries_of_a_node_that_left_while_the_agent_was_down_are_removed_at_start() {
     require_root();
-    let mut c = Cluster::new(ClusterSpec {
+    let mut c = Cluster::up(ClusterSpec {
         resync_secs: 300.0,
         ..ClusterSpec::default()
     });
-    c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
     let gone = c.nodes[2].subnet().unwrap();
     let stays = c.nodes[1].subnet().unwrap();
     assert!(c.nodes[0].agent_routes().contains(&gone));
@@ -459,15 +438,12 @@ fn node_originated_nat_through_vxlan_keeps_tcp_checksums_valid() {
     use twill_tests::scenarios::{nft_script, tcp_ask_once, TcpServer};
     require_root();
     // The lab's shape, where the fault showed: a direct-routed peer beside VXLAN ones.
-    let mut c = Cluster::new(ClusterSpec {
+    let c = Cluster::up(ClusterSpec {
         nodes: 3,
         segments: 2,
         direct_routing: true,
         ..ClusterSpec::default()
     });
-    c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
     let backend = c.add_pod(1, "web-1").unwrap();
     let bind: SocketAddr = format!("{}:8080", backend.ip).parse().unwrap();
     let _server = TcpServer::start(&backend.ns, "web-1", bind).unwrap();
