@@ -146,6 +146,7 @@ pub async fn run(
             underlay_index: underlay.index,
             mac: ann.vtep_mac,
             mtu,
+            checksum_offload: backend.checksum_offload,
             own_subnets: subnets.clone(),
         },
     );

@@ -31,6 +31,8 @@ pub struct DeviceConf {
     pub underlay_index: u32,
     pub mac: Mac,
     pub mtu: u32,
+    /// Transmit checksum offload on the device (see `twill_netlink::ethtool`).
+    pub checksum_offload: bool,
     /// This node's pod subnets; each one's network address goes on the device (as
     /// flannel does), so traffic from the node itself into the overlay has a source
     /// address peers route back through the overlay.
@@ -79,7 +81,7 @@ impl Datapath {
             })
             .await?;
         // See twill_netlink::ethtool: NATed local traffic through VXLAN needs it off.
-        twill_netlink::ethtool::set_tx_checksum(&c.name, false).map_err(|e| {
+        twill_netlink::ethtool::set_tx_checksum(&c.name, c.checksum_offload).map_err(|e| {
             NetlinkError::InvalidRoute(format!(
                 "turning off tx checksum offload on {}: {e}",
                 c.name

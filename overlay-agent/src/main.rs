@@ -298,6 +298,7 @@ async fn uninstall(a: RunArgs) -> Result<std::process::ExitCode> {
             underlay_index: 0,
             mac: Mac::for_node(&node, vni),
             mtu: 0,
+            checksum_offload: false,
             own_subnets: Vec::new(),
         },
     );
