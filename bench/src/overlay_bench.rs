@@ -1,6 +1,6 @@
 //! `overlay-bench`: the agent's data path and control plane on this machine, in one run.
 //!
-//! 1. Throughput (iperf3, one TCP stream) and latency (ping) over five paths that exist
+//! 1. Throughput (iperf3, one TCP stream) and latency (ping) over eight paths that exist
 //!    side by side, measured in interleaved rounds (medians reported): Twill's VXLAN pod
 //!    path against a hand-built VXLAN pod path of the same shape, and Twill's
 //!    direct-routed pod path against the underlay (see `overlay_paths`).
@@ -48,6 +48,8 @@ usage: overlay-bench [options]   (as root)
   --resync S            the agents' --resync, in seconds (default 30, the agent's own
                         default, so that resyncs do not dominate the idle figure)
   --only WHAT           run only `paths` (throughput, latency) or `convergence`
+  --hold S              after building the paths, print their namespaces and wait S
+                        seconds (to inspect them by hand)
   --bin-dir DIR         where twill-agent and twill are (default: next to this binary,
                         else the workspace's target/release); sets TWILL_BIN_DIR
   --json                print the results as JSON instead of the table
@@ -71,6 +73,7 @@ struct Args {
     adds: usize,
     idle_secs: f64,
     resync: f64,
+    hold: f64,
     paths: bool,
     convergence: bool,
     bin_dir: Option<PathBuf>,
@@ -91,6 +94,7 @@ fn parse_args() -> Result<Option<Args>> {
         adds: if quick { 20 } else { 100 },
         idle_secs: if quick { 3.0 } else { 10.0 },
         resync: 30.0,
+        hold: 0.0,
         paths: true,
         convergence: true,
         bin_dir: None,
@@ -123,14 +127,15 @@ fn parse_args() -> Result<Option<Args>> {
                     .split(',')
                     .map(|p| num::<usize>(&arg, p.trim()))
                     .collect::<Result<_>>()?;
-                if a.peers.iter().any(|p| *p > 50_000) {
-                    bail!("--peers: at most 50,000");
+                if a.peers.iter().any(|p| *p > overlay_converge::MAX_PEERS) {
+                    bail!("--peers: at most {}", overlay_converge::MAX_PEERS);
                 }
             }
             "--runs" => a.runs = num(&arg, &value(&arg)?)?,
             "--adds" => a.adds = num(&arg, &value(&arg)?)?,
             "--idle-secs" => a.idle_secs = num(&arg, &value(&arg)?)?,
             "--resync" => a.resync = num(&arg, &value(&arg)?)?,
+            "--hold" => a.hold = num(&arg, &value(&arg)?)?,
             "--only" => match value(&arg)?.as_str() {
                 "paths" => a.convergence = false,
                 "convergence" => a.paths = false,
@@ -145,6 +150,9 @@ fn parse_args() -> Result<Option<Args>> {
             }
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
+    }
+    if a.adds > overlay_converge::MAX_ADDS {
+        bail!("--adds: at most {}", overlay_converge::MAX_ADDS);
     }
     if a.resync < 0.1 {
         bail!("--resync must be at least 0.1");
@@ -256,6 +264,7 @@ fn run(args: &Args) -> Result<String> {
             pings: args.pings,
             ping_interval: "0.002".into(),
             resync_secs: args.resync,
+            hold_secs: args.hold,
         })?)
     } else {
         None
@@ -337,6 +346,18 @@ fn rtt_us(p: &PathResults, id: PathId) -> f64 {
     median(&v)
 }
 
+/// Per-round ratios x/y of a path pair, throughput or average RTT.
+fn round_ratios(p: &PathResults, x: PathId, y: PathId, rtt: bool) -> Vec<f64> {
+    let v = |id: PathId| -> Vec<f64> {
+        if rtt {
+            p.get(id).ping.iter().map(|s| s.avg_ms).collect()
+        } else {
+            p.get(id).gbps.clone()
+        }
+    };
+    v(x).iter().zip(v(y)).map(|(a, b)| a / b).collect()
+}
+
 fn path_rows(p: &PathResults) -> Vec<Row> {
     use PathId::*;
     let tp = |metric: &str, s: PathId, r: PathId, target| Row {
@@ -345,6 +366,7 @@ fn path_rows(p: &PathResults) -> Vec<Row> {
         reference: Some(gbps(p, r)),
         unit: Unit::Gbps,
         target,
+        paired_ratio: Some(median(&round_ratios(p, s, r, false))),
     };
     let lat = |metric: &str, s: PathId, r: PathId| Row {
         metric: format!("ping RTT avg {metric}"),
@@ -352,6 +374,7 @@ fn path_rows(p: &PathResults) -> Vec<Row> {
         reference: Some(rtt_us(p, r)),
         unit: Unit::Us,
         target: Target::None,
+        paired_ratio: Some(median(&round_ratios(p, s, r, true))),
     };
     vec![
         tp(
@@ -366,8 +389,37 @@ fn path_rows(p: &PathResults) -> Vec<Row> {
             A,
             Target::MinRatio(DIRECT_MIN_RATIO),
         ),
+        tp(
+            "(c1) hand-built VXLAN, tx csum off / (c)",
+            C1,
+            C,
+            Target::None,
+        ),
+        tp(
+            "(b) Twill VXLAN pods / (c1) hand-built, tx csum off",
+            B,
+            C1,
+            Target::None,
+        ),
+        tp(
+            "(b0) Twill VXLAN pods, ipMasq false / (c)",
+            B0,
+            C,
+            Target::None,
+        ),
+        tp(
+            "(e) hand-built direct-routed pods / (a)",
+            E,
+            A,
+            Target::None,
+        ),
+        tp(
+            "(d) Twill direct-routed / (e) hand-built direct",
+            D,
+            E,
+            Target::None,
+        ),
         tp("(c) hand-built VXLAN / (a) underlay", C, A, Target::None),
-        tp("(b) Twill VXLAN pods / (a) underlay", B, A, Target::None),
         tp(
             "(a') underlay of a Twill node / (a) underlay",
             A2,
@@ -375,7 +427,9 @@ fn path_rows(p: &PathResults) -> Vec<Row> {
             Target::None,
         ),
         lat("(b) Twill VXLAN / (c) hand-built VXLAN", B, C),
+        lat("(b) Twill VXLAN / (c1) hand-built, tx csum off", B, C1),
         lat("(d) Twill direct / (a) underlay", D, A),
+        lat("(d) Twill direct / (e) hand-built direct", D, E),
         lat("(c) hand-built VXLAN / (a) underlay", C, A),
     ]
 }
@@ -396,16 +450,26 @@ fn conv_rows(c: &ConvResults) -> Vec<Row> {
             .filter(|r| r.peers == n)
             .map(|r| ms(r.elapsed))
             .collect();
+        let floor: Vec<f64> = c
+            .runs
+            .iter()
+            .filter(|r| r.peers == n)
+            .map(|r| ms(r.floor))
+            .collect();
         let target = CONVERGE_LIMITS_MS
             .iter()
             .find(|(p, _)| *p == n)
             .map_or(Target::None, |(_, l)| Target::AtMost(*l));
         rows.push(Row {
-            metric: format!("agent start -> {n} peer routes (median of {})", v.len()),
+            metric: format!(
+                "agent start -> {n} peer routes (median of {}); ref: bridge/ip -batch",
+                v.len()
+            ),
             twill: median(&v),
-            reference: None,
+            reference: Some(median(&floor)),
             unit: Unit::Ms,
             target,
+            paired_ratio: None,
         });
     }
     let t = &c.trials;
@@ -420,6 +484,7 @@ fn conv_rows(c: &ConvResults) -> Vec<Row> {
         reference: None,
         unit: Unit::Ms,
         target: Target::None,
+        paired_ratio: None,
     });
     rows.push(Row {
         metric: format!(
@@ -431,6 +496,7 @@ fn conv_rows(c: &ConvResults) -> Vec<Row> {
         reference: None,
         unit: Unit::Ms,
         target: Target::Below(RECORD_P99_LIMIT_MS),
+        paired_ratio: None,
     });
     rows.push(Row {
         metric: format!("record removed -> route gone, p99 ({})", t.del.len()),
@@ -438,6 +504,7 @@ fn conv_rows(c: &ConvResults) -> Vec<Row> {
         reference: None,
         unit: Unit::Ms,
         target: Target::None,
+        paired_ratio: None,
     });
     let r = &c.resources;
     rows.push(Row {
@@ -446,6 +513,7 @@ fn conv_rows(c: &ConvResults) -> Vec<Row> {
         reference: None,
         unit: Unit::MB,
         target: Target::Below(RSS_LIMIT_MB),
+        paired_ratio: None,
     });
     rows.push(Row {
         metric: format!(
@@ -458,6 +526,7 @@ fn conv_rows(c: &ConvResults) -> Vec<Row> {
         reference: None,
         unit: Unit::CpuPct,
         target: Target::None,
+        paired_ratio: None,
     });
     rows
 }
@@ -471,7 +540,7 @@ fn list(v: &[f64], prec: usize) -> String {
 
 fn paths_text(p: &PathResults, args: &Args, sockperf: bool) -> String {
     let mut out = format!(
-        "\npaths: iperf3 -t {} (one TCP stream), {} interleaved rounds; latency: ping -c {} -i 0.002{}\n",
+        "\npaths: iperf3 -t {} (one TCP stream), {} interleaved rounds (ratios in the table: median of the per-round ratios); latency: ping -c {} -i 0.002{}\n",
         args.secs,
         args.reps,
         args.pings,
@@ -497,24 +566,30 @@ fn paths_text(p: &PathResults, args: &Args, sockperf: bool) -> String {
             median(&min),
         ));
     }
-    // Paired per round: each round measured b and c (d and a) within seconds.
-    let paired = |x: PathId, y: PathId| -> Vec<f64> {
-        p.get(x)
-            .gbps
-            .iter()
-            .zip(&p.get(y).gbps)
-            .map(|(a, b)| a / b)
-            .collect()
-    };
-    let bc = paired(PathId::B, PathId::C);
-    let da = paired(PathId::D, PathId::A);
-    out.push_str(&format!(
-        "  per-round ratios: b/c [{}] median {:.3}; d/a [{}] median {:.3}\n",
-        list(&bc, 3),
-        median(&bc),
-        list(&da, 3),
-        median(&da)
-    ));
+    // Each round measured a subject and its reference within seconds of each other.
+    for (x, y) in [
+        (PathId::B, PathId::C),
+        (PathId::C1, PathId::C),
+        (PathId::B, PathId::C1),
+        (PathId::B0, PathId::C),
+        (PathId::D, PathId::A),
+        (PathId::E, PathId::A),
+        (PathId::D, PathId::E),
+        (PathId::A2, PathId::A),
+    ] {
+        let r = round_ratios(p, x, y, false);
+        let l = round_ratios(p, x, y, true);
+        out.push_str(&format!(
+            "  per-round ratio {}/{}: throughput [{}] median {:.3} (ratio of medians {:.3}); RTT [{}] median {:.3}\n",
+            x.key(),
+            y.key(),
+            list(&r, 3),
+            median(&r),
+            gbps(p, x) / gbps(p, y),
+            list(&l, 2),
+            median(&l)
+        ));
+    }
     out
 }
 
@@ -527,10 +602,11 @@ fn conv_text(c: &ConvResults) -> String {
             .map(|(what, at)| format!("{what} @{at:.0}"))
             .collect();
         out.push_str(&format!(
-            "  {:>5} peers: {:.1} ms ({}); agent log, ms after spawn: {}{}\n",
+            "  {:>5} peers: {:.1} ms ({}), reference bridge/ip -batch {:.1} ms; agent log, ms after spawn: {}{}\n",
             r.peers,
             ms(r.elapsed),
             r.method,
+            ms(r.floor),
             phases.join(", "),
             r.first_changes.map_or(String::new(), |n| format!(
                 " (first pass: {n} kernel changes)"
@@ -540,7 +616,7 @@ fn conv_text(c: &ConvResults) -> String {
     let t = &c.trials;
     let pct = |v: &[Duration], p: f64| ms(report::percentile(v, p));
     out.push_str(&format!(
-        "  record -> route at {} peers ({} adds): p50 {:.1} ms, p90 {:.1}, p99 {:.1}, max {:.1}; removal -> route gone: p50 {:.1}, p99 {:.1}, max {:.1}; timeouts (5 s): {}\n",
+        "  record -> route at {} peers ({} adds): p50 {:.1} ms, p90 {:.1}, p99 {:.1}, max {:.1}; removal -> route gone: p50 {:.1}, p99 {:.1}, max {:.1}; timeouts (5 s): {}; agent CPU per record change: {:.1} ms\n",
         t.peers,
         t.add.len(),
         pct(&t.add, 50.0),
@@ -550,7 +626,8 @@ fn conv_text(c: &ConvResults) -> String {
         pct(&t.del, 50.0),
         pct(&t.del, 99.0),
         pct(&t.del, 100.0),
-        t.timeouts
+        t.timeouts,
+        ms(t.cpu_per_change)
     ));
     let r = &c.resources;
     out.push_str(&format!(
@@ -584,7 +661,11 @@ fn paths_json(p: &PathResults) -> Value {
             }),
         );
     }
-    json!({ "samples": m, "twill_node_nft_ruleset": p.twill_nft })
+    json!({
+        "samples": m,
+        "twill_node_nft_ruleset": p.twill_nft,
+        "twill_node_nft_ruleset_ipmasq_false": p.twill_nft_nomasq,
+    })
 }
 
 fn conv_json(c: &ConvResults) -> Value {
@@ -594,6 +675,7 @@ fn conv_json(c: &ConvResults) -> Value {
         "runs": c.runs.iter().map(|r| json!({
             "peers": r.peers,
             "ms": ms(r.elapsed),
+            "reference_batch_ms": ms(r.floor),
             "method": r.method,
             "phases_ms": r.phases.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
             "first_pass_changes": r.first_changes,
@@ -603,6 +685,7 @@ fn conv_json(c: &ConvResults) -> Value {
             "add_ms": report::samples_ms(&c.trials.add),
             "del_ms": report::samples_ms(&c.trials.del),
             "timeouts": c.trials.timeouts,
+            "agent_cpu_ms_per_change": ms(c.trials.cpu_per_change),
         },
         "resources": {
             "peers": r.peers,

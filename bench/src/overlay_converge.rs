@@ -7,6 +7,9 @@
 //!   confirmed with a dump. If the subscription overflows, it falls back to dumping
 //!   every 10 ms. The agent applies FDB, then neighbour entries, then routes, so the
 //!   last route means everything is in.
+//! - reference: the same 3N entries (FDB, neighbour, route) installed by `bridge -batch`
+//!   and `ip -batch` into a fresh namespace with the same VXLAN device: the kernel's own
+//!   cost plus the thinnest userspace, one request at a time.
 //! - record → route: with the N peers programmed, a new record is written (temp file in
 //!   the registry directory, then rename, as `twill_conf::atomic` does) and timed from
 //!   just before the rename to its route's notification; then it is removed, timed to
@@ -29,12 +32,18 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use twill_tests::cluster::{tail, Cluster, ClusterSpec, RegistryKind};
+use twill_tests::Netns;
 
 /// The agent's route protocol (`twill_agent::datapath::ROUTE_PROTOCOL`).
 const PROTO: u8 = 71;
 const NETWORK: &str = "10.0.0.0/8";
 /// Subnet indexes of the records added one at a time (far above any peer's).
 const ADD_BASE: u32 = 60_000;
+/// Most peers and single records (their subnet indexes stay below 65,536).
+pub const MAX_PEERS: usize = 50_000;
+pub const MAX_ADDS: usize = 5_000;
+/// Pause after namespaces were deleted, before the next timing.
+const SETTLE: Duration = Duration::from_secs(1);
 
 pub struct ConvSpec {
     pub peers: Vec<usize>,
@@ -48,6 +57,8 @@ pub struct ConvSpec {
 pub struct ConvRun {
     pub peers: usize,
     pub elapsed: Duration,
+    /// The same entries through `bridge -batch` + `ip -batch`.
+    pub floor: Duration,
     pub method: &'static str,
     /// (event, ms after the spawn) from the agent's log.
     pub phases: Vec<(String, f64)>,
@@ -61,6 +72,9 @@ pub struct Trials {
     pub add: Vec<Duration>,
     pub del: Vec<Duration>,
     pub timeouts: usize,
+    /// The agent's CPU time (user+sys) over the trials, per record change (add or
+    /// remove); the registry's 5 s rescans in that time are included.
+    pub cpu_per_change: Duration,
 }
 
 pub struct Resources {
@@ -90,15 +104,21 @@ fn subnet(idx: u32) -> Prefix {
     }
 }
 
-fn record(node: &str, idx: u32, ip_idx: u32) -> Vec<u8> {
-    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + ip_idx + 1);
+/// The public IP and VTEP MAC of endpoint `i`.
+fn endpoint(i: u32) -> (Ipv4Addr, String) {
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i + 1);
     let mac = format!(
         "0a:5e:{:02x}:{:02x}:{:02x}:{:02x}",
-        (ip_idx >> 24) & 0xff,
-        (ip_idx >> 16) & 0xff,
-        (ip_idx >> 8) & 0xff,
-        ip_idx & 0xff
+        (i >> 24) & 0xff,
+        (i >> 16) & 0xff,
+        (i >> 8) & 0xff,
+        i & 0xff
     );
+    (ip, mac)
+}
+
+fn record(node: &str, idx: u32, ip_idx: u32) -> Vec<u8> {
+    let (ip, mac) = endpoint(ip_idx);
     let v = json!({
         "node": node,
         "subnets": [subnet(idx).to_string()],
@@ -182,6 +202,7 @@ fn spec_for(resync_secs: f64) -> ClusterSpec {
         resync_secs,
         ip_masq: true,
         mtu: 1500,
+        agents_die_with_parent: true,
     }
 }
 
@@ -255,17 +276,93 @@ fn converge(n: usize, spec: &ConvSpec) -> Result<(ConvNode, ConvRun)> {
     if have != n {
         bail!("notifications said {n} routes, a dump finds {have}");
     }
+    // The agent logs "programmed" once its pass returns, just after the last route.
+    let log_deadline = Instant::now() + Duration::from_secs(2);
+    while !node.cluster.nodes[0]
+        .log()
+        .contains(": programmed changes=")
+        && Instant::now() < log_deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (phases, first_changes) = phases(&node.cluster.nodes[0].log(), wall0);
     Ok((
         node,
         ConvRun {
             peers: n,
             elapsed,
+            floor: Duration::ZERO,
             method,
             phases,
             first_changes,
         },
     ))
+}
+
+/// The reference: `n` peers' FDB entries, neighbours and routes, as the agent programs
+/// them, through `bridge -batch` and `ip -batch` in a fresh namespace with the same VXLAN
+/// device.
+fn kernel_floor(n: usize, dir: &std::path::Path) -> Result<Duration> {
+    let ns = Netns::new("floor");
+    let name = ns.name().to_string();
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    ns.ip(&["addr", "add", "192.168.1.1/24", "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["link", "set", "eth1", "up"]);
+    ns.ip(&["route", "add", "default", "via", "192.168.1.254"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "twill.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        "192.168.1.1",
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ns.ip(&["link", "set", "twill.1", "mtu", "1450", "up"]);
+    let (mut fdb, mut ipb) = (String::new(), String::new());
+    for i in 1..=n as u32 {
+        let (ip, mac) = endpoint(i);
+        let net = subnet(i);
+        fdb.push_str(&format!(
+            "fdb append {mac} dev twill.1 dst {ip} self permanent\n"
+        ));
+        ipb.push_str(&format!(
+            "neigh replace {} lladdr {mac} dev twill.1 nud permanent\n",
+            net.addr
+        ));
+    }
+    for i in 1..=n as u32 {
+        let net = subnet(i);
+        ipb.push_str(&format!(
+            "route replace {net} via {} dev twill.1 onlink proto {PROTO}\n",
+            net.addr
+        ));
+    }
+    let (f1, f2) = (dir.join("floor-fdb.batch"), dir.join("floor-ip.batch"));
+    std::fs::write(&f1, fdb)?;
+    std::fs::write(&f2, ipb)?;
+    let f1s = f1.to_string_lossy().into_owned();
+    let f2s = f2.to_string_lossy().into_owned();
+    check_stop()?;
+    let t0 = Instant::now();
+    twill_tests::sh(&["bridge", "-n", &name, "-batch", &f1s]);
+    twill_tests::sh(&["ip", "-n", &name, "-batch", &f2s]);
+    let took = t0.elapsed();
+    let have = RouteSocket::dump_in(std::path::Path::new(&ns.path()))?.count_protocol(PROTO)?;
+    if have != n {
+        bail!("the reference batch left {have} routes, not {n}");
+    }
+    Ok(took)
 }
 
 /// xorshift, for jitter between trials.
@@ -290,6 +387,8 @@ fn trials(node: &mut ConvNode, count: usize, limit: Duration) -> Result<Trials> 
         .map_or(1, |d| d.as_nanos() as u64 | 1);
     let mut jitter = Jitter(seed);
     overlay_proc::sleep(Duration::from_millis(500))?;
+    let pid = node.pid()?;
+    let (cpu0, _) = cpu_ticks(pid)?;
     for k in 0..count as u32 {
         let name = format!("add-{k:04}");
         let idx = ADD_BASE + k;
@@ -320,6 +419,11 @@ fn trials(node: &mut ConvNode, count: usize, limit: Duration) -> Result<Trials> 
         }
         overlay_proc::sleep(jitter.next(50, 150))?;
     }
+    let (cpu1, _) = cpu_ticks(pid)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let changes = (2 * count).max(1) as f64;
+    t.cpu_per_change = Duration::from_secs_f64((cpu1 - cpu0) as f64 / hz / changes);
     Ok(t)
 }
 
@@ -429,11 +533,16 @@ pub fn measure(spec: &ConvSpec) -> Result<ConvResults> {
                 spec.runs
             );
             drop(kept.take());
-            let (node, run) = converge(n, spec)?;
+            // The kernel tears deleted namespaces (the previous run's, the paths') down
+            // in a worker thread: let it finish before the next timing.
+            overlay_proc::sleep(SETTLE)?;
+            let (node, mut run) = converge(n, spec)?;
+            run.floor = kernel_floor(n, node.cluster.dir.path())?;
             eprintln!(
-                "overlay-bench:   {n} routes after {:.1} ms ({})",
+                "overlay-bench:   {n} routes after {:.1} ms ({}); bridge/ip -batch: {:.1} ms",
                 run.elapsed.as_secs_f64() * 1e3,
-                run.method
+                run.method,
+                run.floor.as_secs_f64() * 1e3
             );
             runs.push(run);
             kept = Some(node);

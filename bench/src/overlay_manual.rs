@@ -12,15 +12,18 @@
 //! - a pod namespace per node, its `eth0` a veth (MTU 1450) into the pod bridge, at .2,
 //!   default route via the gateway.
 //!
-//! No firewall rules and no agent: the fastest this shape goes on this kernel.
+//! The direct-routed variant has no VXLAN device: each node routes the other's pod
+//! subnet via the other's node address on `eth0`, as Twill does for a peer on the same
+//! segment; its pods keep MTU 1450, as Twill's do (the subnet file's MTU).
+//!
+//! No firewall rules and no agent: the fastest this shape goes on this kernel. The pod
+//! subnets are those a Twill cluster's first two nodes get from the default network
+//! (10.244.1.0/24, 10.244.2.0/24), so a Twill node's ruleset would apply unchanged.
 
 use crate::overlay_proc::check_stop;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use twill_tests::Netns;
 
-/// Pod subnets are those a Twill cluster's first two nodes get from the default network,
-/// so a ruleset copied from a Twill node applies unchanged (see `--diag-nft`).
-pub const POD_NETWORK: &str = "10.244.0.0/16";
 const VXLAN_MTU: &str = "1450";
 
 /// Field order is drop order: pods, then nodes, then the underlay.
@@ -51,9 +54,11 @@ impl Manual {
         format!("0a:72:65:66:00:{:02x}", i + 1)
     }
 
-    /// Two nodes with one pod each; nodes route to each other's pods through VXLAN.
-    pub fn build() -> Result<Manual> {
-        let underlay = Netns::new("ref-ul");
+    /// Two nodes with one pod each; nodes route to each other's pods through VXLAN, or
+    /// directly over the underlay.
+    pub fn build(direct: bool) -> Result<Manual> {
+        let tag = if direct { "rdr" } else { "ref" };
+        let underlay = Netns::new(&format!("{tag}-ul"));
         underlay.ip(&["link", "add", "ulbr", "mtu", "1500", "type", "bridge"]);
         underlay.ip(&["addr", "add", "192.168.1.254/24", "dev", "ulbr"]);
         underlay.ip(&["link", "set", "ulbr", "up"]);
@@ -64,7 +69,7 @@ impl Manual {
         };
         for i in 0..2 {
             check_stop()?;
-            let n = Netns::new(&format!("ref-n{}", i + 1));
+            let n = Netns::new(&format!("{tag}-n{}", i + 1));
             let host_end = format!("refn{}", i + 1);
             n.ip(&[
                 "link", "add", "eth0", "mtu", "1500", "type", "veth", "peer", "name", &host_end,
@@ -123,7 +128,7 @@ impl Manual {
             ]);
             n.ip(&["link", "set", "cni0", "up"]);
 
-            let p = Netns::new(&format!("ref-p{}", i + 1));
+            let p = Netns::new(&format!("{tag}-p{}", i + 1));
             n.ip(&[
                 "link",
                 "add",
@@ -161,6 +166,18 @@ impl Manual {
         }
         for (i, n) in m.nodes.iter().enumerate() {
             for j in (0..2).filter(|j| *j != i) {
+                if direct {
+                    n.ip(&[
+                        "route",
+                        "replace",
+                        &Self::subnet(j),
+                        "via",
+                        &Self::node_ip(j),
+                        "dev",
+                        "eth0",
+                    ]);
+                    continue;
+                }
                 let (vtep, mac) = (Self::vtep_ip(j), Self::vtep_mac(j));
                 n.ip(&[
                     "neigh",
@@ -198,5 +215,16 @@ impl Manual {
             }
         }
         Ok(m)
+    }
+
+    /// Turns transmit checksum offload off on both nodes' VXLAN devices (`ethtool -K
+    /// vxlan0 tx off`), as the agent does on its own device.
+    pub fn tx_checksum_off(&self) -> Result<()> {
+        for n in &self.nodes {
+            let ns = twill_netlink::NetNs::open(std::path::Path::new(&n.path()))?;
+            ns.run(|| twill_netlink::ethtool::set_tx_checksum("vxlan0", false))?
+                .with_context(|| format!("tx checksum offload off on vxlan0 in {}", n.name()))?;
+        }
+        Ok(())
     }
 }

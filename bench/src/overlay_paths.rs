@@ -1,13 +1,20 @@
-//! Throughput (iperf3, one TCP stream) and latency (ping) over five data paths that
+//! Throughput (iperf3, one TCP stream) and latency (ping) over eight data paths that
 //! exist at the same time, measured in interleaved rounds:
 //!
-//! - `a`  node to node over the underlay, in the hand-built topology (no firewall);
-//! - `a'` node to node over the underlay, in the Twill VXLAN cluster (its nodes carry
-//!   the agent's nftables table);
+//! - `a`  node to node over the underlay, in the hand-built VXLAN topology (reference 1);
 //! - `b`  Twill: pod to pod across two nodes through VXLAN (directRouting never);
-//! - `c`  the hand-built VXLAN pod path (reference for `b`);
+//! - `c`  the hand-built VXLAN pod path (reference 2, for `b`);
 //! - `d`  Twill: pod to pod across two nodes on one segment, directly routed
 //!   (directRouting auto; reference `a`).
+//!
+//! And, to tell what the figures above are made of:
+//!
+//! - `c1` as `c`, with transmit checksum offload off on the VXLAN devices, as the agent
+//!   sets its own (`twill_netlink::ethtool`);
+//! - `b0` as `b`, in a cluster with ipMasq false: the agent's nftables table then has no
+//!   nat chain, so connection tracking is not active in the node namespaces;
+//! - `e`  a hand-built direct-routed pod path (what `d` could reach at best);
+//! - `a'` node to node over the underlay of the Twill VXLAN cluster.
 
 use crate::overlay_manual::Manual;
 use crate::overlay_proc::{self, check_stop, iperf3_server, Guarded, PingStats};
@@ -22,6 +29,8 @@ pub struct PathSpec {
     pub pings: u32,
     pub ping_interval: String,
     pub resync_secs: f64,
+    /// Seconds to wait after setup, with the namespaces printed, for inspection.
+    pub hold_secs: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,11 +38,27 @@ pub enum PathId {
     A,
     A2,
     B,
+    B0,
     C,
+    C1,
     D,
+    E,
 }
 
-pub const ALL: [PathId; 5] = [PathId::A, PathId::B, PathId::C, PathId::D, PathId::A2];
+/// Every path, in the order of one round: each subject sits next to its reference
+/// (c1|b, b|c, c|b0, d|a, a|e), so a ratio within a round compares measurements taken
+/// seconds apart. Odd rounds run backwards, so subjects and references take turns going
+/// first.
+pub const ALL: [PathId; 8] = [
+    PathId::C1,
+    PathId::B,
+    PathId::C,
+    PathId::B0,
+    PathId::D,
+    PathId::A,
+    PathId::E,
+    PathId::A2,
+];
 
 impl PathId {
     pub fn key(self) -> &'static str {
@@ -41,8 +66,11 @@ impl PathId {
             PathId::A => "a",
             PathId::A2 => "a'",
             PathId::B => "b",
+            PathId::B0 => "b0",
             PathId::C => "c",
+            PathId::C1 => "c1",
             PathId::D => "d",
+            PathId::E => "e",
         }
     }
 
@@ -51,8 +79,11 @@ impl PathId {
             PathId::A => "(a) underlay node->node, hand-built",
             PathId::A2 => "(a') underlay node->node, Twill VXLAN cluster",
             PathId::B => "(b) Twill pod->pod, VXLAN",
+            PathId::B0 => "(b0) Twill pod->pod, VXLAN, ipMasq false",
             PathId::C => "(c) hand-built pod->pod, VXLAN",
+            PathId::C1 => "(c1) hand-built pod->pod, VXLAN, tx csum off",
             PathId::D => "(d) Twill pod->pod, direct routing",
+            PathId::E => "(e) hand-built pod->pod, direct routing",
         }
     }
 }
@@ -66,8 +97,9 @@ pub struct PathSamples {
 
 pub struct PathResults {
     pub samples: Vec<(PathId, PathSamples)>,
-    /// The Twill nodes' nftables table, for the report.
+    /// The Twill nodes' nftables rulesets (ipMasq true, false), for the report.
     pub twill_nft: String,
+    pub twill_nft_nomasq: String,
 }
 
 impl PathResults {
@@ -91,10 +123,14 @@ struct Ends<'a> {
 /// Everything measured over; field order is drop order (pods before their clusters).
 struct Topologies {
     vx_pods: Vec<ClusterPod>,
+    nm_pods: Vec<ClusterPod>,
     dr_pods: Vec<ClusterPod>,
     vx: Cluster,
+    nm: Cluster,
     dr: Cluster,
     manual: Manual,
+    manual_nocsum: Manual,
+    manual_direct: Manual,
 }
 
 impl Topologies {
@@ -115,6 +151,21 @@ impl Topologies {
                 server: &self.vx_pods[0].ns,
                 server_ip: self.vx_pods[0].ip.clone(),
             },
+            PathId::B0 => Ends {
+                client: &self.nm_pods[1].ns,
+                server: &self.nm_pods[0].ns,
+                server_ip: self.nm_pods[0].ip.clone(),
+            },
+            PathId::E => Ends {
+                client: &self.manual_direct.pods[1],
+                server: &self.manual_direct.pods[0],
+                server_ip: Manual::pod_ip(0),
+            },
+            PathId::C1 => Ends {
+                client: &self.manual_nocsum.pods[1],
+                server: &self.manual_nocsum.pods[0],
+                server_ip: Manual::pod_ip(0),
+            },
             PathId::C => Ends {
                 client: &self.manual.pods[1],
                 server: &self.manual.pods[0],
@@ -129,11 +180,16 @@ impl Topologies {
     }
 }
 
-fn twill_cluster(direct: bool, resync_secs: f64) -> Result<(Cluster, Vec<ClusterPod>)> {
+fn twill_cluster(
+    direct: bool,
+    ip_masq: bool,
+    resync_secs: f64,
+) -> Result<(Cluster, Vec<ClusterPod>)> {
     let mut c = Cluster::new(ClusterSpec {
         nodes: 2,
         segments: 1,
         direct_routing: direct,
+        ip_masq,
         resync_secs,
         ..ClusterSpec::default()
     });
@@ -159,28 +215,71 @@ fn twill_cluster(direct: bool, resync_secs: f64) -> Result<(Cluster, Vec<Cluster
 }
 
 pub fn measure(spec: &PathSpec) -> Result<PathResults> {
-    eprintln!("overlay-bench: building the hand-built VXLAN reference...");
-    let manual = Manual::build()?;
+    eprintln!("overlay-bench: building the hand-built references...");
+    let manual = Manual::build(false)?;
+    let manual_nocsum = Manual::build(false)?;
+    manual_nocsum.tx_checksum_off()?;
+    let manual_direct = Manual::build(true)?;
     check_stop()?;
     eprintln!("overlay-bench: starting a 2-node Twill cluster, VXLAN...");
-    let (vx, vx_pods) = twill_cluster(false, spec.resync_secs)?;
+    let (vx, vx_pods) = twill_cluster(false, true, spec.resync_secs)?;
+    check_stop()?;
+    eprintln!("overlay-bench: starting a 2-node Twill cluster, VXLAN, ipMasq false...");
+    let (nm, nm_pods) = twill_cluster(false, false, spec.resync_secs)?;
     check_stop()?;
     eprintln!("overlay-bench: starting a 2-node Twill cluster, direct routing...");
-    let (dr, dr_pods) = twill_cluster(true, spec.resync_secs)?;
+    let (dr, dr_pods) = twill_cluster(true, true, spec.resync_secs)?;
     let topo = Topologies {
         vx_pods,
+        nm_pods,
         dr_pods,
         vx,
+        nm,
         dr,
         manual,
+        manual_nocsum,
+        manual_direct,
     };
     let twill_nft = topo.vx.nodes[0].ns.sh(&["nft", "list", "ruleset"]);
+    let twill_nft_nomasq = topo.nm.nodes[0].ns.sh(&["nft", "list", "ruleset"]);
 
     // Every path answers before anything is timed (this also resolves neighbours).
     for id in ALL {
         let e = topo.ends(id);
         overlay_proc::ping(e.client, &e.server_ip, 3, "0.05")
             .with_context(|| format!("{} does not work", id.describe()))?;
+    }
+    if spec.hold_secs > 0.0 {
+        for id in ALL {
+            let e = topo.ends(id);
+            eprintln!(
+                "overlay-bench: {}: client {} -> server {} ({})",
+                id.describe(),
+                e.client.name(),
+                e.server.name(),
+                e.server_ip
+            );
+        }
+        for (what, c) in [
+            ("VXLAN", &topo.vx),
+            ("VXLAN ipMasq false", &topo.nm),
+            ("direct", &topo.dr),
+        ] {
+            for n in &c.nodes {
+                eprintln!("overlay-bench: Twill {what} cluster node {}", n.ns.name());
+            }
+        }
+        for n in topo
+            .manual
+            .nodes
+            .iter()
+            .chain(&topo.manual_nocsum.nodes)
+            .chain(&topo.manual_direct.nodes)
+        {
+            eprintln!("overlay-bench: hand-built node {}", n.name());
+        }
+        eprintln!("overlay-bench: holding for {} s...", spec.hold_secs);
+        overlay_proc::sleep(Duration::from_secs_f64(spec.hold_secs))?;
     }
     // Declared after the topologies: the servers are killed before the namespaces go.
     let _servers: Vec<Guarded> = ALL
@@ -190,10 +289,8 @@ pub fn measure(spec: &PathSpec) -> Result<PathResults> {
 
     let mut samples: Vec<(PathId, PathSamples)> =
         ALL.iter().map(|id| (*id, PathSamples::default())).collect();
-    // Round r starts at path r and runs forwards, or backwards on odd rounds, so no
-    // path always follows the same one.
     let order = |r: usize| -> Vec<usize> {
-        let mut o: Vec<usize> = (0..ALL.len()).map(|k| (k + r) % ALL.len()).collect();
+        let mut o: Vec<usize> = (0..ALL.len()).collect();
         if r % 2 == 1 {
             o.reverse();
         }
@@ -235,5 +332,9 @@ pub fn measure(spec: &PathSpec) -> Result<PathResults> {
         }
     }
     eprintln!("overlay-bench: removing the path topologies...");
-    Ok(PathResults { samples, twill_nft })
+    Ok(PathResults {
+        samples,
+        twill_nft,
+        twill_nft_nomasq,
+    })
 }

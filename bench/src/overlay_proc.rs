@@ -188,7 +188,6 @@ fn parse_ping(text: &str) -> Option<PingStats> {
     let nums: Vec<f64> = line
         .split('=')
         .nth(1)?
-        .trim()
         .split_whitespace()
         .next()?
         .split('/')

@@ -59,11 +59,15 @@ pub struct Row {
     pub reference: Option<f64>,
     pub unit: Unit,
     pub target: Target,
+    /// When set, the ratio shown and judged instead of twill / reference: the median of
+    /// per-round ratios, which a drift in the machine's load between rounds moves less.
+    pub paired_ratio: Option<f64>,
 }
 
 impl Row {
     pub fn ratio(&self) -> Option<f64> {
-        self.reference.filter(|r| *r > 0.0).map(|r| self.twill / r)
+        self.paired_ratio
+            .or_else(|| self.reference.filter(|r| *r > 0.0).map(|r| self.twill / r))
     }
 
     /// `None` when the row has no target.
@@ -182,6 +186,7 @@ pub fn rows_json(rows: &[Row]) -> Value {
                     "twill": r.twill,
                     "reference": r.reference,
                     "ratio": r.ratio(),
+                    "ratio_is_median_of_rounds": r.paired_ratio.is_some(),
                     "target": r.target_text(),
                     "pass": r.pass(),
                 })
@@ -220,6 +225,7 @@ mod tests {
             reference,
             unit: Unit::Gbps,
             target,
+            paired_ratio: None,
         };
         assert_eq!(
             row(9.9, Some(10.0), Target::MinRatio(0.98)).pass(),
