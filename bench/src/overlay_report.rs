@@ -142,38 +142,7 @@ pub fn table(rows: &[Row]) -> String {
             ]
         })
         .collect();
-    let mut width = header.map(str::len);
-    for row in &cells {
-        for (w, c) in width.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |row: &[String]| -> String {
-        let parts: Vec<String> = row
-            .iter()
-            .zip(width)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                // Names left, numbers right (as report::table does).
-                if i == 0 || i >= 4 {
-                    format!("{c:<w$}")
-                } else {
-                    format!("{c:>w$}")
-                }
-            })
-            .collect();
-        format!("| {} |", parts.join(" | "))
-    };
-    let mut out = String::new();
-    out.push_str(&line(&header.map(String::from)));
-    out.push('\n');
-    let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
-    out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
-    for row in &cells {
-        out.push_str(&line(row));
-        out.push('\n');
-    }
-    out
+    crate::report::render(header, &cells)
 }
 
 pub fn rows_json(rows: &[Row]) -> Value {

@@ -89,8 +89,14 @@ pub fn table(rows: &[Row]) -> String {
             ]
         })
         .collect();
+    render(header, &cells)
+}
+
+/// A Markdown table: the metric name left-aligned, figures right-aligned, target and
+/// verdict left-aligned. Shared by the plugin and the overlay benchmarks.
+pub fn render(header: [&str; 6], cells: &[[String; 6]]) -> String {
     let mut width = header.map(str::len);
-    for row in &cells {
+    for row in cells {
         for (w, c) in width.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -116,7 +122,7 @@ pub fn table(rows: &[Row]) -> String {
     out.push('\n');
     let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
     out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
-    for row in &cells {
+    for row in cells {
         out.push_str(&line(row));
         out.push('\n');
     }
