@@ -297,10 +297,11 @@ impl LoopState<'_> {
         if full || self.device.is_none() || self.cache.is_none() {
             ok &= self.ensure_device().await;
         }
-        let have = match (self.device, &self.cache, full) {
-            (None, _, _) => None,
-            (Some(_), Some(c), false) => Some(c.clone()),
-            (Some(dev), _, _) => match self.datapath.observe(dev).await {
+        let cached = if full { None } else { self.cache.take() };
+        let have = match (self.device, cached) {
+            (None, _) => None,
+            (Some(_), Some(c)) => Some(c),
+            (Some(dev), None) => match self.datapath.observe(dev).await {
                 Ok(h) => Some(h),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the kernel state");
@@ -351,11 +352,8 @@ impl LoopState<'_> {
                         .programming_latency
                         .observe(started.elapsed().as_secs_f64());
                 }
-                if applied_ok && snap.complete {
-                    self.cache = Some(want.clone());
-                    programmed = Some(want.clone());
-                } else {
-                    self.cache = None;
+                self.cache = None;
+                if !(applied_ok && snap.complete) {
                     programmed = self.datapath.observe(dev).await.ok();
                 }
                 ok &= applied_ok;
@@ -365,7 +363,22 @@ impl LoopState<'_> {
                 self.cache = None;
             }
         }
-        self.publish(snap, &peers, &rejected, &want, programmed.as_ref());
+        let cache_ok = ok && snap.complete && self.device.is_some() && programmed.is_none();
+        self.publish(
+            snap,
+            &peers,
+            &rejected,
+            &want,
+            if cache_ok {
+                Some(&want)
+            } else {
+                programmed.as_ref()
+            },
+        );
+        if cache_ok {
+            // What the kernel now holds is exactly `want`: the next pass diffs against it.
+            self.cache = Some(want);
+        }
         ok
     }
 

@@ -195,20 +195,21 @@ impl Registry for FileRegistry {
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let inotify = Inotify::watch_dir(&self.dir).map_err(io_err(&self.dir))?;
         let mut files: BTreeMap<String, (Stamp, Entry)> = BTreeMap::new();
-        let mut last: Option<Snapshot> = None;
+        let mut sent = false;
         // Full listings at start, on the slow timer and after an inotify overflow;
         // otherwise only the files inotify named are read again, so a change costs
         // the same with 5 nodes as with 5,000.
         let mut wake = Wake::Full;
         loop {
             let changed = match &wake {
-                Wake::Full => self.rescan(&mut files)? || last.is_none(),
+                Wake::Full => self.rescan(&mut files)? || !sent,
                 Wake::Named(names) => self.reread(&mut files, names),
             };
             if changed {
                 let snap = snapshot_of(&files);
-                if last.as_ref() != Some(&snap) {
-                    last = Some(snap.clone());
+                // Compared with what the channel holds: no second copy is kept.
+                if *tx.borrow() != snap || !sent {
+                    sent = true;
                     if tx.send(snap).is_err() {
                         return Ok(());
                     }
