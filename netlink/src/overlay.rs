@@ -263,15 +263,7 @@ impl Netlink {
                     && matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6)
             })
             .filter_map(|m| {
-                let mut ip = None;
-                let mut mac = None;
-                for attr in &m.attributes {
-                    match attr {
-                        NeighbourAttribute::Destination(a) => ip = neighbour_ip(a),
-                        NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
-                        _ => {}
-                    }
-                }
+                let (ip, mac) = ip_and_mac(m);
                 Some((ip?, mac?))
             })
             .collect())
@@ -345,15 +337,7 @@ impl Netlink {
             .iter()
             .filter(|m| m.header.ifindex == link_index)
             .filter_map(|m| {
-                let mut dst = None;
-                let mut mac = None;
-                for attr in &m.attributes {
-                    match attr {
-                        NeighbourAttribute::Destination(a) => dst = neighbour_ip(a),
-                        NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
-                        _ => {}
-                    }
-                }
+                let (dst, mac) = ip_and_mac(m);
                 let mac = mac.filter(|m| *m != [0; 6])?;
                 Some((mac, dst?))
             })
@@ -499,6 +483,20 @@ impl Netlink {
             .await
             .op(|| format!("set MAC {} on link {index}", mac_str(&mac)))
     }
+}
+
+/// The IP (NDA_DST) and MAC (NDA_LLADDR) of a neighbour or FDB message.
+fn ip_and_mac(m: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
+    let mut ip = None;
+    let mut mac = None;
+    for attr in &m.attributes {
+        match attr {
+            NeighbourAttribute::Destination(a) => ip = neighbour_ip(a),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
+            _ => {}
+        }
+    }
+    (ip, mac)
 }
 
 #[cfg(test)]

@@ -525,12 +525,3 @@ impl LoopState<'_> {
         });
     }
 }
-
-/// The own subnets, for callers that only need them (uninstall).
-pub fn own_subnets_of(snap: &Snapshot, node: &str) -> Vec<IpNet> {
-    snap.records
-        .iter()
-        .find(|r| r.node == node)
-        .map(|r| r.subnets.clone())
-        .unwrap_or_default()
-}

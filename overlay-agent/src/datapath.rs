@@ -2,7 +2,7 @@
 //! routes, neighbour and FDB entries the agent owns. No decisions are made here; the
 //! [`Plan`] says what to change.
 
-use crate::desired::{Changes, DesiredState, NextHop, Plan};
+use crate::desired::{DesiredState, NextHop, Plan};
 use crate::record::Mac;
 use futures::StreamExt;
 use ipnet::IpNet;
@@ -117,7 +117,7 @@ impl Datapath {
     /// Reads what the agent owns in the kernel, in the shape of a [`DesiredState`].
     pub async fn observe(&self, device: u32) -> Result<DesiredState, NetlinkError> {
         let mut have = DesiredState::default();
-        for r in dump(|| self.nl.routes_by_protocol(ROUTE_PROTOCOL)).await? {
+        for r in self.nl.routes_by_protocol(ROUTE_PROTOCOL).await? {
             let hop = match (r.gw, r.oif) {
                 (Some(via), Some(oif)) if oif == device => NextHop::Vxlan { via },
                 (Some(via), Some(oif)) if oif == self.conf.underlay_index => {
@@ -127,10 +127,10 @@ impl Datapath {
             };
             have.routes.insert(r.dst, hop);
         }
-        for (ip, mac) in dump(|| self.nl.permanent_neighbours(device)).await? {
+        for (ip, mac) in self.nl.permanent_neighbours(device).await? {
             have.neighbours.insert(ip, Mac(mac));
         }
-        for (mac, dst) in dump(|| self.nl.fdb_entries(device)).await? {
+        for (mac, dst) in self.nl.fdb_entries(device).await? {
             have.fdb.insert(Mac(mac), dst);
         }
         Ok(have)
@@ -185,29 +185,10 @@ impl Datapath {
     /// FDB entries and the routes through it), then its remaining routes.
     pub async fn remove_all(&self) -> Result<(), NetlinkError> {
         self.nl.delete_link_by_name(&self.conf.name).await?;
-        for r in dump(|| self.nl.routes_by_protocol(ROUTE_PROTOCOL)).await? {
+        for r in self.nl.routes_by_protocol(ROUTE_PROTOCOL).await? {
             self.nl.delete_route(r.dst, ROUTE_PROTOCOL).await?;
         }
         Ok(())
-    }
-}
-
-/// Runs a dump again when the kernel reports it was interrupted by a concurrent change
-/// (EBUSY, e.g. right after a link with many routes went away).
-async fn dump<T, F, Fut>(f: F) -> Result<T, NetlinkError>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<T, NetlinkError>>,
-{
-    let mut tries = 0;
-    loop {
-        match f().await {
-            Err(e) if e.errno() == Some(libc::EBUSY) && tries < 10 => {
-                tries += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(5 * tries)).await;
-            }
-            other => return other,
-        }
     }
 }
 
@@ -227,11 +208,4 @@ where
             Err(e) => out.errors.push(e),
         }
     }
-}
-
-/// The entries of `plan` whose table is `changes`, for logs.
-pub fn describe<K: std::fmt::Display + Ord, V>(what: &str, c: &Changes<K, V>) -> String {
-    let put: Vec<String> = c.put.keys().map(|k| k.to_string()).collect();
-    let rm: Vec<String> = c.remove.keys().map(|k| k.to_string()).collect();
-    format!("{what}: +[{}] -[{}]", put.join(" "), rm.join(" "))
 }
