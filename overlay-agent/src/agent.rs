@@ -181,7 +181,9 @@ pub async fn run(
         let mut backoff = Backoff::new();
         loop {
             match keeper.keep_alive().await {
-                Ok(()) => tracing::warn!("registry lease lost; joining again"),
+                Ok(()) => {
+                    tracing::warn!("this node's registry entry was lost; publishing it again")
+                }
                 Err(e) => tracing::warn!(error = %e, "keeping the registry lease failed"),
             }
             match keeper.join(&keep_ann).await {
@@ -219,6 +221,7 @@ pub async fn run(
     let mut resync = tokio::time::interval(conf.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut ready_task = None;
     let result = loop {
         let full = tokio::select! {
             r = rx.changed() => {
@@ -244,11 +247,33 @@ pub async fn run(
         let ok = state.pass(&snapshot, full).await;
         retry_at = (!ok).then(|| tokio::time::Instant::now() + Duration::from_secs(1));
         board.beat();
+        if ready_task.is_none() && board.snapshot().ready {
+            ready_task = Some(tokio::spawn(report_ready(registry.clone())));
+        }
     };
     watch_task.abort();
     keep_task.abort();
+    if let Some(t) = ready_task {
+        t.abort();
+    }
     tracing::info!("stopping; the data path stays in place");
     result
+}
+
+/// Tells the registry, once, that this node's network is up (retried until it
+/// succeeds: the API server may be away).
+async fn report_ready(registry: Arc<dyn Registry>) {
+    let mut backoff = Backoff::new();
+    loop {
+        match registry.ready().await {
+            Ok(()) => {
+                tracing::info!("reported this node's network as ready to the registry");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot report readiness yet; retrying"),
+        }
+        backoff.wait().await;
+    }
 }
 
 struct LoopState<'a> {

@@ -14,7 +14,9 @@ use twill_agent::firewall::{Firewall, Nft};
 use twill_agent::host::{HostPaths, CONFLIST_NAME};
 use twill_agent::http;
 use twill_agent::record::Mac;
-use twill_agent::registry::{etcd::EtcdRegistry, file::FileRegistry, Registry};
+use twill_agent::registry::{
+    etcd::EtcdRegistry, file::FileRegistry, kubernetes::KubeRegistry, Registry,
+};
 use twill_agent::status::{AgentStatus, Board};
 use twill_conf::{ClusterConf, RegistryConf};
 
@@ -105,7 +107,17 @@ struct RunArgs {
     #[arg(long, env = "TWILL_LOG", default_value = "info")]
     log_level: String,
     #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
     host: HostArgs,
+}
+
+#[derive(Args, Clone)]
+struct KubeArgs {
+    /// Kubeconfig for the kubernetes registry (default: the net-conf.json
+    /// `registry.kubeconfig`, else the in-cluster service account).
+    #[arg(long, env = "TWILL_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -185,7 +197,11 @@ fn listen_addr(s: &str) -> Result<Option<SocketAddr>> {
         .with_context(|| format!("--listen {s:?} is not an address:port or \"off\""))
 }
 
-async fn registry_for(cluster: &ClusterConf) -> Result<(Arc<dyn Registry>, String)> {
+async fn registry_for(
+    cluster: &ClusterConf,
+    node: &str,
+    kube_args: &KubeArgs,
+) -> Result<(Arc<dyn Registry>, String)> {
     let nets = cluster.networks.clone();
     Ok(match &cluster.registry {
         RegistryConf::File { dir } => (
@@ -200,8 +216,11 @@ async fn registry_for(cluster: &ClusterConf) -> Result<(Arc<dyn Registry>, Strin
             Arc::new(EtcdRegistry::connect(endpoints, prefix, *lease_ttl_secs, nets).await?),
             format!("etcd {}", endpoints.join(",")),
         ),
-        RegistryConf::Kubernetes { .. } => {
-            bail!("registry kind \"kubernetes\" is not available in this build yet")
+        RegistryConf::Kubernetes { kubeconfig } => {
+            let path = kube_args.kubeconfig.as_ref().or(kubeconfig.as_ref());
+            let r = KubeRegistry::connect(path.map(|p| p.as_path()), node, nets).await?;
+            let name = format!("kubernetes {}", r.server);
+            (Arc::new(r), name)
         }
     })
 }
@@ -222,7 +241,7 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
         tokio::spawn(http::serve(listener, board.clone()));
     }
     let (registry, registry_name) = loop {
-        match registry_for(&cluster).await {
+        match registry_for(&cluster, &node, &a.kube).await {
             Ok(r) => break r,
             Err(e) if matches!(cluster.registry, RegistryConf::Etcd { .. }) => {
                 tracing::warn!(error = %e, "registry unreachable; retrying");
@@ -310,7 +329,7 @@ async fn uninstall(a: RunArgs) -> Result<std::process::ExitCode> {
     for p in &removed {
         println!("removed {}", p.display());
     }
-    match registry_for(&cluster).await {
+    match registry_for(&cluster, &node, &a.kube).await {
         Ok((r, _)) => r
             .leave(&node)
             .await

@@ -23,6 +23,9 @@ pub enum RegistryKind {
     /// An etcd at this endpoint (reachable from every node namespace: loopback does not
     /// work across namespaces, so it must listen on an underlay address).
     Etcd { endpoint: String },
+    /// Node objects of a Kubernetes API server, through the kubeconfig at
+    /// [`Cluster::kubeconfig_path`] (written by the test before the agents start).
+    Kubernetes,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +236,9 @@ impl Cluster {
             RegistryKind::File => json!({"kind": "file", "dir": dir.path().join("registry")}),
             RegistryKind::Etcd { endpoint } => {
                 json!({"kind": "etcd", "endpoints": [endpoint], "prefix": format!("/twill-test-{}", next_id()), "leaseTtl": 5})
+            }
+            RegistryKind::Kubernetes => {
+                json!({"kind": "kubernetes", "kubeconfig": dir.path().join("kubeconfig")})
             }
         };
         let conf = json!({
@@ -460,6 +466,11 @@ impl Cluster {
     /// The agent binary's path (for tests that run subcommands).
     pub fn agent_bin() -> PathBuf {
         crate::workspace_bin("twill-agent")
+    }
+
+    /// The kubeconfig the agents use with [`RegistryKind::Kubernetes`].
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
     }
 
     pub fn conf_path(&self) -> &Path {

@@ -10,6 +10,7 @@ pub mod cni;
 pub mod containerd;
 pub mod etcd;
 pub mod fixture;
+pub mod kube;
 pub mod netns;
 pub mod scenarios;
 

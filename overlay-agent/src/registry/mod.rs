@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod kubernetes;
 
 use crate::record::{Mac, VtepRecord};
 use ipnet::IpNet;
@@ -85,6 +86,12 @@ pub trait Registry: Send + Sync {
     /// transient failures itself (the last snapshot stays in place meanwhile) and
     /// returns only when `tx` is closed or on an error it cannot recover from.
     async fn watch(&self, tx: watch::Sender<Snapshot>) -> Result<(), RegistryError>;
+
+    /// Called once the node's data path is ready (Kubernetes: the Node condition
+    /// `NetworkUnavailable=False`). Retried until it succeeds.
+    async fn ready(&self) -> Result<(), RegistryError> {
+        Ok(())
+    }
 
     /// Removes this node's record (`twill-agent uninstall`).
     async fn leave(&self, node: &str) -> Result<(), RegistryError>;
