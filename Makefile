@@ -3,14 +3,20 @@
 
 CARGO ?= cargo
 
-.PHONY: build test bench bench-overlay check clean-netns lab lab-down
+.PHONY: k8s build test bench bench-overlay check clean-netns lab lab-down
 
 build:
 	$(CARGO) build --workspace
 
 # Unit tests, then the end-to-end tests over real namespaces (need root).
-test: build
+test: build k8s
 	$(CARGO) test --workspace --no-fail-fast
+
+# kube-apiserver + kube-controller-manager v1.20.2 for the Kubernetes-mode test, built
+# from Debian's source package (~5 min once; a no-op when the binaries exist).
+K8S_SCRIPTS ?= $(if $(wildcard ../shared/k8s/prepare.sh),../shared/k8s,tests/k8s)
+k8s:
+	bash $(K8S_SCRIPTS)/prepare.sh
 
 # Benchmarks against the references, printed as tables (see BENCHMARKS.md).
 bench:

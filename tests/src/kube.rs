@@ -244,26 +244,24 @@ impl ControlPlane {
             .apiserver_argv
             .take()
             .expect("start_apiserver after stop_apiserver");
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.home().join("logs/kube-apiserver.log"))
-            .expect("apiserver log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
+        // Detached like up.sh starts it (its own session, not our child), so down.sh
+        // can stop it through the pid file.
+        let log = self.home().join("logs/kube-apiserver.log");
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(r#"log=$1; shift; setsid "$@" >>"$log" 2>&1 </dev/null & echo $!"#)
+            .arg("bash")
+            .arg(&log)
+            .args(["ip", "netns", "exec", &self.netns])
             .args(&argv)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
+            .output()
             .expect("restarting kube-apiserver");
-        // `ip netns exec` execs the program: the child's pid is kube-apiserver's, and
-        // down.sh finds it in the pid file.
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let mut pids = std::fs::OpenOptions::new()
             .append(true)
             .open(self.home().join("pids"))
             .expect("pid file");
-        let _ = writeln!(pids, "kube-apiserver {}", child.id());
+        let _ = writeln!(pids, "kube-apiserver {pid}");
         let ready = crate::cluster::wait_until(Duration::from_secs(90), || {
             self.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
