@@ -10,13 +10,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use twill_tests::cluster::{ping_rtt, tail, Cluster, ClusterPod, ClusterSpec, RegistryKind};
 use twill_tests::etcd::EtcdServer;
+use twill_tests::kube::ControlPlane;
 use twill_tests::netns::{run, set_run_prefix};
 use twill_tests::{require_root, scenarios};
 
 /// Every lab namespace and directory starts with this; `down` removes them.
 const PREFIX: &str = "twlab-";
 
-const USAGE: &str = "usage: twill-lab [up] [--nodes N] [--pods-per-node N] [--registry file|etcd]
+const USAGE: &str =
+    "usage: twill-lab [up] [--nodes N] [--pods-per-node N] [--registry file|etcd|kubernetes]
                  [--segments N] [--direct-routing auto|never] [--keep]
        twill-lab down
 
@@ -24,7 +26,9 @@ const USAGE: &str = "usage: twill-lab [up] [--nodes N] [--pods-per-node N] [--re
                  tear it down (unless --keep); exit 1 if any pod pair fails
   --nodes N            nodes (default 3)
   --pods-per-node N    pods per node (default 2), named sleep-1, sleep-2, ...
-  --registry KIND      file (default; no outside service) or etcd (runs a real etcd)
+  --registry KIND      file (default; no outside service), etcd (runs a real etcd) or
+                       kubernetes (a real kube-apiserver + controller-manager built by
+                       `make k8s`; Node objects registered for the lab's nodes)
   --segments N         underlay segments joined by a router (default 2)
   --direct-routing M   auto (default: same-segment peers without encapsulation) or never
   --keep               leave everything up for exploring; `twill-lab down` removes it
@@ -40,6 +44,7 @@ struct Options {
     nodes: usize,
     pods: usize,
     etcd: bool,
+    kube: bool,
     segments: usize,
     direct: bool,
     keep: bool,
@@ -52,6 +57,7 @@ fn parse_args() -> Result<Options> {
         nodes: 3,
         pods: 2,
         etcd: false,
+        kube: false,
         segments: 2,
         direct: true,
         keep: false,
@@ -77,9 +83,10 @@ fn parse_args() -> Result<Options> {
             "--pods-per-node" | "--pods" => o.pods = number("--pods-per-node", args.next(), 50)?,
             "--segments" => o.segments = number("--segments", args.next(), 8)?,
             "--registry" => match args.next().as_deref() {
-                Some("file") => o.etcd = false,
-                Some("etcd") => o.etcd = true,
-                other => bail!("--registry takes file or etcd, not {other:?}"),
+                Some("file") => (o.etcd, o.kube) = (false, false),
+                Some("etcd") => (o.etcd, o.kube) = (true, false),
+                Some("kubernetes") => (o.etcd, o.kube) = (false, true),
+                other => bail!("--registry takes file, etcd or kubernetes, not {other:?}"),
             },
             "--direct-routing" => match args.next().as_deref() {
                 Some("auto") => o.direct = true,
@@ -169,7 +176,13 @@ fn up(o: Options) -> Result<bool> {
         o.nodes,
         o.segments,
         o.pods,
-        if o.etcd { "etcd" } else { "file" },
+        if o.etcd {
+            "etcd"
+        } else if o.kube {
+            "kubernetes"
+        } else {
+            "file"
+        },
         if o.direct { "auto" } else { "never" }
     );
 
@@ -183,6 +196,8 @@ fn up(o: Options) -> Result<bool> {
             RegistryKind::Etcd {
                 endpoint: format!("http://{router}:2379"),
             }
+        } else if o.kube {
+            RegistryKind::Kubernetes
         } else {
             RegistryKind::File
         },
@@ -193,6 +208,17 @@ fn up(o: Options) -> Result<bool> {
     let etcd = if o.etcd {
         eprintln!("      starting etcd at {router}:2379 in the underlay namespace");
         Some(EtcdServer::start_in(c.underlay.ns.name(), router))
+    } else {
+        None
+    };
+    let control_plane = if o.kube {
+        eprintln!("      starting kube-apiserver at https://{router}:6443 in the underlay namespace; registering a Node per node");
+        let cp = ControlPlane::for_cluster(&c).map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "      admin kubeconfig: {}",
+            cp.admin_kubeconfig().display()
+        );
+        Some(cp)
     } else {
         None
     };
@@ -261,6 +287,7 @@ fn up(o: Options) -> Result<bool> {
         println!("remove it with: twill-lab down");
         std::mem::forget(pods);
         std::mem::forget(etcd);
+        std::mem::forget(control_plane);
         std::mem::forget(c);
     } else {
         for p in &pods {

@@ -84,6 +84,53 @@ impl ControlPlane {
         cp
     }
 
+    /// A control plane for `cluster` (built with `RegistryKind::Kubernetes`): started
+    /// in its underlay namespace at the router's first address, the RBAC of
+    /// `conf/kubernetes/twill.yaml` applied, the agents' kubeconfig (the `twill`
+    /// ServiceAccount, not admin) written, and a Node object per node registered and
+    /// given a podCIDR. Agents are not started.
+    pub fn for_cluster(cluster: &crate::cluster::Cluster) -> Result<ControlPlane, String> {
+        let cp = ControlPlane::start_in(
+            cluster.underlay.ns.name(),
+            &cluster.underlay.router_ip(0),
+            &cluster.spec.network,
+            cluster.spec.subnet_len,
+        );
+        let manifest = std::fs::read_to_string(manifests_dir().join("twill.yaml"))
+            .map_err(|e| format!("conf/kubernetes/twill.yaml: {e}"))?;
+        let rbac = yaml_documents(
+            &manifest,
+            &[
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+            ],
+        );
+        cp.kubectl_ok(&["apply", "-f", "-"], Some(&rbac));
+        cp.service_account_kubeconfig("twill-system", "twill", &cluster.kubeconfig_path())?;
+        for n in &cluster.nodes {
+            cp.create_node(&n.name, &n.ip);
+        }
+        let assigned = crate::cluster::wait_until(Duration::from_secs(30), || {
+            cluster.nodes.iter().all(|n| cp.pod_cidr(&n.name).is_some())
+        });
+        if !assigned {
+            return Err(format!(
+                "node-ipam did not assign podCIDRs:\n{}",
+                crate::cluster::tail(&cp.log("kube-controller-manager"), 20)
+            ));
+        }
+        Ok(cp)
+    }
+
+    /// A Node's `spec.podCIDR`.
+    pub fn pod_cidr(&self, name: &str) -> Option<String> {
+        self.node(name)?["spec"]["podCIDR"]
+            .as_str()
+            .map(str::to_string)
+    }
+
     pub fn home(&self) -> &Path {
         self.home.path()
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use twill_tests::cluster::{
     ping_matrix, tail, wait_until, Cluster, ClusterPod, ClusterSpec, RegistryKind,
 };
-use twill_tests::kube::{manifests_dir, stderr_without_skew_warning, yaml_documents, ControlPlane};
+use twill_tests::kube::{manifests_dir, stderr_without_skew_warning, ControlPlane};
 use twill_tests::require_root;
 
 const SA: &str = "system:serviceaccount:twill-system:twill";
@@ -35,12 +35,6 @@ fn network_condition(node: &Value) -> Option<(String, String)> {
                 )
             })
         })
-}
-
-fn pod_cidr(cp: &ControlPlane, name: &str) -> Option<String> {
-    cp.node(name)?["spec"]["podCIDR"]
-        .as_str()
-        .map(str::to_string)
 }
 
 fn logs(c: &Cluster) -> String {
@@ -115,21 +109,12 @@ fn kubernetes_registry_against_a_real_api_server() {
         registry: RegistryKind::Kubernetes,
         ..ClusterSpec::default()
     });
-    let api_ip = c.underlay.router_ip(0);
-    let mut cp = ControlPlane::start_in(c.underlay.ns.name(), &api_ip, &c.spec.network, 24);
+    // 1. The control plane, the RBAC from conf/ applied for real, the agents'
+    // ServiceAccount kubeconfig, and Nodes registered as a kubelet would (node-ipam
+    // gives them podCIDRs).
+    let mut cp = ControlPlane::for_cluster(&c).unwrap_or_else(|e| panic!("{e}"));
 
-    // 1. The manifests: RBAC for real, everything through a server-side dry run.
-    let manifest = std::fs::read_to_string(manifests_dir().join("twill.yaml")).unwrap();
-    let rbac = yaml_documents(
-        &manifest,
-        &[
-            "Namespace",
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-        ],
-    );
-    cp.kubectl_ok(&["apply", "-f", "-"], Some(&rbac));
+    // 2. Every manifest passes a server-side dry run; the role is least privilege.
     let dir = manifests_dir();
     let dry = cp.kubectl(&["apply", "--dry-run=server", "-f", dir.to_str().unwrap()]);
     assert!(
@@ -148,7 +133,6 @@ fn kubernetes_registry_against_a_real_api_server() {
             "dry run did not cover {kind}: {dry_out}"
         );
     }
-    // Least privilege: what the agent calls, and nothing else.
     for (verb, resource, allowed) in [
         ("watch", "nodes", true),
         ("list", "nodes", true),
@@ -171,21 +155,6 @@ fn kubernetes_registry_against_a_real_api_server() {
             "can the agent {verb} {resource}?"
         );
     }
-    cp.service_account_kubeconfig("twill-system", "twill", &c.kubeconfig_path())
-        .expect("service account kubeconfig");
-
-    // 2. Nodes registered as a kubelet would; node-ipam gives them podCIDRs.
-    for n in &c.nodes {
-        cp.create_node(&n.name, &n.ip);
-    }
-    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
-    assert!(
-        wait_until(Duration::from_secs(30), || names
-            .iter()
-            .all(|n| pod_cidr(&cp, n).is_some())),
-        "node-ipam did not assign podCIDRs:\n{}",
-        tail(&cp.log("kube-controller-manager"), 20)
-    );
 
     // 3. Agents with the ServiceAccount's kubeconfig; pods on every node reach each other.
     c.start_all();
@@ -195,7 +164,7 @@ fn kubernetes_registry_against_a_real_api_server() {
     for (i, n) in c.nodes.iter().enumerate() {
         assert_eq!(
             n.subnet(),
-            pod_cidr(&cp, &n.name),
+            cp.pod_cidr(&n.name),
             "node {i} must use its Node's podCIDR"
         );
     }
@@ -264,7 +233,7 @@ fn kubernetes_registry_against_a_real_api_server() {
     );
 
     // 6. A Node deleted through the API leaves every other node's routes.
-    let gone = pod_cidr(&cp, "node-3").unwrap();
+    let gone = cp.pod_cidr("node-3").unwrap();
     assert!(c.nodes[0].agent_routes().contains(&gone));
     cp.kubectl_ok(&["delete", "node", "node-3"], None);
     assert!(
@@ -322,7 +291,7 @@ fn kubernetes_registry_against_a_real_api_server() {
         "{said}"
     );
     assert!(
-        wait_until(Duration::from_secs(30), || pod_cidr(&cp, &name).is_some()),
+        wait_until(Duration::from_secs(30), || cp.pod_cidr(&name).is_some()),
         "node-ipam did not assign {name} a podCIDR"
     );
     let running = [0, 1, i];
