@@ -347,13 +347,65 @@ impl Cluster {
 
     /// Starts (or restarts) node `i`'s agent.
     pub fn start_agent(&mut self, i: usize) {
+        let cmd = self.agent_command(i, None);
+        self.spawn_agent(i, cmd);
+    }
+
+    /// Starts node `i`'s agent the way the DaemonSet runs it: the registry is
+    /// `{"kind": "kubernetes"}` with no kubeconfig, so the agent uses the in-cluster
+    /// service account: `KUBERNETES_SERVICE_HOST`/`_PORT` and the files of
+    /// `service_account_dir` (token, ca.crt, namespace) at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount`, mounted in a private mount
+    /// namespace (nothing changes outside it).
+    pub fn start_agent_as_pod(
+        &mut self,
+        i: usize,
+        service_account_dir: &Path,
+        api_host: &str,
+        api_port: u16,
+    ) {
+        let mut conf: Value =
+            serde_json::from_slice(&std::fs::read(&self.conf_path).unwrap()).unwrap();
+        conf["registry"] = json!({"kind": "kubernetes"});
+        let pod_conf = self.nodes[i].dir.join("net-conf-pod.json");
+        std::fs::write(&pod_conf, conf.to_string()).unwrap();
+        let base = self.agent_command(i, None);
+        let mut args: Vec<std::ffi::OsString> = base.get_args().map(|a| a.to_os_string()).collect();
+        if let Some(k) = args.iter().position(|a| a == "--conf") {
+            args[k + 1] = pod_conf.into_os_string();
+        }
+        let script = "mount -t tmpfs tmpfs /run \
+            && mkdir -p /run/secrets/kubernetes.io/serviceaccount \
+            && cp \"$0\"/* /run/secrets/kubernetes.io/serviceaccount/ && exec \"$@\"";
+        let mut cmd = Command::new("ip");
+        cmd.args(&args[..3])
+            .args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ])
+            .arg(service_account_dir)
+            .args(&args[3..])
+            .env("KUBERNETES_SERVICE_HOST", api_host)
+            .env("KUBERNETES_SERVICE_PORT", api_port.to_string())
+            .env_remove("KUBECONFIG")
+            .env_remove("TWILL_KUBECONFIG")
+            // A pod has no ~/.kube/config; the agent must not find the host's.
+            .env("HOME", &self.nodes[i].dir);
+        self.spawn_agent(i, cmd);
+    }
+
+    fn spawn_agent(&mut self, i: usize, mut cmd: Command) {
         self.nodes[i].stop_agent(libc::SIGKILL);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.nodes[i].log_file())
             .unwrap();
-        let mut cmd = self.agent_command(i, None);
         if self.spec.agents_die_with_parent {
             use std::os::unix::process::CommandExt;
             // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.

@@ -206,14 +206,13 @@ impl ControlPlane {
         self.kubectl_ok(&["create", "-f", "-"], Some(&doc.to_string()));
     }
 
-    /// A kubeconfig for `namespace/service_account`, authenticated by its token (v1.20
-    /// creates a token Secret per ServiceAccount).
-    pub fn service_account_kubeconfig(
+    /// The token of `namespace/service_account` (v1.20 creates a token Secret per
+    /// ServiceAccount; waits up to 30 s for it).
+    pub fn service_account_token(
         &self,
         namespace: &str,
         service_account: &str,
-        path: &Path,
-    ) -> Result<(), String> {
+    ) -> Result<String, String> {
         let mut token = None;
         let found = crate::cluster::wait_until(Duration::from_secs(30), || {
             let out = self.kubectl(&["-n", namespace, "get", "secrets", "-o", "json"]);
@@ -232,19 +231,56 @@ impl ControlPlane {
             .filter(|_| found)
             .ok_or("no token Secret for the ServiceAccount after 30 s")?;
         let token = base64_decode(&token).ok_or("token is not base64")?;
+        String::from_utf8(token).map_err(|_| "token is not text".to_string())
+    }
+
+    /// The cluster CA (base64 PEM, as in a kubeconfig).
+    fn ca_data(&self) -> Result<String, String> {
         let admin = std::fs::read_to_string(self.admin_kubeconfig()).map_err(|e| e.to_string())?;
-        let ca = admin
+        Ok(admin
             .lines()
             .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
             .ok_or("admin kubeconfig has no CA")?
             .trim()
-            .to_string();
+            .to_string())
+    }
+
+    /// A kubeconfig for `namespace/service_account`, authenticated by its token.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        path: &Path,
+    ) -> Result<(), String> {
+        let token = self.service_account_token(namespace, service_account)?;
+        let ca = self.ca_data()?;
         let kc = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{}:6443\n    certificate-authority-data: {ca}\nusers:\n- name: {service_account}\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context: {{cluster: test, user: {service_account}}}\ncurrent-context: sa\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{}:6443\n    certificate-authority-data: {ca}\nusers:\n- name: {service_account}\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: test, user: {service_account}}}\ncurrent-context: sa\n",
             self.addr,
-            String::from_utf8_lossy(&token)
         );
         std::fs::write(path, kc).map_err(|e| e.to_string())
+    }
+
+    /// What a pod of `namespace/service_account` finds in
+    /// `/var/run/secrets/kubernetes.io/serviceaccount` (token, ca.crt, namespace),
+    /// written into `dir`.
+    pub fn service_account_mount(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        dir: &Path,
+    ) -> Result<(), String> {
+        let token = self.service_account_token(namespace, service_account)?;
+        let ca = base64_decode(&self.ca_data()?).ok_or("CA is not base64")?;
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        for (name, bytes) in [
+            ("token", token.as_bytes()),
+            ("ca.crt", &ca[..]),
+            ("namespace", namespace.as_bytes()),
+        ] {
+            std::fs::write(dir.join(name), bytes).map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok(())
     }
 
     fn pid_of(&self, component: &str) -> Option<i32> {

@@ -268,13 +268,18 @@ fn kubernetes_registry_against_a_real_api_server() {
         );
     }
 
-    // 8. A node added afterwards: its agent says clearly that it has no podCIDR while
-    // none is assigned (node-ipam paused), then it is learned by the others.
+    // 8. A node added afterwards, its agent run as in a pod (in-cluster config): it says
+    // clearly that it has no podCIDR while none is assigned (node-ipam paused), then it
+    // is learned by the others.
     let i = c.add_node();
     let name = c.nodes[i].name.clone();
     cp.signal("kube-controller-manager", libc::SIGSTOP);
     cp.create_node(&name, &c.nodes[i].ip.clone());
-    c.start_agent(i);
+    // This one runs as in a pod: in-cluster config, the ServiceAccount's mounted token.
+    let sa_dir = c.dir.path().join("serviceaccount");
+    cp.service_account_mount("twill-system", "twill", &sa_dir)
+        .expect("service account files");
+    c.start_agent_as_pod(i, &sa_dir, &cp.addr.clone(), 6443);
     let mut said = String::new();
     let explained = wait_until(Duration::from_secs(20), || {
         said = c.nodes[i].http_get("/readyz");
