@@ -247,7 +247,7 @@ pub async fn run(
         let ok = state.pass(&snapshot, full).await;
         retry_at = (!ok).then(|| tokio::time::Instant::now() + Duration::from_secs(1));
         board.beat();
-        if ready_task.is_none() && board.snapshot().ready {
+        if ready_task.is_none() && board.is_ready() {
             ready_task = Some(tokio::spawn(report_ready(registry.clone())));
         }
     };

@@ -153,6 +153,11 @@ impl Board {
         Ok(())
     }
 
+    /// `snapshot().ready` without copying the peer table.
+    pub fn is_ready(&self) -> bool {
+        self.status.lock().is_ok_and(|s| s.ready)
+    }
+
     pub fn snapshot(&self) -> AgentStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }

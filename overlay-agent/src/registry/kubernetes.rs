@@ -20,6 +20,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use tokio::sync::watch;
 use twill_conf::cluster::PodNetwork;
@@ -167,7 +168,7 @@ pub struct KubeRegistry {
     networks: Vec<PodNetwork>,
     joined: Mutex<Option<Joined>>,
     /// Set once the agent was ready; a recreated Node gets the condition again.
-    ready: Mutex<bool>,
+    ready: AtomicBool,
     /// The API server, for status output.
     pub server: String,
 }
@@ -207,7 +208,7 @@ impl KubeRegistry {
             node: node.to_string(),
             networks,
             joined: Mutex::new(None),
-            ready: Mutex::new(false),
+            ready: AtomicBool::new(false),
             server,
         })
     }
@@ -283,8 +284,7 @@ impl Registry for KubeRegistry {
                 .await
                 .map_err(|e| unavailable(format!("annotating Node {}: {e}", self.node)))?;
         }
-        let was_ready = self.ready.lock().map(|r| *r).unwrap_or(false);
-        if was_ready && !network_available(&node) {
+        if self.ready.load(Ordering::Relaxed) && !network_available(&node) {
             self.set_network_available().await?;
         }
         if let Ok(mut j) = self.joined.lock() {
@@ -423,9 +423,7 @@ impl Registry for KubeRegistry {
 
     async fn ready(&self) -> Result<(), RegistryError> {
         self.set_network_available().await?;
-        if let Ok(mut r) = self.ready.lock() {
-            *r = true;
-        }
+        self.ready.store(true, Ordering::Relaxed);
         Ok(())
     }
 
