@@ -112,23 +112,7 @@ impl Row {
     }
 }
 
-fn pass_text(p: Option<bool>) -> &'static str {
-    match p {
-        Some(true) => "ok",
-        Some(false) => "MISSED",
-        None => "-",
-    }
-}
-
 pub fn table(rows: &[Row]) -> String {
-    let header = [
-        "metric",
-        "twill",
-        "reference",
-        "ratio (twill/ref)",
-        "target",
-        "pass?",
-    ];
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
@@ -138,11 +122,11 @@ pub fn table(rows: &[Row]) -> String {
                 r.reference.map_or("-".into(), |v| r.unit.show(v)),
                 r.ratio().map_or("-".into(), |x| format!("{x:.3}x")),
                 r.target_text(),
-                pass_text(r.pass()).to_string(),
+                crate::report::pass_text(r.pass()).to_string(),
             ]
         })
         .collect();
-    crate::report::render(header, &cells)
+    crate::report::render(crate::report::HEADER, &cells)
 }
 
 pub fn rows_json(rows: &[Row]) -> Value {

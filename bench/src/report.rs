@@ -55,11 +55,22 @@ impl Row {
     }
 }
 
+/// The columns of every benchmark table.
+pub const HEADER: [&str; 6] = [
+    "metric",
+    "twill",
+    "reference",
+    "ratio (twill/ref)",
+    "target",
+    "pass?",
+];
+
 pub fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn pass_text(p: Option<bool>) -> &'static str {
+/// The verdict column.
+pub fn pass_text(p: Option<bool>) -> &'static str {
     match p {
         Some(true) => "ok",
         Some(false) => "MISSED",
@@ -68,14 +79,6 @@ fn pass_text(p: Option<bool>) -> &'static str {
 }
 
 pub fn table(rows: &[Row]) -> String {
-    let header = [
-        "metric",
-        "twill",
-        "reference",
-        "ratio (twill/ref)",
-        "target",
-        "pass?",
-    ];
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
@@ -89,7 +92,7 @@ pub fn table(rows: &[Row]) -> String {
             ]
         })
         .collect();
-    render(header, &cells)
+    render(HEADER, &cells)
 }
 
 /// A Markdown table: the metric name left-aligned, figures right-aligned, target and
