@@ -320,6 +320,16 @@ impl Cluster {
         i
     }
 
+    /// One pod per node, `sleep-1` on the first; panics when the plugin fails.
+    pub fn pod_on_each_node(&self) -> Vec<ClusterPod> {
+        (0..self.nodes.len())
+            .map(|i| {
+                self.add_pod(i, &format!("sleep-{}", i + 1))
+                    .unwrap_or_else(|e| panic!("pod on {}: {e}", self.nodes[i].name))
+            })
+            .collect()
+    }
+
     /// `ip netns exec <node> twill-agent [sub] <node's flags>`.
     pub fn agent_command(&self, i: usize, sub: Option<&str>) -> Command {
         let node = &self.nodes[i];
@@ -551,6 +561,15 @@ pub fn tail(s: &str, n: usize) -> String {
 }
 
 /// Pings every pod from every other pod: (from, to, Some(rtt ms) or None).
+/// The pairs of [`ping_matrix`] that got no answer, as `a -> b (ip)`.
+pub fn unanswered(pods: &[ClusterPod]) -> Vec<String> {
+    ping_matrix(pods)
+        .into_iter()
+        .filter(|(_, _, rtt)| rtt.is_none())
+        .map(|(a, b, _)| format!("{} -> {} ({})", pods[a].name, pods[b].name, pods[b].ip))
+        .collect()
+}
+
 pub fn ping_matrix(pods: &[ClusterPod]) -> Vec<(usize, usize, Option<f64>)> {
     let mut out = Vec::new();
     for (a, from) in pods.iter().enumerate() {

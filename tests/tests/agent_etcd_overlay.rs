@@ -1,7 +1,7 @@
 //! The overlay with the etcd registry: a real etcd inside the lab's underlay namespace.
 
 use std::time::Duration;
-use twill_tests::cluster::{ping_matrix, wait_until, Cluster, ClusterSpec, RegistryKind};
+use twill_tests::cluster::{unanswered, wait_until, Cluster, ClusterSpec, RegistryKind};
 use twill_tests::etcd::EtcdServer;
 use twill_tests::require_root;
 
@@ -24,14 +24,8 @@ fn three_nodes_on_etcd_reach_each_other_and_an_expired_node_leaves() {
     uniq.dedup();
     assert_eq!(uniq.len(), 3, "{subnets:?}");
 
-    let pods: Vec<_> = (0..3)
-        .map(|i| c.add_pod(i, &format!("sleep-{}", i + 1)).unwrap())
-        .collect();
-    let failed: Vec<String> = ping_matrix(&pods)
-        .into_iter()
-        .filter(|(_, _, rtt)| rtt.is_none())
-        .map(|(a, b, _)| format!("{} -> {}", pods[a].name, pods[b].name))
-        .collect();
+    let pods = c.pod_on_each_node();
+    let failed = unanswered(&pods);
     assert!(failed.is_empty(), "unanswered: {failed:?}");
 
     // node-3's agent dies and never comes back: its lease (5 s) expires and its

@@ -10,7 +10,7 @@
 use serde_json::Value;
 use std::time::Duration;
 use twill_tests::cluster::{
-    ping_matrix, tail, wait_until, Cluster, ClusterPod, ClusterSpec, RegistryKind,
+    tail, unanswered, wait_until, Cluster, ClusterPod, ClusterSpec, RegistryKind,
 };
 use twill_tests::kube::{manifests_dir, stderr_without_skew_warning, ControlPlane};
 use twill_tests::require_root;
@@ -168,13 +168,8 @@ fn kubernetes_registry_against_a_real_api_server() {
             "node {i} must use its Node's podCIDR"
         );
     }
-    let pods: Vec<ClusterPod> = (0..3)
-        .map(|i| c.add_pod(i, &format!("sleep-{}", i + 1)).unwrap())
-        .collect();
-    let failed: Vec<_> = ping_matrix(&pods)
-        .into_iter()
-        .filter(|(_, _, rtt)| rtt.is_none())
-        .collect();
+    let pods = c.pod_on_each_node();
+    let failed = unanswered(&pods);
     assert!(failed.is_empty(), "pings failed: {failed:?}\n{}", logs(&c));
 
     // 4. Each agent annotated its own Node and set NetworkUnavailable=False.

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use std::time::Duration;
-use twill_tests::cluster::{ping_matrix, ping_rtt, wait_until, Cluster, ClusterSpec};
+use twill_tests::cluster::{ping_rtt, unanswered, wait_until, Cluster, ClusterSpec};
 use twill_tests::require_root;
 
 #[test]
@@ -15,11 +15,7 @@ fn three_nodes_file_registry_every_pod_reaches_every_pod() {
             pods.push(c.add_pod(i, &format!("sleep-{}", i * 2 + k + 1)).unwrap());
         }
     }
-    let failed: Vec<String> = ping_matrix(&pods)
-        .into_iter()
-        .filter(|(_, _, rtt)| rtt.is_none())
-        .map(|(a, b, _)| format!("{} -> {} ({})", pods[a].name, pods[b].name, pods[b].ip))
-        .collect();
+    let failed = unanswered(&pods);
     assert!(
         failed.is_empty(),
         "unanswered: {failed:?}\n{}",
@@ -276,14 +272,9 @@ fn two_segments_get_direct_routes_within_and_vxlan_across() {
         &c.nodes[2].subnet().unwrap().replace("0/24", "5"),
     ]);
     assert!(via3.contains("via 192.168.1.3 dev eth0"), "{via3}");
-    let pods: Vec<_> = (0..4)
-        .map(|i| c.add_pod(i, &format!("sleep-{}", i + 1)).unwrap())
-        .collect();
-    let failed: Vec<String> = ping_matrix(&pods)
-        .into_iter()
-        .filter(|(_, _, rtt)| rtt.is_none())
-        .map(|(a, b, _)| format!("{} -> {}", pods[a].name, pods[b].name))
-        .collect();
+    let pods = c.pod_on_each_node();
+    assert_eq!(pods.len(), 4);
+    let failed = unanswered(&pods);
     assert!(failed.is_empty(), "unanswered: {failed:?}");
 }
 
