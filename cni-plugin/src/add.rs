@@ -30,10 +30,7 @@ pub fn run(
     let nl = Netlink::connect().map_err(kernel_err)?;
 
     let (links, reserved) = std::thread::scope(|s| {
-        let store_job = s.spawn(|| {
-            store::shield_from_sled_startup_spin();
-            store::with_store(conf, |st| st.allocate(&owner, &ranges))
-        });
+        let store_job = s.spawn(|| store::with_store(conf, |st| st.allocate(&owner, &ranges)));
         let links = rt.block_on(prepare(&nl, env, conf, &node, &netns, &host_name));
         let reserved = store_job
             .join()

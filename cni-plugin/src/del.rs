@@ -30,10 +30,7 @@ pub fn run(env: &Env, conf: &PluginConf, rt: &tokio::runtime::Runtime) -> Result
     }
     let owner = store::owner(env);
     let (deleted, released) = std::thread::scope(|s| {
-        let store_job = s.spawn(|| {
-            store::shield_from_sled_startup_spin();
-            store::with_store(conf, |st| st.release(&owner))
-        });
+        let store_job = s.spawn(|| store::with_store(conf, |st| st.release(&owner)));
         let deleted = match &host {
             Some(h) => rt.block_on(nl.delete_link(h.index)).map_err(kernel_err),
             None => Ok(false),

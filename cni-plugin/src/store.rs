@@ -44,24 +44,3 @@ fn map_err(e: StoreError, conf: &PluginConf) -> CniError {
         format!("address store {}: {e}", conf.store_dir().display()),
     )
 }
-
-/// sled 0.34 starts its seven I/O threads lazily, from the thread that first needs them,
-/// and each new thread busy-waits (no yield) until all seven exist. On a 2-CPU node they
-/// preempt the thread that is starting them, and opening the store takes 3–30 ms of
-/// spinning instead of ~2 ms. Running the store thread SCHED_FIFO with reset-on-fork
-/// keeps sled's threads at normal priority, unable to preempt it. Only with two CPUs or
-/// more (on one CPU a real-time spinner could starve a lock holder), and best effort:
-/// without CAP_SYS_NICE nothing changes.
-pub fn shield_from_sled_startup_spin() {
-    // SAFETY: plain syscalls on the calling thread with valid arguments.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0
-            || libc::CPU_COUNT(&set) < 2
-        {
-            return;
-        }
-        let param = libc::sched_param { sched_priority: 1 };
-        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param);
-    }
-}
