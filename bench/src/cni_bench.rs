@@ -32,6 +32,9 @@ usage: cni-bench [options]   (as root)
   --twill PATH          the twill binary (default: `twill` next to this binary, else
                         the workspace's target/release/twill)
   --reference-dir DIR   the reference plugins, bridge and host-local (default /usr/lib/cni)
+  --no-store-service    twill opens its address store in every call, as on a node
+                        without twill-agent (default: the store is served on a socket
+                        by twill_ipam::StoreService, as twill-agent does on every node)
   --json                print the results as JSON instead of a table
 ";
 
@@ -47,6 +50,7 @@ struct Args {
     rounds: usize,
     twill: Option<PathBuf>,
     reference_dir: PathBuf,
+    store_service: bool,
     json: bool,
 }
 
@@ -57,6 +61,7 @@ fn parse_args() -> Result<Option<Args>> {
         rounds: 3,
         twill: None,
         reference_dir: PathBuf::from("/usr/lib/cni"),
+        store_service: true,
         json: false,
     };
     let mut it = std::env::args_os().skip(1);
@@ -83,6 +88,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--twill" => args.twill = Some(PathBuf::from(value(&arg)?)),
             "--reference-dir" => args.reference_dir = PathBuf::from(value(&arg)?),
             "--json" => args.json = true,
+            "--no-store-service" => args.store_service = false,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -205,16 +211,26 @@ fn run(args: &Args) -> Result<String> {
         .prefix("twill-bench-")
         .tempdir()
         .context("cannot create a temporary directory")?;
+    let store_socket = data.path().join("store.sock");
     let twill_conf = json!({
         "cniVersion": "",
         "name": "benchnet",
         "type": "twill",
         "subnet": "10.244.1.0/24",
         "dataDir": data.path().join("twill"),
+        "storeSocket": store_socket,
         "bridge": "twill0",
         "mtu": 1500,
         "hairpinMode": true,
     });
+    if args.store_service {
+        // What twill-agent runs on every node (its thread is not in any plugin's CPU
+        // figures; the wall times include it).
+        let service =
+            twill_ipam::StoreService::start(&data.path().join("twill/benchnet"), &store_socket)
+                .context("starting the address store service")?;
+        std::thread::spawn(move || service.serve());
+    }
     let ref_conf = json!({
         "cniVersion": "",
         "name": "refnet",
@@ -390,6 +406,7 @@ fn run(args: &Args) -> Result<String> {
             "iterations": n,
             "parallel": k,
             "rounds": args.rounds,
+            "store_service": args.store_service,
             "twill": lanes[0].subject.bin(),
             "reference": lanes[1].subject.bin(),
             "cpus": std::thread::available_parallelism().map(usize::from).unwrap_or(0),
@@ -400,9 +417,14 @@ fn run(args: &Args) -> Result<String> {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&out)?));
     }
     let mut out = format!(
-        "twill {} vs reference {} + host-local (CNI {version}); {n} sequential calls each, \
+        "twill {} ({}) vs reference {} + host-local (CNI {version}); {n} sequential calls each, \
          {} rounds of {k} parallel ADDs; {} CPUs; spawn-to-exit times\n\n",
         lanes[0].subject.bin().display(),
+        if args.store_service {
+            "address store served on a socket, as by twill-agent"
+        } else {
+            "no store service: every call opens the store"
+        },
         lanes[1].subject.bin().display(),
         args.rounds,
         std::thread::available_parallelism()

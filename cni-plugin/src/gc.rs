@@ -18,10 +18,6 @@ pub async fn run(conf: &PluginConf) -> Result<(), CniError> {
             format!("GC needs the key {VALID_ATTACHMENTS_KEY:?}"),
         )
     })?;
-    let keep: HashSet<(&str, &str)> = valid
-        .iter()
-        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
-        .collect();
     let keep_links: HashSet<String> = valid
         .iter()
         .map(|a| host_veth::name(&a.container_id, &a.ifname))
@@ -42,9 +38,14 @@ pub async fn run(conf: &PluginConf) -> Result<(), CniError> {
             }
         }
     }
-    let released = crate::store::with_store(conf, |s| {
-        s.retain(|o| keep.contains(&(o.container_id.as_str(), o.ifname.as_str())))
-    })?;
+    let keep_owners = valid
+        .iter()
+        .map(|a| twill_ipam::Owner {
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+        })
+        .collect();
+    let released = crate::store::with_store(conf, |s| s.retain(keep_owners))?;
     for r in &released {
         tracing::info!(container = %r.owner.container_id, ifname = %r.owner.ifname, address = %r.address, "GC: released");
     }

@@ -1,10 +1,10 @@
-//! The address store as the plugin uses it: open for one critical section, errors mapped
-//! to CNI codes.
+//! The address store as the plugin uses it: through the agent's store socket when it
+//! answers, else opened here for one operation; errors mapped to CNI codes.
 
-use crate::cni::error::{CniError, INVALID_CONFIG, IO_FAILURE, NO_FREE_ADDRESS};
+use crate::cni::error::{CniError, INVALID_CONFIG, IO_FAILURE, NO_FREE_ADDRESS, TRY_AGAIN_LATER};
 use crate::cni::Env;
 use twill_conf::{PluginConf, PodRange};
-use twill_ipam::{Owner, Range, Store, StoreError};
+use twill_ipam::{Owner, Range, StoreClient, StoreError};
 
 pub fn owner(env: &Env) -> Owner {
     Owner {
@@ -23,20 +23,20 @@ pub fn ranges(pod_ranges: &[PodRange]) -> Vec<Range> {
         .collect()
 }
 
-/// Runs `f` with the store open (and its lock held), and closes it right after.
+/// Runs `f` against this network's store.
 pub fn with_store<T>(
     conf: &PluginConf,
-    f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    f: impl FnOnce(&StoreClient) -> Result<T, StoreError>,
 ) -> Result<T, CniError> {
-    let dir = conf.store_dir();
-    let store = Store::open(&dir).map_err(|e| map_err(e, conf))?;
-    f(&store).map_err(|e| map_err(e, conf))
+    let client = StoreClient::new(conf.store_dir(), Some(conf.store_socket.clone()));
+    f(&client).map_err(|e| map_err(e, conf))
 }
 
 fn map_err(e: StoreError, conf: &PluginConf) -> CniError {
     let code = match &e {
         StoreError::Exhausted { .. } => NO_FREE_ADDRESS,
         StoreError::InvalidRange(_) => INVALID_CONFIG,
+        StoreError::Served { .. } => TRY_AGAIN_LATER,
         _ => IO_FAILURE,
     };
     CniError::new(

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 
 pub const DEFAULT_SUBNET_FILE: &str = "/run/twill/subnet.json";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/twill";
+/// Where twill-agent serves the address store; the plugin opens the store itself when
+/// nothing answers there.
+pub const DEFAULT_STORE_SOCKET: &str = "/run/twill/store.sock";
 pub const DEFAULT_BRIDGE: &str = "twill0";
 /// The GC key of CNI 1.1, and the older key libcni still sends beside it.
 pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
@@ -107,6 +110,8 @@ pub struct PluginConf {
     pub routes: Vec<RouteSpec>,
     pub subnet_file: PathBuf,
     pub data_dir: PathBuf,
+    /// The agent's address store socket (`storeSocket`).
+    pub store_socket: PathBuf,
     pub bridge: String,
     pub mtu: Option<u32>,
     pub hairpin_mode: bool,
@@ -195,6 +200,7 @@ impl PluginConf {
         };
         let subnet_file = path("subnetFile", DEFAULT_SUBNET_FILE)?;
         let data_dir = path("dataDir", DEFAULT_DATA_DIR)?;
+        let store_socket = path("storeSocket", DEFAULT_STORE_SOCKET)?;
         let log_file = k
             .string("logFile")?
             .filter(|s| !s.is_empty())
@@ -235,6 +241,7 @@ impl PluginConf {
             routes,
             subnet_file,
             data_dir,
+            store_socket,
             bridge,
             mtu: k.u32_in("mtu", 68..=65535)?,
             hairpin_mode: k.bool("hairpinMode")?.unwrap_or(true),
@@ -272,6 +279,7 @@ impl PluginConf {
         }
         m.insert("subnetFile".into(), json!(self.subnet_file));
         m.insert("dataDir".into(), json!(self.data_dir));
+        m.insert("storeSocket".into(), json!(self.store_socket));
         m.insert("bridge".into(), json!(self.bridge));
         if let Some(mtu) = self.mtu {
             m.insert("mtu".into(), json!(mtu));
@@ -353,6 +361,7 @@ mod tests {
         assert!(c.hairpin_mode);
         assert_eq!(c.store_dir(), PathBuf::from("/var/lib/twill/pods"));
         assert_eq!(c.subnet_file, PathBuf::from(DEFAULT_SUBNET_FILE));
+        assert_eq!(c.store_socket, PathBuf::from(DEFAULT_STORE_SOCKET));
     }
 
     #[test]
@@ -402,6 +411,10 @@ mod tests {
                 json!({"cniVersion": "1.0.0", "name": "n", "dataDir": ""}),
                 "dataDir",
             ),
+            (
+                json!({"cniVersion": "1.0.0", "name": "n", "storeSocket": 7}),
+                "storeSocket",
+            ),
             (json!({"cniVersion": 1, "name": "n"}), "cniVersion"),
             (json!({"cniVersion": "1.0.0"}), "name"),
             (json!({"cniVersion": "1.0.0", "name": "a/b"}), "name"),
@@ -422,7 +435,7 @@ mod tests {
         let c = parse(
             json!({"cniVersion": "1.1.0", "name": "pods", "type": "twill",
             "subnet": "10.244.1.0/24", "routes": [{"dst": "10.96.0.0/12"}],
-            "dataDir": "/tmp/x", "mtu": 1450, "hairpinMode": false}),
+            "dataDir": "/tmp/x", "storeSocket": "/tmp/s.sock", "mtu": 1450, "hairpinMode": false}),
         )
         .unwrap();
         let mut v = c.to_json();

@@ -47,6 +47,14 @@ pub enum StoreError {
     #[error("address store is inconsistent: {0}")]
     Inconsistent(String),
 
+    /// A store service (twill-agent) holds the store, and its socket did not answer.
+    #[error("address store {} is held by twill-agent, whose store socket did not answer; try again", dir.display())]
+    Served { dir: PathBuf },
+
+    /// The store service answered with an error.
+    #[error("address store (served by twill-agent): {0}")]
+    Service(String),
+
     /// The store kept changing under us; with the store lock held this
     /// should not happen.
     #[error("address store changed during the operation too many times")]

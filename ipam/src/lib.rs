@@ -7,9 +7,15 @@
 //! indexes and is flushed to disk before the call returns, so a SIGKILL at
 //! any point leaves either the old or the new state, never a mix.
 //!
+//! Opening sled costs milliseconds (recovery, a snapshot, fsyncs), which a plugin
+//! process pays on every call. So the node agent holds the store open and serves
+//! it on a unix socket ([`StoreService`]); [`StoreClient`] uses that socket when
+//! it answers and opens the store itself when it does not.
+//!
 //! # On-disk layout
 //!
-//! `<dir>/lock` is the flock file; `<dir>/db/` is the sled database, with
+//! `<dir>/lock` is the flock file; `<dir>/served` is locked by a store service
+//! while it runs; `<dir>/db/` is the sled database, with
 //! these trees (address key = family byte 4 or 6 ++ big-endian address
 //! bytes, so keys sort numerically within a family):
 //!
@@ -26,18 +32,21 @@
 mod codec;
 mod error;
 mod lock;
+pub mod service;
 mod span;
 mod store;
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
+pub use service::{StoreClient, StoreService};
 pub use store::Store;
 
 /// Who holds an address: one interface of one container.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Owner {
     pub container_id: String,
     pub ifname: String,
@@ -45,14 +54,14 @@ pub struct Owner {
 
 /// One subnet to allocate from. The network address, the gateway and (IPv4)
 /// the broadcast address are never handed out.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Range {
     pub subnet: IpNet,
     pub gateway: IpAddr,
 }
 
 /// One address held by one owner.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
     pub owner: Owner,
     pub address: IpAddr,

@@ -104,12 +104,26 @@ fn cursor_key(family: Family) -> Vec<u8> {
 impl Store {
     /// Creates `dir` if missing, takes the blocking lock, opens sled.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(dir, false)
+    }
+
+    /// Like [`Store::open`], but gives up with [`StoreError::Served`] when a store
+    /// service holds the store (it would never let go of the lock).
+    pub fn open_unless_served(dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(dir, true)
+    }
+
+    fn open_with(dir: &Path, unless_served: bool) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_owned(),
             source,
         })?;
         let lock_path = dir.join("lock");
-        let lock = DirLock::acquire(&lock_path)?;
+        let lock = if unless_served {
+            DirLock::acquire_unless_served(&lock_path, dir)?
+        } else {
+            DirLock::acquire(&lock_path)?
+        };
         let path = dir.join("db");
         let lock_io = |source| StoreError::Io {
             path: lock_path.clone(),

@@ -21,6 +21,8 @@ pub struct HostPaths {
     pub subnet_file: PathBuf,
     /// The plugin's address store (`dataDir` in the conflist).
     pub data_dir: PathBuf,
+    /// Where the agent serves that store to the plugin (`storeSocket`).
+    pub store_socket: PathBuf,
     pub bridge: String,
 }
 
@@ -43,6 +45,11 @@ impl HostPaths {
         self.cni_conf_dir.join(&self.conflist_name)
     }
 
+    /// The store directory of the network in the conflist (`dataDir`/`name`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join(NETWORK_NAME)
+    }
+
     pub fn plugin_path(&self) -> PathBuf {
         self.cni_bin_dir.join(PLUGIN_BINARY)
     }
@@ -58,6 +65,7 @@ impl HostPaths {
                 "type": "twill",
                 "subnetFile": self.subnet_file,
                 "dataDir": self.data_dir,
+                "storeSocket": self.store_socket,
                 "bridge": self.bridge,
                 "hairpinMode": true,
             }],
@@ -129,6 +137,7 @@ mod tests {
             cni_bin_dir: dir.join("bin"),
             subnet_file: dir.join("run/subnet.json"),
             data_dir: dir.join("data"),
+            store_socket: dir.join("run/store.sock"),
             bridge: "tw0".into(),
         }
     }

@@ -65,6 +65,14 @@ struct HostArgs {
     /// The plugin's address store directory (`dataDir` in the conflist).
     #[arg(long, env = "TWILL_DATA_DIR", default_value = "/var/lib/twill")]
     data_dir: PathBuf,
+    /// Where the agent serves the address store to the plugin (`storeSocket` in the
+    /// conflist).
+    #[arg(
+        long,
+        env = "TWILL_STORE_SOCKET",
+        default_value = twill_conf::plugin::DEFAULT_STORE_SOCKET
+    )]
+    store_socket: PathBuf,
     /// The pod bridge the plugin creates.
     #[arg(long, env = "TWILL_BRIDGE", default_value = "twill0")]
     bridge: String,
@@ -78,6 +86,7 @@ impl HostArgs {
             cni_bin_dir: self.cni_bin_dir.clone(),
             subnet_file: self.subnet_file.clone(),
             data_dir: self.data_dir.clone(),
+            store_socket: self.store_socket.clone(),
             bridge: self.bridge.clone(),
         }
     }
@@ -233,6 +242,7 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
         bail!("--resync must be at least 0.1 seconds");
     }
     let resync = Duration::from_secs_f64(a.resync);
+    serve_address_store(&a.host.paths());
     let board = Arc::new(Board::new(resync * 3 + Duration::from_secs(30)));
     if let Some(addr) = listen_addr(&a.listen)? {
         let listener = http::bind(addr)
@@ -278,6 +288,27 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
     };
     agent::run(conf, registry, Box::new(Nft::new()), board, shutdown).await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Holds the plugin's address store open and serves it on the store socket, so a
+/// plugin call does not pay for opening sled. On its own thread: opening waits for
+/// plugin processes that hold the store. Without it the plugin opens the store itself.
+fn serve_address_store(paths: &HostPaths) {
+    let (dir, socket) = (paths.store_dir(), paths.store_socket.clone());
+    let spawned = std::thread::Builder::new()
+        .name("store-service".into())
+        .spawn(move || match twill_ipam::StoreService::start(&dir, &socket) {
+            Ok(service) => {
+                let e = service.serve();
+                tracing::error!(error = %e, socket = %socket.display(), "address store service stopped; the plugin opens the store itself");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve the address store; the plugin opens it itself")
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the address store service");
+    }
 }
 
 fn install_cni(a: InstallArgs) -> Result<std::process::ExitCode> {

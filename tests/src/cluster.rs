@@ -124,6 +124,11 @@ impl ClusterNode {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
+    /// Where the agent serves the address store (well under the 108-byte limit of a
+    /// unix socket path: node dirs are short temp dirs).
+    pub fn store_socket(&self) -> PathBuf {
+        self.dir.join("run/store.sock")
+    }
     pub fn log_file(&self) -> PathBuf {
         self.dir.join("agent.log")
     }
@@ -350,6 +355,8 @@ impl Cluster {
             .arg(node.subnet_file())
             .arg("--data-dir")
             .arg(node.data_dir())
+            .arg("--store-socket")
+            .arg(node.store_socket())
             .args(["--listen", "127.0.0.1:9473"])
             .args(["--resync", &self.spec.resync_secs.to_string()]);
         cmd

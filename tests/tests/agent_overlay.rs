@@ -462,3 +462,82 @@ fn node_originated_nat_through_vxlan_keeps_tcp_checksums_valid() {
         .collect();
     assert!(failed.is_empty(), "first attempts failed: {failed:?}");
 }
+
+/// The agent holds the node's address store and serves it on its socket; the plugin
+/// uses it, and does without it when the agent is gone. Addresses stay unique
+/// across the switch both ways.
+#[test]
+fn the_agent_serves_the_address_store_and_the_plugin_does_without_it() {
+    require_root();
+    let mut c = Cluster::new(ClusterSpec {
+        nodes: 1,
+        ..ClusterSpec::default()
+    });
+    c.start_agent(0);
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let node = &c.nodes[0];
+    let store_dir = node.data_dir().join("twill");
+    assert_eq!(
+        node.conflist().unwrap()["plugins"][0]["storeSocket"],
+        json!(node.store_socket())
+    );
+    // The agent holds the store: a process opening it itself is told so at once.
+    wait(
+        "the agent serves the store",
+        Duration::from_secs(10),
+        || {
+            matches!(
+                twill_ipam::Store::open_unless_served(&store_dir),
+                Err(twill_ipam::StoreError::Served { .. })
+            )
+        },
+    );
+    let served = twill_ipam::StoreClient::new(&store_dir, Some(node.store_socket()));
+
+    let a = c.add_pod(0, "via-agent").unwrap();
+    let held = served.reservations().unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].address.to_string(), a.ip);
+
+    // Agent killed: the plugin opens the store itself.
+    c.nodes[0].stop_agent(libc::SIGKILL);
+    let b = c.add_pod(0, "without-agent").unwrap();
+    assert_ne!(a.ip, b.ip);
+    assert!(
+        ping_rtt(&c.nodes[0].ns, &b.ip).is_some(),
+        "pod b unreachable"
+    );
+
+    // Agent back: it takes the store again, with both reservations.
+    c.start_agent(0);
+    c.wait_ready(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait(
+        "the agent serves the store again",
+        Duration::from_secs(10),
+        || {
+            matches!(
+                twill_ipam::Store::open_unless_served(&store_dir),
+                Err(twill_ipam::StoreError::Served { .. })
+            )
+        },
+    );
+    let p = c.add_pod(0, "via-agent-again").unwrap();
+    let mut ips: Vec<String> = served
+        .reservations()
+        .unwrap()
+        .iter()
+        .map(|r| r.address.to_string())
+        .collect();
+    ips.sort();
+    let mut expected = vec![a.ip.clone(), b.ip.clone(), p.ip.clone()];
+    expected.sort();
+    assert_eq!(ips, expected);
+
+    for pod in [&a, &b, &p] {
+        c.del_pod(pod).unwrap();
+    }
+    assert!(served.reservations().unwrap().is_empty());
+    served.verify().unwrap();
+}
