@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use twill_conf::host_veth;
 use twill_conf::{PluginConf, PodRange};
+use twill_ipam::service::{Op, Outcome};
 use twill_netlink::{sysctl, NetNs, Netlink, NetnsError, VethSpec};
 
 /// The store's critical section runs on its own thread while this thread does the
@@ -29,13 +30,19 @@ pub fn run(
     let _guard = rt.enter();
     let nl = Netlink::connect().map_err(kernel_err)?;
 
-    let (links, reserved) = std::thread::scope(|s| {
-        let store_job = s.spawn(|| store::with_store(conf, |st| st.allocate(&owner, &ranges)));
-        let links = rt.block_on(prepare(&nl, env, conf, &node, &netns, &host_name));
-        let reserved = store_job
-            .join()
-            .unwrap_or_else(|_| Err(CniError::new(INTERNAL, "the address store thread panicked")));
-        (links, reserved)
+    let op = Op::Allocate {
+        owner: owner.clone(),
+        ranges,
+    };
+    let (links, reserved) = store::alongside(conf, op, || {
+        rt.block_on(prepare(&nl, env, conf, &node, &netns, &host_name))
+    });
+    let reserved = reserved.and_then(|outcome| match outcome {
+        Outcome::Allocated(addrs) => Ok(addrs),
+        other => Err(CniError::new(
+            INTERNAL,
+            format!("address store answered {other:?} to an allocation"),
+        )),
     });
 
     let result = match (links, &reserved) {
@@ -153,7 +160,7 @@ async fn prepare(
         .map_err(kernel_err)?;
 
     let ifname = env.ifname.clone();
-    let (pod_nl, ()) = Netlink::connect_in_with(netns, move || {
+    let (pod_nl, ()) = Netlink::connect_in_here_with(netns, move || {
         // No DAD on the pod's IPv6 link-local address either.
         let _ = sysctl::ensure(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
     })

@@ -6,11 +6,11 @@
 //! use its address, so the address is released while the deletion runs.
 
 use crate::bridge::kernel_err;
-use crate::cni::error::INTERNAL;
 use crate::cni::{CniError, Env};
 use crate::store;
 use twill_conf::host_veth;
 use twill_conf::PluginConf;
+use twill_ipam::service::Op;
 use twill_netlink::Netlink;
 
 pub fn run(env: &Env, conf: &PluginConf, rt: &tokio::runtime::Runtime) -> Result<(), CniError> {
@@ -28,17 +28,12 @@ pub fn run(env: &Env, conf: &PluginConf, rt: &tokio::runtime::Runtime) -> Result
             Err(e) => return Err(kernel_err(e)),
         }
     }
-    let owner = store::owner(env);
-    let (deleted, released) = std::thread::scope(|s| {
-        let store_job = s.spawn(|| store::with_store(conf, |st| st.release(&owner)));
-        let deleted = match &host {
-            Some(h) => rt.block_on(nl.delete_link(h.index)).map_err(kernel_err),
-            None => Ok(false),
-        };
-        let released = store_job
-            .join()
-            .unwrap_or_else(|_| Err(CniError::new(INTERNAL, "the address store thread panicked")));
-        (deleted, released)
+    let op = Op::Release {
+        owner: store::owner(env),
+    };
+    let (deleted, released) = store::alongside(conf, op, || match &host {
+        Some(h) => rt.block_on(nl.delete_link(h.index)).map_err(kernel_err),
+        None => Ok(false),
     });
     let (deleted, released) = (deleted?, released?);
     tracing::info!(container = %env.container_id, ifname = %env.ifname, veth_deleted = deleted, released = ?released, "deleted");

@@ -4,6 +4,7 @@
 use crate::cni::error::{CniError, INVALID_CONFIG, IO_FAILURE, NO_FREE_ADDRESS, TRY_AGAIN_LATER};
 use crate::cni::Env;
 use twill_conf::{PluginConf, PodRange};
+use twill_ipam::service::{Op, Outcome};
 use twill_ipam::{Owner, Range, StoreClient, StoreError};
 
 pub fn owner(env: &Env) -> Owner {
@@ -23,16 +24,44 @@ pub fn ranges(pod_ranges: &[PodRange]) -> Vec<Range> {
         .collect()
 }
 
+pub fn client(conf: &PluginConf) -> StoreClient {
+    StoreClient::new(conf.store_dir(), Some(conf.store_socket.clone()))
+}
+
 /// Runs `f` against this network's store.
 pub fn with_store<T>(
     conf: &PluginConf,
     f: impl FnOnce(&StoreClient) -> Result<T, StoreError>,
 ) -> Result<T, CniError> {
-    let client = StoreClient::new(conf.store_dir(), Some(conf.store_socket.clone()));
-    f(&client).map_err(|e| map_err(e, conf))
+    f(&client(conf)).map_err(|e| map_err(e, conf))
 }
 
-fn map_err(e: StoreError, conf: &PluginConf) -> CniError {
+/// Runs `op` on the store while `work` runs here: with the agent's store service the
+/// request is in flight meanwhile; without it the store is opened on another thread.
+pub fn alongside<T: Send>(
+    conf: &PluginConf,
+    op: Op,
+    work: impl FnOnce() -> T,
+) -> (T, Result<Outcome, CniError>) {
+    let client = client(conf);
+    let pending = client.begin(op);
+    let (out, outcome) = if pending.is_sent() {
+        let out = work();
+        (out, pending.finish())
+    } else {
+        std::thread::scope(|s| {
+            let job = s.spawn(|| pending.finish());
+            let out = work();
+            let outcome = job
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Service("the store thread panicked".into())));
+            (out, outcome)
+        })
+    };
+    (out, outcome.map_err(|e| map_err(e, conf)))
+}
+
+pub fn map_err(e: StoreError, conf: &PluginConf) -> CniError {
     let code = match &e {
         StoreError::Exhausted { .. } => NO_FREE_ADDRESS,
         StoreError::InvalidRange(_) => INVALID_CONFIG,

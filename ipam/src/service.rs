@@ -266,34 +266,24 @@ impl StoreClient {
     }
 
     pub fn run(&self, op: &Op) -> Result<Outcome, StoreError> {
-        let mut last_broken = None;
-        if let Some(socket) = &self.socket {
-            match self.remote(socket, op) {
-                Ok(r) => return r,
-                Err(Unanswered::NoService | Unanswered::NotServed) => {}
-                // Idempotent per owner: repeating it locally is safe, and the
-                // local open tells whether the service still holds the store.
-                Err(Unanswered::Broken(e)) => {
-                    warn!(socket = %socket.display(), error = %e, "store service did not answer; trying locally");
-                    last_broken = Some(e);
-                }
-            }
-        }
-        match Store::open_unless_served(&self.dir) {
-            Ok(store) => store.apply(op),
-            // The service took the store while we waited for the lock.
-            Err(StoreError::Served { dir }) => match (&self.socket, last_broken) {
-                (Some(socket), None) => match self.remote(socket, op) {
-                    Ok(r) => r,
-                    Err(_) => Err(StoreError::Served { dir }),
-                },
-                _ => Err(StoreError::Served { dir }),
-            },
-            Err(e) => Err(e),
+        self.begin(op.clone()).finish()
+    }
+
+    /// Sends `op` to the service, if one listens, and returns at once: the caller
+    /// does other work while the service runs it, then calls [`Pending::finish`].
+    pub fn begin(&self, op: Op) -> Pending<'_> {
+        let sent = match &self.socket {
+            None => Err(Unanswered::NoService),
+            Some(socket) => self.send(socket, &op),
+        };
+        Pending {
+            client: self,
+            op,
+            sent,
         }
     }
 
-    fn remote(&self, socket: &Path, op: &Op) -> Result<Result<Outcome, StoreError>, Unanswered> {
+    fn send(&self, socket: &Path, op: &Op) -> Result<UnixStream, Unanswered> {
         let stream = match UnixStream::connect(socket) {
             Ok(s) => s,
             Err(e)
@@ -320,6 +310,11 @@ impl StoreClient {
         .map_err(|e| broken(io::Error::other(e)))?;
         req.push(b'\n');
         (&stream).write_all(&req).map_err(broken)?;
+        Ok(stream)
+    }
+
+    fn receive(&self, stream: UnixStream) -> Result<Result<Outcome, StoreError>, Unanswered> {
+        let broken = Unanswered::Broken;
         let mut line = Vec::new();
         BufReader::new(&stream)
             .read_until(b'\n', &mut line)
@@ -347,6 +342,11 @@ impl StoreClient {
             Reply::InvalidRange(r) => Err(StoreError::InvalidRange(r)),
             Reply::Failed(msg) => Err(StoreError::Service(msg)),
         })
+    }
+
+    fn remote(&self, socket: &Path, op: &Op) -> Result<Result<Outcome, StoreError>, Unanswered> {
+        let stream = self.send(socket, op)?;
+        self.receive(stream)
     }
 
     pub fn allocate(&self, owner: &Owner, ranges: &[Range]) -> Result<Vec<IpNet>, StoreError> {
@@ -396,6 +396,48 @@ impl StoreClient {
         match self.run(&Op::Verify)? {
             Outcome::Verified => Ok(()),
             other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// An operation begun with [`StoreClient::begin`].
+pub struct Pending<'a> {
+    client: &'a StoreClient,
+    op: Op,
+    sent: Result<UnixStream, Unanswered>,
+}
+
+impl Pending<'_> {
+    /// Whether the request went to a service (else `finish` opens the store here).
+    pub fn is_sent(&self) -> bool {
+        self.sent.is_ok()
+    }
+
+    /// The service's answer; or, when no service took the request, the operation
+    /// run on the store opened in this process.
+    pub fn finish(self) -> Result<Outcome, StoreError> {
+        let Pending { client, op, sent } = self;
+        let mut broken = false;
+        let unanswered = match sent.and_then(|stream| client.receive(stream)) {
+            Ok(r) => return r,
+            Err(u) => u,
+        };
+        if let Unanswered::Broken(e) = unanswered {
+            // Idempotent per owner: repeating it locally is safe, and the local
+            // open tells whether the service still holds the store.
+            warn!(dir = %client.dir.display(), error = %e, "store service did not answer; trying locally");
+            broken = true;
+        }
+        match Store::open_unless_served(&client.dir) {
+            Ok(store) => store.apply(&op),
+            // The service took the store while we waited for the lock.
+            Err(StoreError::Served { dir }) => match (&client.socket, broken) {
+                (Some(socket), false) => client
+                    .remote(socket, &op)
+                    .unwrap_or(Err(StoreError::Served { dir })),
+                _ => Err(StoreError::Served { dir }),
+            },
+            Err(e) => Err(e),
         }
     }
 }

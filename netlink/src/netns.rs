@@ -26,6 +26,11 @@ pub enum NetnsError {
     },
     #[error("the thread working in network namespace {path} panicked")]
     Thread { path: PathBuf },
+    #[error("cannot return from network namespace {path}: {source}")]
+    Return {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl NetnsError {
@@ -75,6 +80,30 @@ impl NetNs {
 
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    /// Runs `f` on the calling thread inside this namespace, then returns the thread
+    /// to the namespace it was in. Saves starting a thread; for single-threaded
+    /// callers such as the plugin. If the way back fails, the thread stays in this
+    /// namespace and the caller gets [`NetnsError::Return`].
+    pub fn run_here<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
+        let home = Self::current()?;
+        // SAFETY: setns on valid namespace fds; affects only this thread.
+        if unsafe { libc::setns(self.fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(NetnsError::Enter {
+                path: self.path.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let out = f();
+        // SAFETY: as above.
+        if unsafe { libc::setns(home.fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(NetnsError::Return {
+                path: self.path.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(out)
     }
 
     /// Runs `f` on a new thread that has entered this namespace, and returns its result.

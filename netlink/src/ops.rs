@@ -285,6 +285,20 @@ impl Netlink {
         Ok((Netlink::new(conn, handle), out))
     }
 
+    /// Like [`Netlink::connect_in_with`], on the calling thread, which enters `ns` and
+    /// comes back ([`NetNs::run_here`]). For single-threaded callers (the plugin).
+    pub fn connect_in_here_with<T>(
+        ns: &NetNs,
+        f: impl FnOnce() -> T,
+    ) -> Result<(Self, T), NetlinkError> {
+        let (socket, out) = ns.run_here(|| {
+            let out = f();
+            (rtnetlink::new_connection(), out)
+        })?;
+        let (conn, handle, _) = socket.map_err(NetlinkError::Socket)?;
+        Ok((Netlink::new(conn, handle), out))
+    }
+
     pub fn handle(&self) -> &Handle {
         &self.handle
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Once;
 use std::time::{Duration, Instant};
-use twill_ipam::{Owner, Reservation, Store};
+use twill_ipam::{Owner, Reservation, StoreClient, StoreService};
 
 /// The pod subnet of [`Node::conf`] unless a test sets another.
 pub const DEFAULT_SUBNET: &str = "10.244.1.0/24";
@@ -283,6 +283,19 @@ impl Node {
         self.data_dir().join(NETWORK)
     }
 
+    /// storeSocket of the configs; nothing listens there unless [`Node::serve_store`].
+    pub fn store_socket(&self) -> PathBuf {
+        self.dir.path().join("store.sock")
+    }
+
+    /// Serves this node's store on [`Node::store_socket`] from a thread of the test
+    /// process, as twill-agent does on a node, until the test process exits.
+    pub fn serve_store(&self) {
+        let service = StoreService::start(&self.store_dir(), &self.store_socket())
+            .unwrap_or_else(|e| panic!("cannot serve {}: {e}", self.store_dir().display()));
+        std::thread::spawn(move || service.serve());
+    }
+
     /// The store's reservations as sorted (owner, address) pairs.
     pub fn reservation_pairs(&self) -> Vec<(twill_ipam::Owner, std::net::IpAddr)> {
         let mut pairs: Vec<_> = self
@@ -326,6 +339,7 @@ impl Node {
             "subnet": DEFAULT_SUBNET,
             "dataDir": self.data_dir(),
             "subnetFile": self.subnet_file(),
+            "storeSocket": self.store_socket(),
         })
     }
 
@@ -386,16 +400,14 @@ impl Node {
         self.call(&CniCall::new("STATUS", conf))
     }
 
-    /// Runs `f` on the store, open only for that.
-    pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
-        let store = Store::open(&self.store_dir()).unwrap_or_else(|e| {
-            panic!(
-                "cannot open the store {}: {e} (the plugin and these tests must be built from \
-                 the same twill-ipam: `cargo build -p twill-cni` right before `cargo test`)",
-                self.store_dir().display()
-            )
-        });
-        f(&store)
+    /// Runs `f` on the store: through the socket when [`Node::serve_store`] serves it,
+    /// else opened for each call. (The plugin and these tests must be built from the
+    /// same twill-ipam: `cargo build -p twill-cni` right before `cargo test`.)
+    pub fn with_store<T>(&self, f: impl FnOnce(&StoreClient) -> T) -> T {
+        f(&StoreClient::new(
+            self.store_dir(),
+            Some(self.store_socket()),
+        ))
     }
 
     /// Every reservation of the store (empty when the store was never created).

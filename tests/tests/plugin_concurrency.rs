@@ -22,8 +22,19 @@ fn wait_all(children: Vec<Child>) -> Vec<CniOutcome> {
 
 #[test]
 fn fifty_parallel_adds_then_fifty_parallel_dels() {
+    fifty_parallel_adds_then_fifty_parallel_dels_on(Node::new("par-node"));
+}
+
+/// The same with the store served on a socket, as twill-agent does on a node.
+#[test]
+fn fifty_parallel_adds_then_fifty_parallel_dels_through_the_store_service() {
+    let node = Node::new("par-srv");
+    node.serve_store();
+    fifty_parallel_adds_then_fifty_parallel_dels_on(node);
+}
+
+fn fifty_parallel_adds_then_fifty_parallel_dels_on(node: Node) {
     const N: usize = 50;
-    let node = Node::new("par-node");
     let conf = node.conf("1.1.0");
     let pods: Vec<Pod> = (0..N).map(|_| Pod::new("par")).collect();
 
@@ -81,8 +92,20 @@ fn fifty_parallel_adds_then_fifty_parallel_dels() {
 
 #[test]
 fn killed_adds_leave_a_consistent_store_and_del_or_gc_recover() {
+    killed_adds_leave_a_consistent_store_and_del_or_gc_recover_on(Node::new("kill-node"));
+}
+
+/// The same with the store served on a socket: a plugin killed after sending its
+/// request leaves a reservation the service completed, which DEL or GC release.
+#[test]
+fn killed_adds_through_the_store_service_leave_a_consistent_store_and_del_or_gc_recover() {
+    let node = Node::new("kill-srv");
+    node.serve_store();
+    killed_adds_leave_a_consistent_store_and_del_or_gc_recover_on(node);
+}
+
+fn killed_adds_leave_a_consistent_store_and_del_or_gc_recover_on(node: Node) {
     const TRIALS: usize = 100;
-    let node = Node::new("kill-node");
     let conf = node.conf("1.1.0");
 
     // How long an ADD takes here (the median of three; the first also creates the
