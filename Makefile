@@ -3,14 +3,24 @@
 
 CARGO ?= cargo
 
-.PHONY: k8s build test bench bench-overlay check clean-netns lab lab-down
+.PHONY: k8s build plugin test bench bench-overlay check clean-netns lab lab-down
 
 build:
 	$(CARGO) build --workspace
 
+# The plugin as shipped: release, statically linked. A runtime starts it for every pod
+# operation, and a static binary starts ~0.4 ms faster (no shared libraries to map and
+# bind). Its own --target dir, because crt-static cannot build the workspace's proc
+# macros. The agent stays dynamic (it resolves host names through glibc's NSS).
+HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+PLUGIN := $(CURDIR)/target/$(HOST_TRIPLE)/release/twill
+plugin:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p twill-cni --target $(HOST_TRIPLE)
+
 # Unit tests, then the end-to-end tests over real namespaces (need root).
-test: build k8s
+test: build plugin k8s
 	$(CARGO) test --workspace --no-fail-fast
+	TWILL_PLUGIN=$(PLUGIN) $(CARGO) test -p twill-tests --test plugin_lifecycle --test plugin_errors
 
 # kube-apiserver + kube-controller-manager v1.20.2 for the Kubernetes-mode test, built
 # from Debian's source package (~5 min once; a no-op when the binaries exist).
@@ -19,9 +29,9 @@ k8s:
 	bash $(K8S_SCRIPTS)/prepare.sh
 
 # Benchmarks against the references, printed as tables (see BENCHMARKS.md).
-bench:
-	$(CARGO) build --release -p twill-cni -p twill-bench
-	./target/release/cni-bench
+bench: plugin
+	$(CARGO) build --release -p twill-bench
+	./target/release/cni-bench --twill $(PLUGIN)
 
 # The overlay: throughput and latency against the underlay and a hand-built VXLAN path,
 # and convergence with 1,000 and 5,000 simulated peers (about 4 minutes; --quick: 1).

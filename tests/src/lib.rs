@@ -39,8 +39,15 @@ fn profile() -> &'static str {
     }
 }
 
-/// A binary of the workspace (`twill`, `twill-agent`), overridable with `TWILL_BIN_DIR`.
+/// A binary of the workspace (`twill`, `twill-agent`), overridable with `TWILL_BIN_DIR`;
+/// `TWILL_PLUGIN` names the `twill` binary alone (`make test` runs the plugin tests
+/// again against the static build, `make plugin`).
 pub fn workspace_bin(name: &str) -> PathBuf {
+    if let (PLUGIN_BIN, Ok(path)) = (name, std::env::var("TWILL_PLUGIN")) {
+        let path = PathBuf::from(path);
+        assert!(path.exists(), "TWILL_PLUGIN={} is missing", path.display());
+        return path;
+    }
     let dir = std::env::var("TWILL_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| target_dir());
@@ -52,6 +59,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     );
     path
 }
+
+const PLUGIN_BIN: &str = "twill";
 
 /// Fails the calling test at once unless it runs as root: namespaces need it.
 pub fn require_root() {
