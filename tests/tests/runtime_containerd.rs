@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use twill_ipam::{Reservation, Store};
+use twill_ipam::{Reservation, StoreClient};
 use twill_tests::cluster::{tail, Cluster, ClusterSpec};
 use twill_tests::containerd::{container_id, BusyboxRootfs, CniDirsGuard, Containerd};
 use twill_tests::fixture::{in_subnet, wait_for};
@@ -22,14 +22,15 @@ use twill_tests::{require_root, workspace_bin, Netns, TempDir};
 /// `10-twill.conflist` and anything a machine usually has, as `ctr` reads only the first.
 const CONFLIST_NAME: &str = "00-twill-test.conflist";
 
-/// Every reservation of the store in `dir` (empty when it was never created).
-fn reservations(dir: &Path) -> Vec<Reservation> {
+/// Every reservation of the store in `dir` (empty when it was never created), through
+/// the agent's store socket (the agent holds the store).
+fn reservations(dir: &Path, socket: &Path) -> Vec<Reservation> {
     if !dir.exists() {
         return Vec::new();
     }
-    let store =
-        Store::open(dir).unwrap_or_else(|e| panic!("cannot open the store {}: {e}", dir.display()));
-    store.reservations().expect("cannot list the reservations")
+    StoreClient::new(dir, Some(socket.to_path_buf()))
+        .reservations()
+        .unwrap_or_else(|e| panic!("cannot list the reservations of {}: {e}", dir.display()))
 }
 
 /// Names of the links of `ns` (None: this process's namespace) whose alias is `alias`.
@@ -143,7 +144,7 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
         in_subnet(addr, &subnet),
         "the container got {cidr}, outside node-1's subnet {subnet}"
     );
-    let held = reservations(&store_dir);
+    let held = reservations(&store_dir, &n1.store_socket());
     assert!(
         held.iter().any(|r| r.owner.container_id == cni_id
             && r.owner.ifname == "eth0"
@@ -194,7 +195,7 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
     );
 
     // After it: the address is released and the host veth is gone.
-    let held = reservations(&store_dir);
+    let held = reservations(&store_dir, &n1.store_socket());
     assert!(
         !held.iter().any(|r| r.owner.container_id == cni_id),
         "node-1's store still holds an address for {cni_id}: {held:?}"
