@@ -13,9 +13,9 @@ use twill_conf::{PluginConf, PodRange};
 use twill_ipam::service::{Op, Outcome};
 use twill_netlink::{sysctl, NetNs, Netlink, NetnsError, VethSpec};
 
-/// The store's critical section runs on its own thread while this thread does the
-/// netlink work that does not need the address (bridge, veth pair, pod link); the two
-/// meet before the address and routes are set.
+/// The allocation runs in the store (the agent's, or one opened on a second thread)
+/// while this thread does the netlink work that does not need the address (bridge,
+/// veth pair, pod link); the two meet before the address and routes are set.
 pub fn run(
     env: &Env,
     conf: &PluginConf,

@@ -61,7 +61,7 @@ pub fn alongside<T: Send>(
     (out, outcome.map_err(|e| map_err(e, conf)))
 }
 
-pub fn map_err(e: StoreError, conf: &PluginConf) -> CniError {
+fn map_err(e: StoreError, conf: &PluginConf) -> CniError {
     let code = match &e {
         StoreError::Exhausted { .. } => NO_FREE_ADDRESS,
         StoreError::InvalidRange(_) => INVALID_CONFIG,
