@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use twill_conf::host_veth;
 use twill_conf::{PluginConf, PodRange};
-use twill_ipam::service::{Op, Outcome};
+use twill_ipam::service::Op;
 use twill_netlink::{sysctl, NetNs, Netlink, NetnsError, VethSpec};
 
 /// The allocation runs in the store (the agent's, or one opened on a second thread)
@@ -37,12 +37,10 @@ pub fn run(
     let (links, reserved) = store::alongside(conf, op, || {
         rt.block_on(prepare(&nl, env, conf, &node, &netns, &host_name))
     });
-    let reserved = reserved.and_then(|outcome| match outcome {
-        Outcome::Allocated(addrs) => Ok(addrs),
-        other => Err(CniError::new(
-            INTERNAL,
-            format!("address store answered {other:?} to an allocation"),
-        )),
+    let reserved = reserved.and_then(|outcome| {
+        outcome
+            .allocated()
+            .map_err(|e| CniError::new(INTERNAL, format!("address store: {e}")))
     });
 
     let result = match (links, &reserved) {

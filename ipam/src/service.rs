@@ -66,6 +66,36 @@ pub enum Outcome {
     Verified,
 }
 
+impl Outcome {
+    /// The addresses of an `Allocate`.
+    pub fn allocated(self) -> Result<Vec<IpNet>, StoreError> {
+        match self {
+            Outcome::Allocated(a) => Ok(a),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// The addresses of a `Release` or `Lookup`.
+    pub fn addresses(self) -> Result<Vec<IpAddr>, StoreError> {
+        match self {
+            Outcome::Addresses(a) => Ok(a),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// The reservations of `Reservations` or `Retain`.
+    pub fn reservations(self) -> Result<Vec<Reservation>, StoreError> {
+        match self {
+            Outcome::Reservations(r) => Ok(r),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    fn unexpected(self) -> StoreError {
+        StoreError::Service(format!("unexpected reply {self:?}"))
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
     dir: PathBuf,
@@ -350,52 +380,36 @@ impl StoreClient {
     }
 
     pub fn allocate(&self, owner: &Owner, ranges: &[Range]) -> Result<Vec<IpNet>, StoreError> {
-        match self.run(&Op::Allocate {
+        self.run(&Op::Allocate {
             owner: owner.clone(),
             ranges: ranges.to_vec(),
-        })? {
-            Outcome::Allocated(a) => Ok(a),
-            other => Err(unexpected(other)),
-        }
+        })?
+        .allocated()
     }
 
     pub fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
-        match self.run(&Op::Release {
-            owner: owner.clone(),
-        })? {
-            Outcome::Addresses(a) => Ok(a),
-            other => Err(unexpected(other)),
-        }
+        let owner = owner.clone();
+        self.run(&Op::Release { owner })?.addresses()
     }
 
     pub fn lookup(&self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
-        match self.run(&Op::Lookup {
-            owner: owner.clone(),
-        })? {
-            Outcome::Addresses(a) => Ok(a),
-            other => Err(unexpected(other)),
-        }
+        let owner = owner.clone();
+        self.run(&Op::Lookup { owner })?.addresses()
     }
 
     pub fn reservations(&self) -> Result<Vec<Reservation>, StoreError> {
-        match self.run(&Op::Reservations)? {
-            Outcome::Reservations(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.run(&Op::Reservations)?.reservations()
     }
 
     /// Releases every owner not in `keep`; returns what was released.
     pub fn retain(&self, keep: Vec<Owner>) -> Result<Vec<Reservation>, StoreError> {
-        match self.run(&Op::Retain { keep })? {
-            Outcome::Reservations(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.run(&Op::Retain { keep })?.reservations()
     }
 
     pub fn verify(&self) -> Result<(), StoreError> {
         match self.run(&Op::Verify)? {
             Outcome::Verified => Ok(()),
-            other => Err(unexpected(other)),
+            other => Err(other.unexpected()),
         }
     }
 }
@@ -440,10 +454,6 @@ impl Pending<'_> {
             Err(e) => Err(e),
         }
     }
-}
-
-fn unexpected(outcome: Outcome) -> StoreError {
-    StoreError::Service(format!("unexpected reply {outcome:?}"))
 }
 
 #[cfg(test)]

@@ -483,15 +483,16 @@ fn the_agent_serves_the_address_store_and_the_plugin_does_without_it() {
         json!(node.store_socket())
     );
     // The agent holds the store: a process opening it itself is told so at once.
+    let served_by_agent = || {
+        matches!(
+            twill_ipam::Store::open_unless_served(&store_dir),
+            Err(twill_ipam::StoreError::Served { .. })
+        )
+    };
     wait(
         "the agent serves the store",
         Duration::from_secs(10),
-        || {
-            matches!(
-                twill_ipam::Store::open_unless_served(&store_dir),
-                Err(twill_ipam::StoreError::Served { .. })
-            )
-        },
+        served_by_agent,
     );
     let served = twill_ipam::StoreClient::new(&store_dir, Some(node.store_socket()));
 
@@ -516,12 +517,7 @@ fn the_agent_serves_the_address_store_and_the_plugin_does_without_it() {
     wait(
         "the agent serves the store again",
         Duration::from_secs(10),
-        || {
-            matches!(
-                twill_ipam::Store::open_unless_served(&store_dir),
-                Err(twill_ipam::StoreError::Served { .. })
-            )
-        },
+        served_by_agent,
     );
     let p = c.add_pod(0, "via-agent-again").unwrap();
     let mut ips: Vec<String> = served
