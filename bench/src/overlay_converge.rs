@@ -201,6 +201,7 @@ fn spec_for(resync_secs: f64) -> ClusterSpec {
         registry: RegistryKind::File,
         resync_secs,
         ip_masq: true,
+        checksum_offload: None,
         mtu: 1500,
         agents_die_with_parent: true,
     }

@@ -44,10 +44,10 @@ pub struct Backend {
     pub port: u16,
     pub mtu: Mtu,
     pub direct_routing: DirectRouting,
-    /// Transmit checksum offload on the VXLAN device. Off by default: with it on, TCP
-    /// that is NATed on the sending node (a node process reaching a Service, NodePort
-    /// traffic under kube-proxy's `--random-fully`) leaves with a wrong inner checksum
-    /// and stalls. On is several times faster where that traffic does not occur.
+    /// Transmit checksum offload on the VXLAN device. On by default (several times
+    /// faster); the agent keeps its own VXLAN packets out of NAT, which is what broke
+    /// them with the offload on (see the agent's firewall). Off makes the kernel
+    /// checksum every packet in software before encapsulation.
     pub checksum_offload: bool,
 }
 
@@ -192,7 +192,7 @@ impl Default for Backend {
             port: DEFAULT_VXLAN_PORT,
             mtu: Mtu::Auto,
             direct_routing: DirectRouting::Auto,
-            checksum_offload: false,
+            checksum_offload: true,
         }
     }
 }
@@ -271,7 +271,7 @@ fn parse_backend(map: &Map<String, Value>) -> Result<Backend, ConfError> {
             ))
         }
     };
-    b.checksum_offload = k.bool("checksumOffload")?.unwrap_or(false);
+    b.checksum_offload = k.bool("checksumOffload")?.unwrap_or(true);
     b.direct_routing = match k.string("directRouting")? {
         None | Some("auto") => DirectRouting::Auto,
         Some("never") => DirectRouting::Never,
@@ -350,6 +350,10 @@ mod tests {
         let c = ClusterConf::parse(br#"{"network": "10.244.0.0/16"}"#).unwrap();
         assert_eq!(c.networks[0].subnet_len, 24);
         assert_eq!(c.backend, Backend::default());
+        assert!(
+            c.backend.checksum_offload,
+            "the offload is on unless turned off"
+        );
         assert!(c.ip_masq);
         assert_eq!(
             c.registry,
@@ -368,7 +372,7 @@ mod tests {
         let c = ClusterConf::parse(
             br#"{"network": "10.50.0.0/16", "subnetLen": 26, "ipv6Network": "fd00:50::/56",
                  "backend": {"type": "vxlan", "vni": 42, "port": 4789, "mtu": 1400,
-                             "directRouting": "never", "checksumOffload": true},
+                             "directRouting": "never", "checksumOffload": false},
                  "ipMasq": false,
                  "registry": {"kind": "etcd", "endpoints": ["http://10.0.0.1:2379"],
                               "prefix": "/x/", "leaseTtl": 20}}"#,
@@ -378,7 +382,7 @@ mod tests {
         assert_eq!(c.networks[1].subnet_len, 64);
         assert_eq!(c.backend.mtu, Mtu::Fixed(1400));
         assert_eq!(c.backend.direct_routing, DirectRouting::Never);
-        assert!(c.backend.checksum_offload);
+        assert!(!c.backend.checksum_offload);
         assert!(matches!(&c.registry, RegistryConf::Etcd { prefix, .. } if prefix == "/x"));
         assert_eq!(
             ClusterConf::parse(c.to_json().to_string().as_bytes()).unwrap(),

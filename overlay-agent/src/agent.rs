@@ -7,7 +7,7 @@
 
 use crate::datapath::{device_name, Datapath, DeviceConf};
 use crate::desired::{DesiredState, NextHop, Plan};
-use crate::firewall::{Firewall, FirewallRules};
+use crate::firewall::{Firewall, FirewallRules, VxlanTraffic};
 use crate::host::HostPaths;
 use crate::peers::{OwnNode, PeerSet};
 use crate::record::Mac;
@@ -159,6 +159,10 @@ pub async fn run(
     let firewall_rules = FirewallRules {
         cluster_networks: conf.cluster.cluster_cidrs(),
         ip_masq: conf.cluster.ip_masq,
+        vxlan: Some(VxlanTraffic {
+            port: backend.port,
+            vni: backend.vni,
+        }),
     };
 
     let (tx, mut rx) = watch::channel(Snapshot::default());

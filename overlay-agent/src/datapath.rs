@@ -80,10 +80,11 @@ impl Datapath {
                 mtu: c.mtu,
             })
             .await?;
-        // See twill_netlink::ethtool: NATed local traffic through VXLAN needs it off.
+        // Every pass, both ways: the configured state wins over a hand-made change.
         twill_netlink::ethtool::set_tx_checksum(&c.name, c.checksum_offload).map_err(|e| {
             NetlinkError::InvalidRoute(format!(
-                "turning off tx checksum offload on {}: {e}",
+                "turning tx checksum offload {} on {}: {e}",
+                if c.checksum_offload { "on" } else { "off" },
                 c.name
             ))
         })?;

@@ -5,6 +5,10 @@
 //! transaction, there is one thing to list and one thing to delete. (`inet` nat chains
 //! need Linux 5.2 or later.) The table holds:
 //!
+//! - `vxlan_notrack` (filter, hook output, priority raw; when the node has a VXLAN
+//!   device): the node's own VXLAN packets (UDP to the VXLAN port whose header carries
+//!   the VXLAN flag and this cluster's VNI) are not tracked, so no NAT rule can touch
+//!   them. See [Why the VXLAN packets are not tracked](#why-the-vxlan-packets-are-not-tracked);
 //! - `postrouting` (nat, priority srcnat; only when `ip_masq`): traffic from the cluster
 //!   network to the cluster network returns unchanged (pod to pod keeps its address), so
 //!   does traffic from the cluster network to multicast; everything else from the
@@ -33,6 +37,21 @@
 //! it is absent. iptables-nft reads these rules back as
 //! `-A FORWARD -s <net> -m comment --comment twill -j ACCEPT`, so Docker keeps working
 //! with the chain.
+//!
+//! **Why the VXLAN packets are not tracked.** An encapsulated packet inherits the skb
+//! mark of the packet it carries. A node's own connection to a Service is marked 0x4000
+//! by kube-proxy; a masquerade rule matching that mark (kube-proxy before
+//! 1.16.13/1.17.9/1.18.6, `--masquerade-bit` variants, a hand-written `meta mark`
+//! rule) then NATs the *outer* UDP packet too and rewrites its source port, and with
+//! transmit checksum offload on, the outer UDP checksum is then wrong: the receiving
+//! node counts `UdpInCsumErrors` and drops it (flannel's and Calico's "63-second"
+//! delays). An untracked packet never reaches a nat chain, whatever rules exist.
+//! The match is exact (VXLAN port, flag byte 0x08, VNI) so that other UDP to that port
+//! (a Service on it, reached from the node) keeps its NAT. Only the sender's output is
+//! exempted: on the receiving side the fault cannot occur, untracking there measured no
+//! faster, and it would turn the incoming packets' `ct state` from `new` into
+//! `untracked`, which a host firewall rule such as `udp dport 8472 ct state new accept`
+//! no longer matches.
 //!
 //! Not covered: chains of iptables-legacy (a separate kernel table set that nft does not
 //! see), and drop policies in other nftables tables (firewalld's `inet firewalld`,
@@ -64,6 +83,18 @@ pub struct FirewallRules {
     pub cluster_networks: Vec<IpNet>,
     /// Masquerade traffic from the cluster network to outside it.
     pub ip_masq: bool,
+    /// The node's VXLAN traffic, whose packets are exempted from connection tracking;
+    /// `None` when the node sends none.
+    pub vxlan: Option<VxlanTraffic>,
+}
+
+/// What identifies the VXLAN packets a node sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanTraffic {
+    /// The destination UDP port (`backend.port`).
+    pub port: u16,
+    /// The VXLAN network identifier (`backend.vni`), 24 bits.
+    pub vni: u32,
 }
 
 impl FirewallRules {
@@ -381,6 +412,18 @@ pub fn render_table_script(table: &str, rules: &FirewallRules) -> String {
             (!nets.is_empty()).then(|| (f, set_of(&nets)))
         })
         .collect();
+    if let Some(v) = rules.vxlan {
+        // `@th,64,32`: the VXLAN header's first word (flags 0x08, reserved); `@th,96,24`:
+        // its VNI. Matches IPv4 and IPv6 underlays alike (an `inet` table).
+        s.push_str("    chain vxlan_notrack {\n");
+        s.push_str("        type filter hook output priority raw; policy accept;\n");
+        let _ = writeln!(
+            s,
+            "        udp dport {} @th,64,32 0x08000000 @th,96,24 {} notrack comment \"VXLAN VNI {}: never NATed\"",
+            v.port, v.vni, v.vni
+        );
+        s.push_str("    }\n");
+    }
     if rules.ip_masq {
         s.push_str("    chain postrouting {\n");
         s.push_str("        type nat hook postrouting priority srcnat; policy accept;\n");
@@ -566,7 +609,31 @@ mod tests {
         FirewallRules {
             cluster_networks: nets.iter().map(|n| net(n)).collect(),
             ip_masq,
+            vxlan: None,
         }
+    }
+
+    #[test]
+    fn vxlan_packets_are_untracked_in_both_families_with_or_without_masquerade() {
+        for ip_masq in [true, false] {
+            let mut r = rules(&["10.244.0.0/16", "fd10:244::/56"], ip_masq);
+            r.vxlan = Some(VxlanTraffic {
+                port: 4789,
+                vni: 0x00ab_cdef,
+            });
+            let script = render_table_script("twill", &r);
+            let chain = "    chain vxlan_notrack {
+        type filter hook output priority raw; policy accept;
+        udp dport 4789 @th,64,32 0x08000000 @th,96,24 11259375 notrack comment \"VXLAN VNI 11259375: never NATed\"
+    }
+";
+            assert!(script.contains(chain), "{script}");
+            // One rule without an address family: IPv4 and IPv6 underlays alike.
+            assert_eq!(script.matches(" notrack comment").count(), 1);
+            assert_eq!(script.contains("masquerade"), ip_masq);
+        }
+        let script = render_table_script("twill", &rules(&["10.244.0.0/16"], true));
+        assert!(!script.contains("vxlan_notrack"), "{script}");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct ClusterSpec {
     /// Seconds between the agents' full resyncs.
     pub resync_secs: f64,
     pub ip_masq: bool,
+    /// `backend.checksumOffload`; `None` leaves the key out (the agent's default).
+    pub checksum_offload: Option<bool>,
     /// Underlay MTU.
     pub mtu: u32,
     /// Agents die with the thread that started them (PR_SET_PDEATHSIG), so a killed
@@ -57,6 +59,7 @@ impl Default for ClusterSpec {
             registry: RegistryKind::File,
             resync_secs: 2.0,
             ip_masq: true,
+            checksum_offload: None,
             mtu: 1500,
             agents_die_with_parent: true,
         }
@@ -246,10 +249,14 @@ impl Cluster {
                 json!({"kind": "kubernetes", "kubeconfig": dir.path().join("kubeconfig")})
             }
         };
+        let mut backend = json!({"type": "vxlan", "directRouting": if spec.direct_routing { "auto" } else { "never" }});
+        if let Some(on) = spec.checksum_offload {
+            backend["checksumOffload"] = json!(on);
+        }
         let conf = json!({
             "network": spec.network,
             "subnetLen": spec.subnet_len,
-            "backend": {"type": "vxlan", "directRouting": if spec.direct_routing { "auto" } else { "never" }},
+            "backend": backend,
             "ipMasq": spec.ip_masq,
             "registry": registry,
         });

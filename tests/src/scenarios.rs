@@ -156,6 +156,21 @@ pub fn tcp_ask_once(from: &Netns, to: SocketAddr) -> Result<Reply, String> {
     }
 }
 
+/// One TCP connect from inside `from` to `to` that must complete within `limit`: the
+/// time it took, or the error. A `limit` under one second tells a connection whose
+/// first SYN was answered from one that needed a retransmission.
+pub fn tcp_connect_within(
+    from: &Netns,
+    to: SocketAddr,
+    limit: Duration,
+) -> Result<Duration, String> {
+    in_ns(from, move || {
+        let started = Instant::now();
+        TcpStream::connect_timeout(&to, limit).map(|_| started.elapsed())
+    })?
+    .map_err(|e| format!("{} → {to}: {e}", from.name()))
+}
+
 /// [`tcp_ask_once`] retried until it succeeds or `timeout` passes (the last error then).
 pub fn tcp_ask(from: &Netns, to: SocketAddr, timeout: Duration) -> Result<Reply, String> {
     let deadline = Instant::now() + timeout;

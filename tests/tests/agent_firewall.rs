@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use twill_agent::firewall::{Firewall, FirewallError, FirewallRules, IpNet, Nft};
+use twill_agent::firewall::{Firewall, FirewallError, FirewallRules, IpNet, Nft, VxlanTraffic};
 use twill_netlink::NetNs;
 use twill_tests::{require_root, Netns};
 
@@ -37,10 +37,13 @@ const ATTEMPT: Duration = Duration::from_secs(1);
 /// How long a path that must work may take to start working.
 const SETTLE: Duration = Duration::from_secs(10);
 
+const VXLAN: VxlanTraffic = VxlanTraffic { port: 8472, vni: 1 };
+
 fn cluster(ip_masq: bool) -> FirewallRules {
     FirewallRules {
         cluster_networks: vec![net("10.244.0.0/16"), net("fd10:244::/56")],
         ip_masq,
+        vxlan: Some(VXLAN),
     }
 }
 
@@ -460,11 +463,13 @@ fn apply_is_idempotent_and_follows_changes() {
     let changed = FirewallRules {
         cluster_networks: vec![net("10.245.0.0/16")],
         ip_masq: false,
+        vxlan: None,
     };
     t.apply(&nft, &changed);
     let table = t.nft(&["list", "table", "inet", "twill"]);
     assert!(!table.contains("masquerade"), "{table}");
     assert!(!table.contains("postrouting"), "{table}");
+    assert!(!table.contains("notrack"), "{table}");
     assert!(!table.contains("10.244."), "{table}");
     assert!(table.contains("ip saddr 10.245.0.0/16 accept"), "{table}");
     let docker = t.docker_chains();
@@ -595,4 +600,141 @@ fn tables_of_other_names_are_independent() {
         "{refused:?}"
     );
     assert!(t.tables().contains("inet twill_b"));
+}
+
+/// The packets counted by the rule of `chain` (in table `inet probe`) whose text
+/// contains `what`.
+fn probe_count(t: &Topology, chain: &str, what: &str) -> u64 {
+    let listing = t.nft(&["list", "chain", "inet", "probe", chain]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(what) && l.contains("counter"))
+        .unwrap_or_else(|| panic!("no counted rule with {what:?} in\n{listing}"));
+    let mut words = line.split_whitespace();
+    words
+        .find(|w| *w == "packets")
+        .and_then(|_| words.next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {line:?}"))
+}
+
+/// The node's own VXLAN packets leave untracked, so no nat chain sees them, over an
+/// IPv4 and an IPv6 underlay; other UDP to the VXLAN port stays tracked. A probe
+/// table counts what conntrack and the nat hook see; without Twill's table the same
+/// VXLAN packets are tracked and reach the masquerade rule (the probe can fail).
+#[test]
+fn own_vxlan_packets_leave_untracked_over_ipv4_and_ipv6_underlays() {
+    let t = Topology::new();
+    let nft = Nft::new();
+    t.nft_script(
+        "table inet probe {
+            chain seen {
+                type filter hook output priority filter; policy accept;
+                udp dport 8472 ct state untracked counter
+                udp dport 8472 ct state != untracked counter
+            }
+            chain post {
+                type nat hook postrouting priority srcnat; policy accept;
+                udp dport 8472 counter masquerade fully-random
+            }
+        }\n",
+    );
+    // (device, local address, remote VTEP, an address in the overlay to send to)
+    let underlays = [
+        ("vx4", NODE4, OUTSIDE4, "10.99.4.2", "10.99.4.1/24"),
+        ("vx6", NODE6, OUTSIDE6, "fd99:6::2", "fd99:6::1/64"),
+    ];
+    let mut sent = 0;
+    // Sends `n` datagrams through each VXLAN device and to the VXLAN port directly.
+    let send = |n: usize, plain: bool| {
+        for (_, _, remote, inner, _) in underlays {
+            let to: SocketAddr = if plain {
+                SocketAddr::new(ip(remote), 8472)
+            } else {
+                SocketAddr::new(ip(inner), 9)
+            };
+            t.in_node(|| {
+                let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let sock = std::net::UdpSocket::bind(bind).expect("udp socket");
+                for _ in 0..n {
+                    sock.send_to(b"not vxlan", to).expect("send");
+                }
+            });
+        }
+    };
+    for (dev, local, remote, inner, own) in underlays {
+        t.node.ip(&[
+            "link",
+            "add",
+            dev,
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            local,
+            "dev",
+            "underlay",
+            "dstport",
+            "8472",
+            "nolearning",
+        ]);
+        t.node.ip(&["link", "set", dev, "up"]);
+        addr(&t.node, dev, own);
+        t.node.ip(&[
+            "neigh",
+            "replace",
+            inner,
+            "lladdr",
+            "0a:00:00:00:00:02",
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+        t.node.sh(&[
+            "bridge",
+            "fdb",
+            "append",
+            "0a:00:00:00:00:02",
+            "dev",
+            dev,
+            "dst",
+            remote,
+            "self",
+            "permanent",
+        ]);
+    }
+
+    // Without Twill's table: tracked, and masqueraded by a rule matching them.
+    send(3, false);
+    sent += 6;
+    let tracked = probe_count(&t, "seen", "!= untracked");
+    assert_eq!(
+        tracked, sent,
+        "VXLAN packets not tracked before Twill's table"
+    );
+    assert!(probe_count(&t, "post", "masquerade") > 0);
+
+    t.apply(&nft, &cluster(true));
+    let natted = probe_count(&t, "post", "masquerade");
+    send(5, false);
+    assert_eq!(
+        probe_count(&t, "seen", "ct state untracked"),
+        10,
+        "the node's VXLAN packets over IPv4 and IPv6 must leave untracked"
+    );
+    assert_eq!(probe_count(&t, "seen", "!= untracked"), tracked);
+    assert_eq!(probe_count(&t, "post", "masquerade"), natted);
+
+    // Plain UDP to the VXLAN port (a Service on that port, say) keeps its NAT.
+    send(2, true);
+    assert_eq!(probe_count(&t, "seen", "!= untracked"), tracked + 4);
+    assert!(probe_count(&t, "post", "masquerade") > natted);
+
+    // Gone with the table.
+    t.remove(&nft);
+    let before = probe_count(&t, "seen", "!= untracked");
+    send(1, false);
+    assert_eq!(probe_count(&t, "seen", "!= untracked"), before + 2);
 }
