@@ -16,12 +16,15 @@
 //! subnet via the other's node address on `eth0`, as Twill does for a peer on the same
 //! segment; its pods keep MTU 1450, as Twill's do (the subnet file's MTU).
 //!
-//! No firewall rules and no agent: the fastest this shape goes on this kernel. The pod
-//! subnets are those a Twill cluster's first two nodes get from the default network
-//! (10.244.1.0/24, 10.244.2.0/24), so a Twill node's ruleset would apply unchanged.
+//! No agent, and no firewall rules until [`Manual::install_nft`] adds some: bare, the
+//! fastest this shape goes on this kernel; with [`flannel_table`], what flannel's own
+//! rules cost (masquerade and forward accept, which switch connection tracking on).
+//! VXLAN devices keep `ip link`'s defaults, as Twill's do: transmit checksum offload on,
+//! outer UDP checksum (`udpcsum`) on. The pod subnets are those a Twill cluster's first
+//! two nodes get from the default network (10.244.1.0/24, 10.244.2.0/24).
 
 use crate::overlay_proc::check_stop;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Result};
 use twill_tests::Netns;
 
 const VXLAN_MTU: &str = "1450";
@@ -217,14 +220,38 @@ impl Manual {
         Ok(m)
     }
 
-    /// Turns transmit checksum offload off on both nodes' VXLAN devices (`ethtool -K
-    /// vxlan0 tx off`), as the agent does on its own device.
-    pub fn tx_checksum_off(&self) -> Result<()> {
-        for n in &self.nodes {
-            let ns = twill_netlink::NetNs::open(std::path::Path::new(&n.path()))?;
-            ns.run(|| twill_netlink::ethtool::set_tx_checksum("vxlan0", false))?
-                .with_context(|| format!("tx checksum offload off on vxlan0 in {}", n.name()))?;
+    /// Loads `script(i)` (an `nft -f` script) into node `i`, for both nodes.
+    pub fn install_nft(&self, script: impl Fn(usize) -> String) -> Result<()> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            twill_tests::scenarios::nft_script(n, &script(i)).map_err(|e| anyhow!(e))?;
         }
         Ok(())
     }
+}
+
+/// flannel's rules for node `i` (its iptables chains FLANNEL-POSTRTG and FLANNEL-FWD:
+/// kube-proxy's marked packets returned, pod to pod kept, everything else from or to the
+/// pod network masqueraded with `--random-fully`; forwarding of the pod network
+/// accepted), written as one nftables table.
+pub fn flannel_table(i: usize) -> String {
+    let subnet = Manual::subnet(i);
+    format!(
+        "table ip flannel {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        meta mark & 0x4000 == 0x4000 return
+        ip saddr {subnet} ip daddr 10.244.0.0/16 return
+        ip saddr 10.244.0.0/16 ip daddr {subnet} return
+        ip saddr != 10.244.0.0/16 ip daddr {subnet} return
+        ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
+        ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        ip saddr 10.244.0.0/16 accept
+        ip daddr 10.244.0.0/16 accept
+    }}
+}}
+"
+    )
 }

@@ -1,22 +1,28 @@
-//! Throughput (iperf3, one TCP stream) and latency (ping) over eight data paths that
+//! Throughput (iperf3, one TCP stream) and latency (ping) over ten data paths that
 //! exist at the same time, measured in interleaved rounds:
 //!
-//! - `a`  node to node over the underlay, in the hand-built VXLAN topology (reference 1);
-//! - `b`  Twill: pod to pod across two nodes through VXLAN (directRouting never);
-//! - `c`  the hand-built VXLAN pod path (reference 2, for `b`);
+//! - `b`  Twill: pod to pod across two nodes through VXLAN (directRouting never), with
+//!   the agent's defaults (checksum offload on, masquerade, its VXLAN packets untracked);
+//! - `cf` the hand-built VXLAN pod path with the same firewall state: flannel's
+//!   masquerade and forward rules, the same offload and outer UDP checksum (reference
+//!   for `b`);
 //! - `d`  Twill: pod to pod across two nodes on one segment, directly routed
-//!   (directRouting auto; reference `a`).
+//!   (directRouting auto);
+//! - `e`  a hand-built direct-routed pod path: veth, bridge, route via the peer
+//!   (reference for `d`);
+//! - `a`  node to node over the underlay (the physical anchor).
 //!
 //! And, to tell what the figures above are made of:
 //!
-//! - `c1` as `c`, with transmit checksum offload off on the VXLAN devices, as the agent
-//!   sets its own (`twill_netlink::ethtool`);
-//! - `b0` as `b`, in a cluster with ipMasq false: the agent's nftables table then has no
-//!   nat chain, so connection tracking is not active in the node namespaces;
-//! - `e`  a hand-built direct-routed pod path (what `d` could reach at best);
+//! - `c`  as `cf` with no nftables at all: connection tracking off;
+//! - `cr` as `cf` plus Twill's `vxlan_notrack` chain: what untracking the VXLAN
+//!   packets recovers of connection tracking's cost;
+//! - `b0` as `b`, in a cluster with ipMasq false: no nat chain in the agent's table, so
+//!   connection tracking is not active in the node namespaces;
+//! - `ef` as `e` with flannel's rules (the same firewall state as `d`);
 //! - `a'` node to node over the underlay of the Twill VXLAN cluster.
 
-use crate::overlay_manual::Manual;
+use crate::overlay_manual::{flannel_table, Manual};
 use crate::overlay_proc::{self, check_stop, iperf3_server, Guarded, PingStats};
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
@@ -40,23 +46,27 @@ pub enum PathId {
     B,
     B0,
     C,
-    C1,
+    Cf,
+    Cr,
     D,
     E,
+    Ef,
 }
 
 /// Every path, in the order of one round: each subject sits next to its reference
-/// (c1|b, b|c, c|b0, d|a, a|e), so a ratio within a round compares measurements taken
-/// seconds apart. Odd rounds run backwards, so subjects and references take turns going
-/// first.
-pub const ALL: [PathId; 8] = [
-    PathId::C1,
+/// (cr|cf, cf|b, b|c, c|b0, d|e, e|ef, ef|a, a|a'), so a ratio within a round compares
+/// measurements taken seconds apart. Odd rounds run backwards, so subjects and
+/// references take turns going first.
+pub const ALL: [PathId; 10] = [
+    PathId::Cr,
+    PathId::Cf,
     PathId::B,
     PathId::C,
     PathId::B0,
     PathId::D,
-    PathId::A,
     PathId::E,
+    PathId::Ef,
+    PathId::A,
     PathId::A2,
 ];
 
@@ -68,9 +78,11 @@ impl PathId {
             PathId::B => "b",
             PathId::B0 => "b0",
             PathId::C => "c",
-            PathId::C1 => "c1",
+            PathId::Cf => "cf",
+            PathId::Cr => "cr",
             PathId::D => "d",
             PathId::E => "e",
+            PathId::Ef => "ef",
         }
     }
 
@@ -80,10 +92,12 @@ impl PathId {
             PathId::A2 => "(a') underlay node->node, Twill VXLAN cluster",
             PathId::B => "(b) Twill pod->pod, VXLAN",
             PathId::B0 => "(b0) Twill pod->pod, VXLAN, ipMasq false",
-            PathId::C => "(c) hand-built pod->pod, VXLAN",
-            PathId::C1 => "(c1) hand-built pod->pod, VXLAN, tx csum off",
+            PathId::C => "(c) hand-built pod->pod, VXLAN, no nftables",
+            PathId::Cf => "(cf) hand-built pod->pod, VXLAN, flannel's rules",
+            PathId::Cr => "(cr) as (cf) + Twill's vxlan_notrack",
             PathId::D => "(d) Twill pod->pod, direct routing",
             PathId::E => "(e) hand-built pod->pod, direct routing",
+            PathId::Ef => "(ef) as (e) + flannel's rules",
         }
     }
 }
@@ -100,6 +114,8 @@ pub struct PathResults {
     /// The Twill nodes' nftables rulesets (ipMasq true, false), for the report.
     pub twill_nft: String,
     pub twill_nft_nomasq: String,
+    /// (tx checksum offload, outer UDP checksum) of every VXLAN device measured.
+    pub vxlan_settings: (bool, bool),
 }
 
 impl PathResults {
@@ -129,8 +145,10 @@ struct Topologies {
     nm: Cluster,
     dr: Cluster,
     manual: Manual,
-    manual_nocsum: Manual,
+    manual_flannel: Manual,
+    manual_remedy: Manual,
     manual_direct: Manual,
+    manual_direct_flannel: Manual,
 }
 
 impl Topologies {
@@ -156,21 +174,11 @@ impl Topologies {
                 server: &self.nm_pods[0].ns,
                 server_ip: self.nm_pods[0].ip.clone(),
             },
-            PathId::E => Ends {
-                client: &self.manual_direct.pods[1],
-                server: &self.manual_direct.pods[0],
-                server_ip: Manual::pod_ip(0),
-            },
-            PathId::C1 => Ends {
-                client: &self.manual_nocsum.pods[1],
-                server: &self.manual_nocsum.pods[0],
-                server_ip: Manual::pod_ip(0),
-            },
-            PathId::C => Ends {
-                client: &self.manual.pods[1],
-                server: &self.manual.pods[0],
-                server_ip: Manual::pod_ip(0),
-            },
+            PathId::C => Manual::pod_ends(&self.manual),
+            PathId::Cf => Manual::pod_ends(&self.manual_flannel),
+            PathId::Cr => Manual::pod_ends(&self.manual_remedy),
+            PathId::E => Manual::pod_ends(&self.manual_direct),
+            PathId::Ef => Manual::pod_ends(&self.manual_direct_flannel),
             PathId::D => Ends {
                 client: &self.dr_pods[1].ns,
                 server: &self.dr_pods[0].ns,
@@ -178,6 +186,27 @@ impl Topologies {
             },
         }
     }
+}
+
+impl Manual {
+    fn pod_ends(&self) -> Ends<'_> {
+        Ends {
+            client: &self.pods[1],
+            server: &self.pods[0],
+            server_ip: Manual::pod_ip(0),
+        }
+    }
+}
+
+/// Transmit checksum offload and outer UDP checksum of a VXLAN device: the two settings
+/// the VXLAN paths must share for their comparison to be fair.
+fn vxlan_settings(node: &Netns, dev: &str) -> Result<(bool, bool)> {
+    let ns = twill_netlink::NetNs::open(std::path::Path::new(&node.path()))?;
+    let offload = ns
+        .run(|| twill_netlink::ethtool::tx_checksum(dev))?
+        .with_context(|| format!("tx checksum offload of {dev} in {}", node.name()))?;
+    let details = node.ip(&["-d", "link", "show", dev]);
+    Ok((offload, details.contains(" udpcsum")))
 }
 
 fn twill_cluster(
@@ -217,9 +246,20 @@ fn twill_cluster(
 pub fn measure(spec: &PathSpec) -> Result<PathResults> {
     eprintln!("overlay-bench: building the hand-built references...");
     let manual = Manual::build(false)?;
-    let manual_nocsum = Manual::build(false)?;
-    manual_nocsum.tx_checksum_off()?;
+    let manual_flannel = Manual::build(false)?;
+    manual_flannel.install_nft(flannel_table)?;
+    let manual_remedy = Manual::build(false)?;
+    manual_remedy.install_nft(|i| {
+        let remedy =
+            twill_agent::firewall::render_vxlan_chain(&twill_agent::firewall::VxlanTraffic {
+                port: 8472,
+                vni: 1,
+            });
+        format!("{}table inet twill {{\n{remedy}}}\n", flannel_table(i))
+    })?;
     let manual_direct = Manual::build(true)?;
+    let manual_direct_flannel = Manual::build(true)?;
+    manual_direct_flannel.install_nft(flannel_table)?;
     check_stop()?;
     eprintln!("overlay-bench: starting a 2-node Twill cluster, VXLAN...");
     let (vx, vx_pods) = twill_cluster(false, true, spec.resync_secs)?;
@@ -237,9 +277,18 @@ pub fn measure(spec: &PathSpec) -> Result<PathResults> {
         nm,
         dr,
         manual,
-        manual_nocsum,
+        manual_flannel,
+        manual_remedy,
         manual_direct,
+        manual_direct_flannel,
     };
+    let twill_vxlan = vxlan_settings(&topo.vx.nodes[0].ns, "twill.1")?;
+    let manual_vxlan = vxlan_settings(&topo.manual_flannel.nodes[0], "vxlan0")?;
+    if twill_vxlan != manual_vxlan {
+        bail!(
+            "Twill's twill.1 (tx offload, udpcsum) = {twill_vxlan:?} but the hand-built vxlan0 has {manual_vxlan:?}: the VXLAN comparison would not be like for like"
+        );
+    }
     let twill_nft = topo.vx.nodes[0].ns.sh(&["nft", "list", "ruleset"]);
     let twill_nft_nomasq = topo.nm.nodes[0].ns.sh(&["nft", "list", "ruleset"]);
 
@@ -269,12 +318,15 @@ pub fn measure(spec: &PathSpec) -> Result<PathResults> {
                 eprintln!("overlay-bench: Twill {what} cluster node {}", n.ns.name());
             }
         }
-        for n in topo
-            .manual
-            .nodes
-            .iter()
-            .chain(&topo.manual_nocsum.nodes)
-            .chain(&topo.manual_direct.nodes)
+        for n in [
+            &topo.manual,
+            &topo.manual_flannel,
+            &topo.manual_remedy,
+            &topo.manual_direct,
+            &topo.manual_direct_flannel,
+        ]
+        .iter()
+        .flat_map(|m| &m.nodes)
         {
             eprintln!("overlay-bench: hand-built node {}", n.name());
         }
@@ -336,5 +388,6 @@ pub fn measure(spec: &PathSpec) -> Result<PathResults> {
         samples,
         twill_nft,
         twill_nft_nomasq,
+        vxlan_settings: twill_vxlan,
     })
 }

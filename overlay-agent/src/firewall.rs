@@ -412,17 +412,8 @@ pub fn render_table_script(table: &str, rules: &FirewallRules) -> String {
             (!nets.is_empty()).then(|| (f, set_of(&nets)))
         })
         .collect();
-    if let Some(v) = rules.vxlan {
-        // `@th,64,32`: the VXLAN header's first word (flags 0x08, reserved); `@th,96,24`:
-        // its VNI. Matches IPv4 and IPv6 underlays alike (an `inet` table).
-        s.push_str("    chain vxlan_notrack {\n");
-        s.push_str("        type filter hook output priority raw; policy accept;\n");
-        let _ = writeln!(
-            s,
-            "        udp dport {} @th,64,32 0x08000000 @th,96,24 {} notrack comment \"VXLAN VNI {}: never NATed\"",
-            v.port, v.vni, v.vni
-        );
-        s.push_str("    }\n");
+    if let Some(v) = &rules.vxlan {
+        s.push_str(&render_vxlan_chain(v));
     }
     if rules.ip_masq {
         s.push_str("    chain postrouting {\n");
@@ -446,6 +437,21 @@ pub fn render_table_script(table: &str, rules: &FirewallRules) -> String {
     s.push_str("    }\n");
     s.push_str("}\n");
     s
+}
+
+/// Chain `vxlan_notrack` of an `inet` table: the node's own VXLAN packets skip
+/// connection tracking (see the module's notes). One rule for IPv4 and IPv6 underlays.
+pub fn render_vxlan_chain(v: &VxlanTraffic) -> String {
+    // `@th,64,32`: the VXLAN header's first word (flags 0x08, reserved); `@th,96,24`: its VNI.
+    format!(
+        "    chain vxlan_notrack {{
+        type filter hook output priority raw; policy accept;
+        udp dport {port} @th,64,32 0x08000000 @th,96,24 {vni} notrack comment \"VXLAN VNI {vni}: never NATed\"
+    }}
+",
+        port = v.port,
+        vni = v.vni
+    )
 }
 
 /// The transaction that deletes table `inet <table>`, and succeeds when it is absent.
