@@ -19,6 +19,7 @@
 //!   packets recovers of connection tracking's cost;
 //! - `b0` as `b`, in a cluster with ipMasq false: no nat chain in the agent's table, so
 //!   connection tracking is not active in the node namespaces;
+//! - `d0` as `d`, in a cluster with ipMasq false (no connection tracking);
 //! - `ef` as `e` with flannel's rules (the same firewall state as `d`);
 //! - `a'` node to node over the underlay of the Twill VXLAN cluster.
 
@@ -49,22 +50,24 @@ pub enum PathId {
     Cf,
     Cr,
     D,
+    D0,
     E,
     Ef,
 }
 
 /// Every path, in the order of one round: each subject sits next to its reference
-/// (cr|cf, cf|b, b|c, c|b0, d|e, e|ef, ef|a, a|a'), so a ratio within a round compares
-/// measurements taken seconds apart. Odd rounds run backwards, so subjects and
+/// (cr|cf, cf|b, b|c, c|b0, d0|e, e|d, d|ef, ef|a, a|a'), so a ratio within a round
+/// compares measurements taken seconds apart. Odd rounds run backwards, so subjects and
 /// references take turns going first.
-pub const ALL: [PathId; 10] = [
+pub const ALL: [PathId; 11] = [
     PathId::Cr,
     PathId::Cf,
     PathId::B,
     PathId::C,
     PathId::B0,
-    PathId::D,
+    PathId::D0,
     PathId::E,
+    PathId::D,
     PathId::Ef,
     PathId::A,
     PathId::A2,
@@ -81,6 +84,7 @@ impl PathId {
             PathId::Cf => "cf",
             PathId::Cr => "cr",
             PathId::D => "d",
+            PathId::D0 => "d0",
             PathId::E => "e",
             PathId::Ef => "ef",
         }
@@ -96,6 +100,7 @@ impl PathId {
             PathId::Cf => "(cf) hand-built pod->pod, VXLAN, flannel's rules",
             PathId::Cr => "(cr) as (cf) + Twill's vxlan_notrack",
             PathId::D => "(d) Twill pod->pod, direct routing",
+            PathId::D0 => "(d0) Twill pod->pod, direct, ipMasq false",
             PathId::E => "(e) hand-built pod->pod, direct routing",
             PathId::Ef => "(ef) as (e) + flannel's rules",
         }
@@ -140,9 +145,11 @@ struct Ends<'a> {
 struct Topologies {
     vx_pods: Vec<ClusterPod>,
     nm_pods: Vec<ClusterPod>,
+    dn_pods: Vec<ClusterPod>,
     dr_pods: Vec<ClusterPod>,
     vx: Cluster,
     nm: Cluster,
+    dn: Cluster,
     dr: Cluster,
     manual: Manual,
     manual_flannel: Manual,
@@ -173,6 +180,11 @@ impl Topologies {
                 client: &self.nm_pods[1].ns,
                 server: &self.nm_pods[0].ns,
                 server_ip: self.nm_pods[0].ip.clone(),
+            },
+            PathId::D0 => Ends {
+                client: &self.dn_pods[1].ns,
+                server: &self.dn_pods[0].ns,
+                server_ip: self.dn_pods[0].ip.clone(),
             },
             PathId::C => Manual::pod_ends(&self.manual),
             PathId::Cf => Manual::pod_ends(&self.manual_flannel),
@@ -269,12 +281,17 @@ pub fn measure(spec: &PathSpec) -> Result<PathResults> {
     check_stop()?;
     eprintln!("overlay-bench: starting a 2-node Twill cluster, direct routing...");
     let (dr, dr_pods) = twill_cluster(true, true, spec.resync_secs)?;
+    check_stop()?;
+    eprintln!("overlay-bench: starting a 2-node Twill cluster, direct routing, ipMasq false...");
+    let (dn, dn_pods) = twill_cluster(true, false, spec.resync_secs)?;
     let topo = Topologies {
         vx_pods,
         nm_pods,
+        dn_pods,
         dr_pods,
         vx,
         nm,
+        dn,
         dr,
         manual,
         manual_flannel,
@@ -312,6 +329,7 @@ pub fn measure(spec: &PathSpec) -> Result<PathResults> {
         for (what, c) in [
             ("VXLAN", &topo.vx),
             ("VXLAN ipMasq false", &topo.nm),
+            ("direct ipMasq false", &topo.dn),
             ("direct", &topo.dr),
         ] {
             for n in &c.nodes {
