@@ -35,8 +35,9 @@ bench: plugin
 	$(CARGO) build --release -p twill-bench
 	./target/release/cni-bench --twill $(PLUGIN)
 
-# The overlay: throughput and latency against the underlay and a hand-built VXLAN path,
-# and convergence with 1,000 and 5,000 simulated peers (about 4 minutes; --quick: 1).
+# The overlay: throughput and latency against hand-built VXLAN and direct paths (with and
+# without flannel's rules) and the underlay, and convergence with 1,000 and 5,000
+# simulated peers (about 9 minutes; BENCH_ARGS=--quick: 2).
 bench-overlay:
 	$(CARGO) build --release -p twill-agent -p twill-cni -p twill-bench
 	./target/release/overlay-bench $(BENCH_ARGS)
