@@ -23,9 +23,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
+use twill_conf::{Attachment, PodRange};
 
 use crate::lock::ServedMark;
-use crate::{Owner, Range, Reservation, Store, StoreError};
+use crate::{Reservation, Store, StoreError};
 
 /// The longest request line the service reads (GC lists every attachment).
 const MAX_REQUEST: u64 = 16 << 20;
@@ -39,19 +40,19 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 #[serde(tag = "op", rename_all = "camelCase")]
 pub enum Op {
     Allocate {
-        owner: Owner,
-        ranges: Vec<Range>,
+        owner: Attachment,
+        ranges: Vec<PodRange>,
     },
     Release {
-        owner: Owner,
+        owner: Attachment,
     },
     Lookup {
-        owner: Owner,
+        owner: Attachment,
     },
     Reservations,
     /// Releases every owner not in `keep`.
     Retain {
-        keep: Vec<Owner>,
+        keep: Vec<Attachment>,
     },
     Verify,
 }
@@ -129,7 +130,7 @@ impl Store {
             Op::Lookup { owner } => Outcome::Addresses(self.lookup(owner)?),
             Op::Reservations => Outcome::Reservations(self.reservations()?),
             Op::Retain { keep } => {
-                let keep: HashSet<&Owner> = keep.iter().collect();
+                let keep: HashSet<&Attachment> = keep.iter().collect();
                 Outcome::Reservations(self.retain(|o| keep.contains(o))?)
             }
             Op::Verify => {
@@ -379,7 +380,11 @@ impl StoreClient {
         self.receive(stream)
     }
 
-    pub fn allocate(&self, owner: &Owner, ranges: &[Range]) -> Result<Vec<IpNet>, StoreError> {
+    pub fn allocate(
+        &self,
+        owner: &Attachment,
+        ranges: &[PodRange],
+    ) -> Result<Vec<IpNet>, StoreError> {
         self.run(&Op::Allocate {
             owner: owner.clone(),
             ranges: ranges.to_vec(),
@@ -387,12 +392,12 @@ impl StoreClient {
         .allocated()
     }
 
-    pub fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
+    pub fn release(&self, owner: &Attachment) -> Result<Vec<IpAddr>, StoreError> {
         let owner = owner.clone();
         self.run(&Op::Release { owner })?.addresses()
     }
 
-    pub fn lookup(&self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
+    pub fn lookup(&self, owner: &Attachment) -> Result<Vec<IpAddr>, StoreError> {
         let owner = owner.clone();
         self.run(&Op::Lookup { owner })?.addresses()
     }
@@ -402,7 +407,7 @@ impl StoreClient {
     }
 
     /// Releases every owner not in `keep`; returns what was released.
-    pub fn retain(&self, keep: Vec<Owner>) -> Result<Vec<Reservation>, StoreError> {
+    pub fn retain(&self, keep: Vec<Attachment>) -> Result<Vec<Reservation>, StoreError> {
         self.run(&Op::Retain { keep })?.reservations()
     }
 
@@ -462,15 +467,15 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Instant;
 
-    fn range(cidr: &str, gw: &str) -> Range {
-        Range {
+    fn range(cidr: &str, gw: &str) -> PodRange {
+        PodRange {
             subnet: cidr.parse().expect("literal"),
             gateway: gw.parse().expect("literal"),
         }
     }
 
-    fn owner(id: &str) -> Owner {
-        Owner {
+    fn owner(id: &str) -> Attachment {
+        Attachment {
             container_id: id.into(),
             ifname: "eth0".into(),
         }

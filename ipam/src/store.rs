@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use sled::transaction::{abort, TransactionError};
 use sled::{Db, Transactional, Tree};
 use tracing::{debug, info, warn};
+use twill_conf::{Attachment, PodRange};
 
 use crate::codec::{
     decode_addrs, decode_interval, decode_owner, decode_u64, encode_addrs, encode_u64, owner_key,
@@ -19,7 +20,7 @@ use crate::codec::{
 };
 use crate::lock::DirLock;
 use crate::span::{decode_spans, encode_spans, Span};
-use crate::{Owner, Range, Reservation, StoreError};
+use crate::{Reservation, StoreError};
 
 const META_RANGES: &[u8] = b"ranges";
 const META_GEN: &[u8] = b"gen";
@@ -161,7 +162,11 @@ impl Store {
     ///
     /// When `ranges` differ from those of the previous call, reservations
     /// that are not usable in the new ranges are dropped first.
-    pub fn allocate(&self, owner: &Owner, ranges: &[Range]) -> Result<Vec<IpNet>, StoreError> {
+    pub fn allocate(
+        &self,
+        owner: &Attachment,
+        ranges: &[PodRange],
+    ) -> Result<Vec<IpNet>, StoreError> {
         let spans = Span::from_ranges(ranges)?;
         let _serial = self.serialize();
 
@@ -190,7 +195,7 @@ impl Store {
 
     /// Releases every address of `owner`; Ok(vec![]) when it had none.
     /// Idempotent.
-    pub fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
+    pub fn release(&self, owner: &Attachment) -> Result<Vec<IpAddr>, StoreError> {
         let _serial = self.serialize();
         let released = self.release_locked(&owner_key(owner))?;
         if !released.is_empty() {
@@ -200,7 +205,7 @@ impl Store {
     }
 
     /// The addresses held by `owner` (empty when none).
-    pub fn lookup(&self, owner: &Owner) -> Result<Vec<IpAddr>, StoreError> {
+    pub fn lookup(&self, owner: &Attachment) -> Result<Vec<IpAddr>, StoreError> {
         let _serial = self.serialize();
         let addrs = self.owner_addrs(&owner_key(owner))?;
         Ok(addrs.into_iter().map(Addr::ip).collect())
@@ -225,7 +230,10 @@ impl Store {
 
     /// GC: releases every owner for which `keep` returns false; returns the
     /// released reservations.
-    pub fn retain(&self, keep: impl Fn(&Owner) -> bool) -> Result<Vec<Reservation>, StoreError> {
+    pub fn retain(
+        &self,
+        keep: impl Fn(&Attachment) -> bool,
+    ) -> Result<Vec<Reservation>, StoreError> {
         let _serial = self.serialize();
         let mut doomed = Vec::new();
         for key in self.by_owner.iter().keys() {
@@ -368,7 +376,7 @@ impl Store {
 
     fn plan_allocate(
         &self,
-        owner: &Owner,
+        owner: &Attachment,
         spans: &[Span],
     ) -> Result<(Changes, Vec<Addr>), StoreError> {
         let okey = owner_key(owner);
@@ -581,7 +589,7 @@ impl Store {
         }
         changes.put(T::Meta, META_RANGES.to_vec(), encode_spans(new));
 
-        let ranges: Vec<Range> = new.iter().map(Span::range).collect();
+        let ranges: Vec<PodRange> = new.iter().map(Span::range).collect();
         info!(?ranges, dropped, "address ranges changed");
         Ok((changes, ()))
     }

@@ -8,17 +8,19 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::{Owner, Range, Reservation, Store, StoreError};
+use twill_conf::{Attachment, PodRange};
 
-fn owner(id: &str) -> Owner {
-    Owner {
+use crate::{Reservation, Store, StoreError};
+
+fn owner(id: &str) -> Attachment {
+    Attachment {
         container_id: id.to_string(),
         ifname: "eth0".to_string(),
     }
 }
 
-fn range(subnet: &str, gateway: &str) -> Range {
-    Range {
+fn range(subnet: &str, gateway: &str) -> PodRange {
+    PodRange {
         subnet: subnet.parse().expect("test subnet"),
         gateway: gateway.parse().expect("test gateway"),
     }
@@ -41,7 +43,7 @@ fn open(dir: &Path) -> Store {
 }
 
 /// Allocates one IPv4 address and returns it without the prefix.
-fn alloc(store: &Store, id: &str, r: &Range) -> IpAddr {
+fn alloc(store: &Store, id: &str, r: &PodRange) -> IpAddr {
     let got = store
         .allocate(&owner(id), std::slice::from_ref(r))
         .expect("allocate");
@@ -63,7 +65,7 @@ fn allocate_is_idempotent() {
         .expect("allocate");
     assert_eq!(again, first);
     // Another interface of the same container is another owner.
-    let eth1 = Owner {
+    let eth1 = Attachment {
         container_id: "a".into(),
         ifname: "eth1".into(),
     };
@@ -253,7 +255,7 @@ fn retain_releases_owners_not_kept() {
             },
         ]
     );
-    let left: Vec<Owner> = store
+    let left: Vec<Attachment> = store
         .reservations()
         .expect("reservations")
         .into_iter()
@@ -423,15 +425,15 @@ fn owner_keys_are_unambiguous() {
     let dir = tmp();
     let store = open(dir.path());
     let r = range("10.244.1.0/24", "10.244.1.1");
-    let a = Owner {
+    let a = Attachment {
         container_id: "ab".into(),
         ifname: "c".into(),
     };
-    let b = Owner {
+    let b = Attachment {
         container_id: "a".into(),
         ifname: "bc".into(),
     };
-    let odd = Owner {
+    let odd = Attachment {
         container_id: "x".into(),
         ifname: "e\u{e9}th\t0 \u{1}".into(),
     };
@@ -444,7 +446,7 @@ fn owner_keys_are_unambiguous() {
     let io = store.allocate(&odd, &[r]).expect("allocate");
     assert_ne!(ia, ib);
     assert_eq!(store.lookup(&odd).expect("lookup"), vec![io[0].addr()]);
-    let owners: Vec<Owner> = store
+    let owners: Vec<Attachment> = store
         .reservations()
         .expect("reservations")
         .into_iter()
