@@ -24,10 +24,7 @@ fn range() -> PodRange {
 }
 
 fn owner(id: &str) -> Attachment {
-    Attachment {
-        container_id: id.to_string(),
-        ifname: "eth0".to_string(),
-    }
+    Attachment::new(id, "eth0")
 }
 
 fn populate(dir: &Path) -> Result<(), StoreError> {

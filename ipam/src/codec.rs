@@ -197,14 +197,8 @@ mod tests {
 
     #[test]
     fn owner_keys_round_trip_and_do_not_collide() {
-        let a = Attachment {
-            container_id: "ab".into(),
-            ifname: "c".into(),
-        };
-        let b = Attachment {
-            container_id: "a".into(),
-            ifname: "bc".into(),
-        };
+        let a = Attachment::new("ab", "c");
+        let b = Attachment::new("a", "bc");
         assert_ne!(owner_key(&a), owner_key(&b));
         assert_eq!(decode_owner(&owner_key(&a)), Some(a));
         assert_eq!(decode_owner(&owner_key(&b)), Some(b));

@@ -53,4 +53,6 @@ pub struct Reservation {
 }
 
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;

@@ -187,13 +187,7 @@ fn take_addr(bytes: &[u8]) -> Option<(Addr, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn range(subnet: &str, gw: &str) -> PodRange {
-        PodRange {
-            subnet: subnet.parse().expect("test subnet"),
-            gateway: gw.parse().expect("test gateway"),
-        }
-    }
+    use crate::testing::range;
 
     #[test]
     fn usable_addresses_exclude_network_gateway_broadcast() {

@@ -10,21 +10,8 @@ use ipnet::IpNet;
 
 use twill_conf::{Attachment, PodRange};
 
+use crate::testing::{owner, range};
 use crate::{Reservation, Store, StoreError};
-
-fn owner(id: &str) -> Attachment {
-    Attachment {
-        container_id: id.to_string(),
-        ifname: "eth0".to_string(),
-    }
-}
-
-fn range(subnet: &str, gateway: &str) -> PodRange {
-    PodRange {
-        subnet: subnet.parse().expect("test subnet"),
-        gateway: gateway.parse().expect("test gateway"),
-    }
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -65,10 +52,7 @@ fn allocate_is_idempotent() {
         .expect("allocate");
     assert_eq!(again, first);
     // Another interface of the same container is another owner.
-    let eth1 = Attachment {
-        container_id: "a".into(),
-        ifname: "eth1".into(),
-    };
+    let eth1 = Attachment::new("a", "eth1");
     assert_eq!(
         store.allocate(&eth1, &[r]).expect("allocate"),
         vec![net("10.244.1.3/24")]
@@ -425,18 +409,9 @@ fn owner_keys_are_unambiguous() {
     let dir = tmp();
     let store = open(dir.path());
     let r = range("10.244.1.0/24", "10.244.1.1");
-    let a = Attachment {
-        container_id: "ab".into(),
-        ifname: "c".into(),
-    };
-    let b = Attachment {
-        container_id: "a".into(),
-        ifname: "bc".into(),
-    };
-    let odd = Attachment {
-        container_id: "x".into(),
-        ifname: "e\u{e9}th\t0 \u{1}".into(),
-    };
+    let a = Attachment::new("ab", "c");
+    let b = Attachment::new("a", "bc");
+    let odd = Attachment::new("x", "e\u{e9}th\t0 \u{1}");
     let ia = store
         .allocate(&a, std::slice::from_ref(&r))
         .expect("allocate");
