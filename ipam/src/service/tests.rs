@@ -13,12 +13,17 @@ fn serve(dir: &Path, socket: &Path) {
     std::thread::spawn(move || service.serve());
 }
 
-#[test]
-fn the_service_answers_every_operation() {
+/// A store served on a socket beside it, both in a fresh directory, and its client.
+fn served_store() -> (tempfile::TempDir, StoreClient) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (dir, socket) = (tmp.path().join("store"), tmp.path().join("s.sock"));
     serve(&dir, &socket);
-    let client = StoreClient::new(&dir, Some(socket));
+    (tmp, StoreClient::new(dir, Some(socket)))
+}
+
+#[test]
+fn the_service_answers_every_operation() {
+    let (_tmp, client) = served_store();
     let r = [range("10.9.0.0/24", "10.9.0.1")];
 
     let a = client.allocate(&owner("a"), &r).expect("allocate a");
@@ -43,7 +48,7 @@ fn the_service_answers_every_operation() {
     // The service holds the store: a process opening it itself gives up at once.
     let start = Instant::now();
     assert!(matches!(
-        Store::open_unless_served(&dir),
+        Store::open_unless_served(client.dir()),
         Err(StoreError::Served { .. })
     ));
     assert!(start.elapsed() < Duration::from_secs(1));
@@ -51,10 +56,7 @@ fn the_service_answers_every_operation() {
 
 #[test]
 fn errors_cross_the_socket_typed() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (dir, socket) = (tmp.path().join("store"), tmp.path().join("s.sock"));
-    serve(&dir, &socket);
-    let client = StoreClient::new(&dir, Some(socket));
+    let (_tmp, client) = served_store();
     let r = [range("10.9.0.0/30", "10.9.0.1")];
     client
         .allocate(&owner("a"), &r)
