@@ -1,17 +1,15 @@
 //! ADD: address from the store, then bridge, veth pair, pod address and routes. Any
 //! failure after the address was reserved undoes what was done before it returns.
 
-use crate::bridge::{self, kernel_err};
-use crate::cni::error::{CniError, INTERNAL, INVALID_ENV, UNKNOWN_CONTAINER};
+use crate::bridge;
+use crate::cni::error::{CniError, INTERNAL};
 use crate::cni::{CniResult, CniVersion, Env, Interface, IpConfig, Route};
-use crate::node::NodeNetwork;
-use crate::store;
+use crate::{netns, node, store};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use twill_conf::host_veth;
-use twill_conf::{PluginConf, PodRange};
+use twill_conf::{PluginConf, PodNetwork, PodRange};
 use twill_ipam::service::Op;
-use twill_netlink::{sysctl, NetNs, Netlink, NetnsError, VethSpec};
+use twill_netlink::{sysctl, NetNs, Netlink, VethSpec};
 
 /// The allocation runs in the store (the agent's, or one opened on a second thread)
 /// while this thread does the netlink work that does not need the address (bridge,
@@ -22,17 +20,15 @@ pub fn run(
     version: CniVersion,
     rt: &tokio::runtime::Runtime,
 ) -> Result<serde_json::Value, CniError> {
-    let node = NodeNetwork::resolve(conf)?;
-    let netns = open_netns(env)?;
-    let owner = store::owner(env);
-    let ranges = store::ranges(&node.ranges);
-    let host_name = host_veth::name(&env.container_id, &env.ifname);
+    let node = node::resolve(conf)?;
+    let netns = netns::open(env)?;
+    let host_name = env.attachment.host_veth_name();
     let _guard = rt.enter();
-    let nl = Netlink::connect().map_err(kernel_err)?;
+    let nl = Netlink::connect()?;
 
     let op = Op::Allocate {
-        owner: owner.clone(),
-        ranges,
+        owner: env.attachment.clone(),
+        ranges: node.ranges.clone(),
     };
     let (links, reserved) = store::alongside(conf, op, || {
         rt.block_on(prepare(&nl, env, conf, &node, &netns, &host_name))
@@ -45,7 +41,7 @@ pub fn run(
 
     let result = match (links, &reserved) {
         (Ok(links), Ok(addrs)) => {
-            tracing::info!(container = %env.container_id, ifname = %env.ifname, addresses = ?addrs, "reserved");
+            tracing::info!(container = %env.attachment.container_id, ifname = %env.attachment.ifname, addresses = ?addrs, "reserved");
             rt.block_on(finish(links, &node, conf, &netns, addrs))
         }
         // An address problem is what the operator has to act on first.
@@ -53,7 +49,7 @@ pub fn run(
         (Err(e), Ok(_)) => Err(e),
     };
     result.map(|r| r.encode(version)).inspect_err(|e| {
-        tracing::warn!(container = %env.container_id, error = %e, "ADD failed; rolling back");
+        tracing::warn!(container = %env.attachment.container_id, error = %e, "ADD failed; rolling back");
         if let Err(del) = rt.block_on(nl.delete_link_by_name(&host_name)) {
             tracing::warn!(link = %host_name, error = %del, "rollback: cannot delete host veth");
         }
@@ -66,28 +62,9 @@ pub fn run(
 /// Releases after the interface is gone, never before: an address must not be free
 /// while a pod still carries it.
 fn release(conf: &PluginConf, env: &Env) {
-    let owner = store::owner(env);
-    if let Err(e) = store::with_store(conf, |s| s.release(&owner)) {
+    if let Err(e) = store::with_store(conf, |s| s.release(&env.attachment)) {
         tracing::warn!(error = %e, "rollback: cannot release the address");
     }
-}
-
-pub fn open_netns(env: &Env) -> Result<NetNs, CniError> {
-    let path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| CniError::new(INVALID_ENV, "CNI_NETNS is not set"))?;
-    NetNs::open(path).map_err(|e| match e {
-        e if e.is_gone() => CniError::new(
-            UNKNOWN_CONTAINER,
-            format!("CNI_NETNS {}: no such network namespace", path.display()),
-        ),
-        NetnsError::NotNetns { .. } => CniError::new(
-            INVALID_ENV,
-            format!("CNI_NETNS {} is not a network namespace", path.display()),
-        ),
-        other => CniError::new(INVALID_ENV, format!("CNI_NETNS: {other}")),
-    })
 }
 
 /// The links of a pod before it has an address.
@@ -102,7 +79,7 @@ async fn prepare(
     nl: &Netlink,
     env: &Env,
     conf: &PluginConf,
-    node: &NodeNetwork,
+    node: &PodNetwork,
     netns: &NetNs,
     host_name: &str,
 ) -> Result<PodLinks, CniError> {
@@ -117,63 +94,48 @@ async fn prepare(
         name: host_name,
         mtu,
         master: Some(br.index),
-        peer_name: &env.ifname,
+        peer_name: &env.attachment.ifname,
         peer_netns: netns,
     };
     if let Err(e) = nl.add_veth(&spec).await {
         if !e.is_exists() {
-            return Err(kernel_err(e));
+            return Err(e.into());
         }
         // A leftover of an earlier ADD of this same (container, ifname), e.g. one that
         // was killed: replace it. If ours did not exist, the pod already has an
         // interface of that name.
-        if !nl
-            .delete_link_by_name(host_name)
-            .await
-            .map_err(kernel_err)?
-        {
+        if !nl.delete_link_by_name(host_name).await? {
             return Err(CniError::new(
                 INTERNAL,
                 format!(
                     "the pod already has an interface named {} (CNI_IFNAME)",
-                    env.ifname
+                    env.attachment.ifname
                 ),
             ));
         }
-        nl.add_veth(&spec).await.map_err(kernel_err)?;
+        nl.add_veth(&spec).await?;
     }
-    let host = nl
-        .link_by_name(host_name)
-        .await
-        .map_err(kernel_err)?
-        .ok_or_else(|| {
-            CniError::new(
-                INTERNAL,
-                format!("host veth {host_name} vanished after creation"),
-            )
-        })?;
-    let alias = host_veth::alias(&env.container_id, &env.ifname);
+    let host = nl.link_by_name(host_name).await?.ok_or_else(|| {
+        CniError::new(
+            INTERNAL,
+            format!("host veth {host_name} vanished after creation"),
+        )
+    })?;
+    let alias = env.attachment.alias();
     nl.configure_port(host.index, conf.hairpin_mode, Some(&alias))
-        .await
-        .map_err(kernel_err)?;
+        .await?;
 
-    let ifname = env.ifname.clone();
+    let ifname = &env.attachment.ifname;
+    let accept_dad = format!("net/ipv6/conf/{ifname}/accept_dad");
     let (pod_nl, ()) = Netlink::connect_in_here_with(netns, move || {
         // No DAD on the pod's IPv6 link-local address either.
-        let _ = sysctl::ensure(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
-    })
-    .map_err(kernel_err)?;
+        let _ = sysctl::ensure(&accept_dad, "0");
+    })?;
     let pod = pod_nl
-        .link_by_name(&env.ifname)
-        .await
-        .map_err(kernel_err)?
-        .ok_or_else(|| {
-            CniError::new(
-                INTERNAL,
-                format!("{} did not appear in the pod", env.ifname),
-            )
-        })?;
-    pod_nl.set_up(pod.index).await.map_err(kernel_err)?;
+        .link_by_name(ifname)
+        .await?
+        .ok_or_else(|| CniError::new(INTERNAL, format!("{ifname} did not appear in the pod")))?;
+    pod_nl.set_up(pod.index).await?;
     Ok(PodLinks {
         host,
         pod,
@@ -184,7 +146,7 @@ async fn prepare(
 
 async fn finish(
     links: PodLinks,
-    node: &NodeNetwork,
+    node: &PodNetwork,
     conf: &PluginConf,
     netns: &NetNs,
     addrs: &[IpNet],
@@ -196,17 +158,11 @@ async fn finish(
         mtu,
     } = links;
     for a in addrs {
-        pod_nl
-            .add_address(pod.index, *a)
-            .await
-            .map_err(kernel_err)?;
+        pod_nl.add_address(pod.index, *a).await?;
     }
     let routes = pod_routes(&node.ranges, conf);
     for r in &routes {
-        pod_nl
-            .replace_route(r.dst, r.gw, pod.index, None)
-            .await
-            .map_err(kernel_err)?;
+        pod_nl.replace_route(r.dst, r.gw, pod.index, None).await?;
     }
     Ok(CniResult {
         interfaces: vec![

@@ -1,14 +1,10 @@
 //! The node bridge the pods' host veths are ports of; its addresses are the gateways.
 
-use crate::cni::error::{CniError, INTERNAL, INVALID_CONFIG};
+use crate::cni::error::{CniError, INVALID_CONFIG};
 use ipnet::IpNet;
 use std::net::IpAddr;
 use twill_conf::PodRange;
-use twill_netlink::{Link, Netlink, NetlinkError};
-
-pub fn kernel_err(e: NetlinkError) -> CniError {
-    CniError::new(INTERNAL, e.to_string())
-}
+use twill_netlink::{Link, Netlink};
 
 /// A MAC derived from the gateway: stable across restarts and re-creations of the bridge,
 /// locally administered (0a:58 as other CNI plugins use).
@@ -37,8 +33,7 @@ pub async fn ensure(
         .ok_or_else(|| CniError::new(INVALID_CONFIG, "no pod range configured"))?;
     let link = nl
         .ensure_bridge(name, bridge_mac(first.gateway), mtu)
-        .await
-        .map_err(kernel_err)?;
+        .await?;
     if link.kind.as_deref() != Some("bridge") {
         return Err(CniError::new(
             INVALID_CONFIG,
@@ -49,13 +44,13 @@ pub async fn ensure(
         ));
     }
     if !link.up {
-        nl.set_up(link.index).await.map_err(kernel_err)?;
+        nl.set_up(link.index).await?;
     }
-    let have = nl.addresses(link.index).await.map_err(kernel_err)?;
+    let have = nl.addresses(link.index).await?;
     let want: Vec<IpNet> = ranges.iter().map(PodRange::gateway_net).collect();
     for w in &want {
         if !have.contains(w) {
-            nl.add_address(link.index, *w).await.map_err(kernel_err)?;
+            nl.add_address(link.index, *w).await?;
         }
     }
     for h in &have {
@@ -64,7 +59,7 @@ pub async fn ensure(
             .any(|w| w.addr().is_ipv4() == h.addr().is_ipv4());
         if same_family && !want.contains(h) && !is_link_local(h.addr()) {
             tracing::info!(bridge = name, address = %h, "removing a stale gateway address (the node's subnet changed)");
-            nl.del_address(link.index, *h).await.map_err(kernel_err)?;
+            nl.del_address(link.index, *h).await?;
         }
     }
     Ok(link)
@@ -79,18 +74,13 @@ fn is_link_local(a: IpAddr) -> bool {
 
 /// The MTU of the interface that carries the default route, 1500 when there is none.
 pub async fn uplink_mtu(nl: &Netlink) -> Result<u32, CniError> {
-    let routes = nl.routes(false).await.map_err(kernel_err)?;
+    let routes = nl.routes(false).await?;
     let oif = routes
         .iter()
         .find(|r| r.dst.prefix_len() == 0 && r.table == 254)
         .and_then(|r| r.oif);
     match oif {
-        Some(i) => Ok(nl
-            .link_by_index(i)
-            .await
-            .map_err(kernel_err)?
-            .map(|l| l.mtu)
-            .unwrap_or(1500)),
+        Some(i) => Ok(nl.link_by_index(i).await?.map(|l| l.mtu).unwrap_or(1500)),
         None => Ok(1500),
     }
 }

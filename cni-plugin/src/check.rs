@@ -1,12 +1,9 @@
 //! CHECK: the pod's interface, addresses and routes, and the store's reservation, must
 //! still be what the previous result says.
 
-use crate::add::open_netns;
-use crate::bridge::kernel_err;
 use crate::cni::error::{CHECK_DRIFT, INVALID_CONFIG};
 use crate::cni::{CniError, CniResult, Env};
-use crate::store;
-use twill_conf::host_veth;
+use crate::{netns, store};
 use twill_conf::PluginConf;
 use twill_netlink::Netlink;
 
@@ -20,27 +17,26 @@ pub async fn run(env: &Env, conf: &PluginConf) -> Result<(), CniError> {
         .as_ref()
         .ok_or_else(|| CniError::new(INVALID_CONFIG, "prevResult is required for CHECK"))?;
     let prev = CniResult::decode(prev)?;
-    let netns = open_netns(env)?;
+    let netns = netns::open(env)?;
+    let ifname = &env.attachment.ifname;
 
-    let owner = store::owner(env);
-    let mut held = store::with_store(conf, |s| s.lookup(&owner))?;
+    let mut held = store::with_store(conf, |s| s.lookup(&env.attachment))?;
     let mut expected: Vec<_> = prev.ips.iter().map(|i| i.address.addr()).collect();
     held.sort();
     expected.sort();
     if held != expected {
         return Err(drift(format!(
-            "address store: {} holds {held:?} for {}, prevResult says {expected:?}",
+            "address store: {} holds {held:?} for {ifname}, prevResult says {expected:?}",
             conf.store_dir().display(),
-            env.ifname
         )));
     }
 
-    let nl = Netlink::connect().map_err(kernel_err)?;
-    let host_name = host_veth::name(&env.container_id, &env.ifname);
-    match nl.link_by_name(&host_name).await.map_err(kernel_err)? {
+    let nl = Netlink::connect()?;
+    let host_name = env.attachment.host_veth_name();
+    match nl.link_by_name(&host_name).await? {
         None => return Err(drift(format!("host veth {host_name} is missing"))),
         Some(l) => {
-            let bridge = nl.link_by_name(&conf.bridge).await.map_err(kernel_err)?;
+            let bridge = nl.link_by_name(&conf.bridge).await?;
             if bridge.is_none() || l.master != bridge.map(|b| b.index) {
                 return Err(drift(format!(
                     "host veth {host_name} is not a port of bridge {}",
@@ -50,41 +46,39 @@ pub async fn run(env: &Env, conf: &PluginConf) -> Result<(), CniError> {
         }
     }
 
-    let pod_nl = Netlink::connect_in(&netns).map_err(kernel_err)?;
+    let pod_nl = Netlink::connect_in(&netns)?;
     let pod = pod_nl
-        .link_by_name(&env.ifname)
-        .await
-        .map_err(kernel_err)?
-        .ok_or_else(|| drift(format!("interface {} is missing in the pod", env.ifname)))?;
+        .link_by_name(ifname)
+        .await?
+        .ok_or_else(|| drift(format!("interface {ifname} is missing in the pod")))?;
     if let Some(want) = prev
         .interfaces
         .iter()
-        .find(|i| i.name == env.ifname && i.sandbox.is_some())
+        .find(|i| &i.name == ifname && i.sandbox.is_some())
     {
         if !want.mac.is_empty() && !want.mac.eq_ignore_ascii_case(&pod.mac_string()) {
             return Err(drift(format!(
-                "interface {}: MAC is {}, prevResult says {}",
-                env.ifname,
+                "interface {ifname}: MAC is {}, prevResult says {}",
                 pod.mac_string(),
                 want.mac
             )));
         }
     }
     if !pod.up {
-        return Err(drift(format!("interface {} is down", env.ifname)));
+        return Err(drift(format!("interface {ifname} is down")));
     }
-    let have = pod_nl.addresses(pod.index).await.map_err(kernel_err)?;
+    let have = pod_nl.addresses(pod.index).await?;
     for ip in &prev.ips {
         if !have.contains(&ip.address) {
             return Err(drift(format!(
-                "interface {}: address {} is missing (has {have:?})",
-                env.ifname, ip.address
+                "interface {ifname}: address {} is missing (has {have:?})",
+                ip.address
             )));
         }
     }
-    let v4 = pod_nl.routes(false).await.map_err(kernel_err)?;
+    let v4 = pod_nl.routes(false).await?;
     let v6 = if prev.routes.iter().any(|r| r.dst.addr().is_ipv6()) {
-        pod_nl.routes(true).await.map_err(kernel_err)?
+        pod_nl.routes(true).await?
     } else {
         Vec::new()
     };

@@ -1,13 +1,11 @@
 //! GC: release every reservation and remove every host veth of this network that the
 //! runtime no longer lists.
 
-use crate::bridge::kernel_err;
 use crate::cni::error::INVALID_CONFIG;
 use crate::cni::CniError;
 use std::collections::HashSet;
-use twill_conf::host_veth;
 use twill_conf::plugin::VALID_ATTACHMENTS_KEY;
-use twill_conf::PluginConf;
+use twill_conf::{PluginConf, HOST_VETH_PREFIX};
 use twill_netlink::Netlink;
 
 pub async fn run(conf: &PluginConf) -> Result<(), CniError> {
@@ -18,34 +16,24 @@ pub async fn run(conf: &PluginConf) -> Result<(), CniError> {
             format!("GC needs the key {VALID_ATTACHMENTS_KEY:?}"),
         )
     })?;
-    let keep_links: HashSet<String> = valid
-        .iter()
-        .map(|a| host_veth::name(&a.container_id, &a.ifname))
-        .collect();
+    let keep_links: HashSet<String> = valid.iter().map(|a| a.host_veth_name()).collect();
 
     // Interfaces first, addresses after, as in DEL.
-    let nl = Netlink::connect().map_err(kernel_err)?;
+    let nl = Netlink::connect()?;
     let mut removed_links = 0;
-    if let Some(bridge) = nl.link_by_name(&conf.bridge).await.map_err(kernel_err)? {
-        for link in nl.links().await.map_err(kernel_err)? {
+    if let Some(bridge) = nl.link_by_name(&conf.bridge).await? {
+        for link in nl.links().await? {
             let ours = link.master == Some(bridge.index)
                 && link.kind.as_deref() == Some("veth")
-                && link.name.starts_with(host_veth::PREFIX);
+                && link.name.starts_with(HOST_VETH_PREFIX);
             if ours && !keep_links.contains(&link.name) {
                 tracing::info!(link = %link.name, alias = ?link.alias, "GC: removing stale host veth");
-                nl.delete_link(link.index).await.map_err(kernel_err)?;
+                nl.delete_link(link.index).await?;
                 removed_links += 1;
             }
         }
     }
-    let keep_owners = valid
-        .iter()
-        .map(|a| twill_ipam::Owner {
-            container_id: a.container_id.clone(),
-            ifname: a.ifname.clone(),
-        })
-        .collect();
-    let released = crate::store::with_store(conf, |s| s.retain(keep_owners))?;
+    let released = crate::store::with_store(conf, |s| s.retain(valid.clone()))?;
     for r in &released {
         tracing::info!(container = %r.owner.container_id, ifname = %r.owner.ifname, address = %r.address, "GC: released");
     }

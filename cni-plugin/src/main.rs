@@ -10,6 +10,7 @@ mod cni;
 mod del;
 mod gc;
 mod logging;
+mod netns;
 mod node;
 mod status;
 mod store;

@@ -2,27 +2,9 @@
 //! answers, else opened here for one operation; errors mapped to CNI codes.
 
 use crate::cni::error::{CniError, INVALID_CONFIG, IO_FAILURE, NO_FREE_ADDRESS, TRY_AGAIN_LATER};
-use crate::cni::Env;
-use twill_conf::{PluginConf, PodRange};
+use twill_conf::PluginConf;
 use twill_ipam::service::{Op, Outcome};
-use twill_ipam::{Owner, Range, StoreClient, StoreError};
-
-pub fn owner(env: &Env) -> Owner {
-    Owner {
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
-    }
-}
-
-pub fn ranges(pod_ranges: &[PodRange]) -> Vec<Range> {
-    pod_ranges
-        .iter()
-        .map(|r| Range {
-            subnet: r.subnet,
-            gateway: r.gateway,
-        })
-        .collect()
-}
+use twill_ipam::{StoreClient, StoreError};
 
 pub fn client(conf: &PluginConf) -> StoreClient {
     StoreClient::new(conf.store_dir(), Some(conf.store_socket.clone()))

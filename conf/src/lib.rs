@@ -5,24 +5,29 @@
 //! - [`subnet_file::SubnetFile`]: the node's pod subnet(s) and MTU, written by the agent
 //!   and read by the plugin.
 //! - [`cluster::ClusterConf`]: the cluster network configuration every agent reads.
-//! - [`host_veth`]: how the plugin names the host end of a pod's veth pair, which DEL, GC,
-//!   tests and operators rely on.
+//! - [`Attachment`]: one pod interface, (container ID, ifname), and the name of its host
+//!   veth, which DEL, GC, tests and operators rely on.
+//! - [`PodRange`]: a pod subnet of this node and its gateway.
 //!
 //! Parsing is strict about the keys Twill owns and tolerant of every other key, because a
 //! conflist is shared with other plugins and runtimes add their own keys.
 
 pub mod atomic;
+pub mod attachment;
 pub mod cluster;
 pub mod error;
-pub mod host_veth;
+pub mod fnv;
 pub mod plugin;
+pub mod range;
 pub mod subnet_file;
 mod value;
 
+pub use attachment::{Attachment, HOST_VETH_PREFIX};
 pub use cluster::{ClusterConf, RegistryConf};
 pub use error::ConfError;
-pub use plugin::{Attachment, PluginConf, PodRange, RouteSpec};
-pub use subnet_file::SubnetFile;
+pub use plugin::{PluginConf, Route};
+pub use range::PodRange;
+pub use subnet_file::{PodNetwork, SubnetFile};
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;

@@ -1,7 +1,7 @@
 //! The plugin's network configuration: one entry of a conflist with `"type": "twill"`.
 
 use crate::value::{kind, object, Keys};
-use crate::{valid_ifname, ConfError};
+use crate::{valid_ifname, Attachment, ConfError, PodRange};
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
@@ -17,85 +17,21 @@ pub const DEFAULT_BRIDGE: &str = "twill0";
 pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
 pub const LEGACY_ATTACHMENTS_KEY: &str = "cni.dev/attachments";
 
-/// A pod address range on this node: the subnet and the gateway (the bridge's address).
+/// A route as CNI writes it, `{"dst": "…", "gw": "…"}`. In the plugin's config a route
+/// without `gw` goes through the range's gateway; in a result it has no gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodRange {
-    pub subnet: IpNet,
-    pub gateway: IpAddr,
-}
-
-impl PodRange {
-    /// A range whose gateway is the first host address, as flannel and host-local do.
-    pub fn with_first_host_gateway(subnet: IpNet) -> Result<Self, String> {
-        check_subnet(&subnet)?;
-        let gateway = nth_address(&subnet, 1);
-        Ok(PodRange { subnet, gateway })
-    }
-
-    pub fn new(subnet: IpNet, gateway: Option<IpAddr>) -> Result<Self, String> {
-        check_subnet(&subnet)?;
-        match gateway {
-            None => Self::with_first_host_gateway(subnet),
-            Some(gw) => {
-                if !subnet.contains(&gw) {
-                    return Err(format!("gateway {gw} is not inside subnet {subnet}"));
-                }
-                if gw == subnet.network() || (subnet.addr().is_ipv4() && gw == subnet.broadcast()) {
-                    return Err(format!(
-                        "gateway {gw} is the network or broadcast address of {subnet}"
-                    ));
-                }
-                Ok(PodRange {
-                    subnet,
-                    gateway: gw,
-                })
-            }
-        }
-    }
-
-    /// The gateway with the subnet's prefix length: the address the bridge carries.
-    pub fn gateway_net(&self) -> IpNet {
-        // The prefix length comes from a valid IpNet of the same family.
-        IpNet::new(self.gateway, self.subnet.prefix_len()).unwrap_or(self.subnet)
-    }
-}
-
-fn check_subnet(subnet: &IpNet) -> Result<(), String> {
-    if subnet.network() != subnet.addr() {
-        return Err(format!(
-            "{subnet} has host bits set; the subnet is {}",
-            subnet.trunc()
-        ));
-    }
-    // Room for network, gateway, broadcast and at least one pod.
-    let max_prefix = if subnet.addr().is_ipv4() { 30 } else { 126 };
-    if subnet.prefix_len() > max_prefix {
-        return Err(format!(
-            "{subnet} is too small for pods (longest prefix is /{max_prefix})"
-        ));
-    }
-    Ok(())
-}
-
-fn nth_address(subnet: &IpNet, n: u128) -> IpAddr {
-    match subnet.network() {
-        IpAddr::V4(a) => IpAddr::V4((u32::from(a).wrapping_add(n as u32)).into()),
-        IpAddr::V6(a) => IpAddr::V6((u128::from(a).wrapping_add(n)).into()),
-    }
-}
-
-/// A route to install in the pod, through the range's gateway unless `gw` is given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteSpec {
+pub struct Route {
     pub dst: IpNet,
     pub gw: Option<IpAddr>,
 }
 
-/// One (container, interface) the runtime still uses; GC keeps these.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Attachment {
-    pub container_id: String,
-    pub ifname: String,
+impl Route {
+    pub fn to_json(&self) -> Value {
+        match self.gw {
+            Some(gw) => json!({"dst": self.dst.to_string(), "gw": gw.to_string()}),
+            None => json!({"dst": self.dst.to_string()}),
+        }
+    }
 }
 
 /// The validated plugin configuration.
@@ -107,7 +43,7 @@ pub struct PluginConf {
     pub plugin_type: String,
     /// Inline pod range; when absent the ranges come from `subnet_file`.
     pub range: Option<PodRange>,
-    pub routes: Vec<RouteSpec>,
+    pub routes: Vec<Route>,
     pub subnet_file: PathBuf,
     pub data_dir: PathBuf,
     /// The agent's address store socket (`storeSocket`).
@@ -267,14 +203,7 @@ impl PluginConf {
             m.insert("gateway".into(), json!(r.gateway.to_string()));
         }
         if !self.routes.is_empty() {
-            let routes: Vec<Value> = self
-                .routes
-                .iter()
-                .map(|r| match r.gw {
-                    Some(gw) => json!({"dst": r.dst.to_string(), "gw": gw.to_string()}),
-                    None => json!({"dst": r.dst.to_string()}),
-                })
-                .collect();
+            let routes = self.routes.iter().map(Route::to_json).collect();
             m.insert("routes".into(), Value::Array(routes));
         }
         m.insert("subnetFile".into(), json!(self.subnet_file));
@@ -295,7 +224,7 @@ impl PluginConf {
     }
 }
 
-fn parse_route(v: &Value, i: usize) -> Result<RouteSpec, ConfError> {
+fn parse_route(v: &Value, i: usize) -> Result<Route, ConfError> {
     let path = format!("routes[{i}]");
     let map = object(v, &path)?;
     let k = Keys::nested(map, format!("{path}."));
@@ -311,7 +240,7 @@ fn parse_route(v: &Value, i: usize) -> Result<RouteSpec, ConfError> {
             ));
         }
     }
-    Ok(RouteSpec {
+    Ok(Route {
         dst: dst.trunc(),
         gw,
     })
@@ -332,10 +261,7 @@ fn parse_attachments(key: &str, v: &Value) -> Result<Vec<Attachment>, ConfError>
             let ifname = k
                 .string("ifname")?
                 .ok_or_else(|| ConfError::invalid(k.path("ifname"), "is required"))?;
-            Ok(Attachment {
-                container_id: container_id.to_string(),
-                ifname: ifname.to_string(),
-            })
+            Ok(Attachment::new(container_id, ifname))
         })
         .collect()
 }

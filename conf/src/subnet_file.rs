@@ -7,8 +7,7 @@
 //! cluster networks they are carved from). The gateway of each subnet is its first host
 //! address.
 
-use crate::plugin::PodRange;
-use crate::ConfError;
+use crate::{ConfError, PodRange};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -27,22 +26,31 @@ pub struct SubnetFile {
     pub ip_masq: bool,
 }
 
+/// What a valid subnet file tells the plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetwork {
+    /// The node's pod ranges, gateways included, at most one per family.
+    pub ranges: Vec<PodRange>,
+    /// MTU for pod interfaces; `None` when the file does not say.
+    pub mtu: Option<u32>,
+}
+
 impl SubnetFile {
+    /// Reads the file as written, without judging its content (the agent compares it with
+    /// what it would write); [`SubnetFile::load`] also validates it.
     pub fn read(path: &Path) -> Result<Self, ConfError> {
-        let bytes = std::fs::read(path).map_err(|e| ConfError::SubnetFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let file: SubnetFile =
-            serde_json::from_slice(&bytes).map_err(|e| ConfError::SubnetFile {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        file.ranges().map_err(|reason| ConfError::SubnetFile {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-        Ok(file)
+        let bytes = std::fs::read(path).map_err(|e| file_error(path, e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| file_error(path, e.to_string()))
+    }
+
+    /// Reads and validates the file, once: what the plugin needs from it.
+    pub fn load(path: &Path) -> Result<PodNetwork, ConfError> {
+        let file = Self::read(path)?;
+        let ranges = file.ranges().map_err(|reason| file_error(path, reason))?;
+        Ok(PodNetwork {
+            ranges,
+            mtu: file.mtu,
+        })
     }
 
     /// The pod ranges of this node, gateways included.
@@ -82,6 +90,13 @@ impl SubnetFile {
     }
 }
 
+fn file_error(path: &Path, reason: String) -> ConfError {
+    ConfError::SubnetFile {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,9 +112,10 @@ mod tests {
             ip_masq: true,
         };
         f.write_atomic(&path).unwrap();
-        let back = SubnetFile::read(&path).unwrap();
-        assert_eq!(back, f);
-        assert_eq!(back.ranges().unwrap()[0].gateway.to_string(), "10.244.3.1");
+        assert_eq!(SubnetFile::read(&path).unwrap(), f);
+        let network = SubnetFile::load(&path).unwrap();
+        assert_eq!(network.ranges[0].gateway.to_string(), "10.244.3.1");
+        assert_eq!(network.mtu, Some(1450));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -30,26 +30,31 @@ impl<'a> Keys<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    pub(crate) fn string(&self, key: &str) -> Result<Option<&'a str>, ConfError> {
+    /// The value of `key` when it is of the type `pick` accepts; an error saying what
+    /// was `expected` when it is of another.
+    fn typed<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        pick: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>, ConfError> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(ConfError::invalid(
-                self.path(key),
-                format!("expected a string, found {}", kind(other)),
-            )),
+            Some(v) => pick(v).map(Some).ok_or_else(|| {
+                ConfError::invalid(
+                    self.path(key),
+                    format!("expected {expected}, found {}", kind(v)),
+                )
+            }),
         }
     }
 
+    pub(crate) fn string(&self, key: &str) -> Result<Option<&'a str>, ConfError> {
+        self.typed(key, "a string", Value::as_str)
+    }
+
     pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>, ConfError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(ConfError::invalid(
-                self.path(key),
-                format!("expected true or false, found {}", kind(other)),
-            )),
-        }
+        self.typed(key, "true or false", Value::as_bool)
     }
 
     pub(crate) fn u32_in(
@@ -57,19 +62,19 @@ impl<'a> Keys<'a> {
         key: &str,
         range: std::ops::RangeInclusive<u32>,
     ) -> Result<Option<u32>, ConfError> {
-        match self.get(key) {
+        let number = |v: &'a Value| match v {
+            Value::Number(n) => Some(n),
+            _ => None,
+        };
+        match self.typed(key, "a number", number)? {
             None => Ok(None),
-            Some(Value::Number(n)) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
                 Some(n) if range.contains(&n) => Ok(Some(n)),
                 _ => Err(ConfError::invalid(
                     self.path(key),
                     format!("{n} is out of range {}..={}", range.start(), range.end()),
                 )),
             },
-            Some(other) => Err(ConfError::invalid(
-                self.path(key),
-                format!("expected a number, found {}", kind(other)),
-            )),
         }
     }
 
@@ -86,14 +91,7 @@ impl<'a> Keys<'a> {
     }
 
     pub(crate) fn array(&self, key: &str) -> Result<Option<&'a Vec<Value>>, ConfError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(a)) => Ok(Some(a)),
-            Some(other) => Err(ConfError::invalid(
-                self.path(key),
-                format!("expected a list, found {}", kind(other)),
-            )),
-        }
+        self.typed(key, "a list", Value::as_array)
     }
 }
 

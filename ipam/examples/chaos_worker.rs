@@ -3,14 +3,15 @@
 //! address and exits, as one plugin run does.
 
 use std::path::Path;
-use twill_ipam::{Owner, Range, Store, StoreError};
+use twill_conf::{Attachment, PodRange};
+use twill_ipam::{Store, StoreError};
 
 fn main() {
     let Some(dir) = std::env::args().nth(1) else {
         eprintln!("usage: chaos_worker STORE_DIR");
         std::process::exit(2);
     };
-    let range = Range {
+    let range = PodRange {
         subnet: "10.244.1.0/26".parse().expect("literal subnet"),
         gateway: "10.244.1.1".parse().expect("literal gateway"),
     };
@@ -25,7 +26,7 @@ fn main() {
     };
     loop {
         let store = Store::open(Path::new(&dir)).expect("open");
-        let owner = Owner {
+        let owner = Attachment {
             container_id: format!("p{pid}-{}", next() % 16),
             ifname: "eth0".into(),
         };

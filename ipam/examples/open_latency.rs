@@ -10,23 +10,21 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use twill_ipam::{Owner, Range, Store, StoreError};
+use twill_conf::{Attachment, PodRange};
+use twill_ipam::{Store, StoreError};
 
 const PRESENT: usize = 200;
 const ROUNDS: usize = 100;
 
-fn range() -> Range {
-    Range {
+fn range() -> PodRange {
+    PodRange {
         subnet: "10.244.0.0/22".parse().expect("literal subnet"),
         gateway: IpAddr::from([10, 244, 0, 1]),
     }
 }
 
-fn owner(id: &str) -> Owner {
-    Owner {
-        container_id: id.to_string(),
-        ifname: "eth0".to_string(),
-    }
+fn owner(id: &str) -> Attachment {
+    Attachment::new(id, "eth0")
 }
 
 fn populate(dir: &Path) -> Result<(), StoreError> {

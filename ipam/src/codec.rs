@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::Owner;
+use twill_conf::Attachment;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Family {
@@ -129,7 +129,7 @@ pub(crate) fn decode_addrs(mut bytes: &[u8]) -> Option<Vec<Addr>> {
 /// Owner key: `u32 BE length of container ID ++ container ID ++ ifname`.
 /// The length prefix keeps the split unambiguous whatever bytes either part
 /// holds.
-pub(crate) fn owner_key(owner: &Owner) -> Vec<u8> {
+pub(crate) fn owner_key(owner: &Attachment) -> Vec<u8> {
     let id = owner.container_id.as_bytes();
     let mut out = Vec::with_capacity(4 + id.len() + owner.ifname.len());
     // Container IDs longer than 4 GiB cannot come from a CNI request.
@@ -139,7 +139,7 @@ pub(crate) fn owner_key(owner: &Owner) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode_owner(bytes: &[u8]) -> Option<Owner> {
+pub(crate) fn decode_owner(bytes: &[u8]) -> Option<Attachment> {
     let len: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
     let len = usize::try_from(u32::from_be_bytes(len)).ok()?;
     let rest = &bytes[4..];
@@ -147,7 +147,7 @@ pub(crate) fn decode_owner(bytes: &[u8]) -> Option<Owner> {
         return None;
     }
     let (id, ifname) = rest.split_at(len);
-    Some(Owner {
+    Some(Attachment {
         container_id: String::from_utf8(id.to_vec()).ok()?,
         ifname: String::from_utf8(ifname.to_vec()).ok()?,
     })
@@ -197,14 +197,8 @@ mod tests {
 
     #[test]
     fn owner_keys_round_trip_and_do_not_collide() {
-        let a = Owner {
-            container_id: "ab".into(),
-            ifname: "c".into(),
-        };
-        let b = Owner {
-            container_id: "a".into(),
-            ifname: "bc".into(),
-        };
+        let a = Attachment::new("ab", "c");
+        let b = Attachment::new("a", "bc");
         assert_ne!(owner_key(&a), owner_key(&b));
         assert_eq!(decode_owner(&owner_key(&a)), Some(a));
         assert_eq!(decode_owner(&owner_key(&b)), Some(b));

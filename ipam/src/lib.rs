@@ -38,34 +38,21 @@ mod store;
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use twill_conf::Attachment;
 
 pub use error::StoreError;
 pub use service::{StoreClient, StoreService};
 pub use store::Store;
 
-/// Who holds an address: one interface of one container.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Owner {
-    pub container_id: String,
-    pub ifname: String,
-}
-
-/// One subnet to allocate from. The network address, the gateway and (IPv4)
-/// the broadcast address are never handed out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Range {
-    pub subnet: IpNet,
-    pub gateway: IpAddr,
-}
-
 /// One address held by one owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
-    pub owner: Owner,
+    pub owner: Attachment,
     pub address: IpAddr,
 }
 
+#[cfg(test)]
+mod testing;
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,10 @@
-//! A validated `Range` in integer form: which addresses may be handed out.
+//! A validated `PodRange` in integer form: which addresses may be handed out.
 
 use ipnet::IpNet;
+use twill_conf::PodRange;
 
 use crate::codec::{Addr, Family};
-use crate::{Range, StoreError};
+use crate::StoreError;
 
 /// The usable part of a range: `[lo, hi]` minus the gateway.
 ///
@@ -21,7 +22,7 @@ pub(crate) struct Span {
 }
 
 impl Span {
-    pub(crate) fn new(range: &Range) -> Result<Span, StoreError> {
+    pub(crate) fn new(range: &PodRange) -> Result<Span, StoreError> {
         let subnet = range.subnet.trunc();
         let family = Family::of(subnet.addr());
         if Family::of(range.gateway) != family || !subnet.contains(&range.gateway) {
@@ -54,7 +55,7 @@ impl Span {
     }
 
     /// Validates a whole `allocate` request: at most one range per family.
-    pub(crate) fn from_ranges(ranges: &[Range]) -> Result<Vec<Span>, StoreError> {
+    pub(crate) fn from_ranges(ranges: &[PodRange]) -> Result<Vec<Span>, StoreError> {
         if ranges.is_empty() {
             return Err(StoreError::InvalidRange("no range given".into()));
         }
@@ -73,8 +74,8 @@ impl Span {
         Ok(spans)
     }
 
-    pub(crate) fn range(&self) -> Range {
-        Range {
+    pub(crate) fn range(&self) -> PodRange {
+        PodRange {
             subnet: self.subnet,
             gateway: self.gateway.ip(),
         }
@@ -162,7 +163,7 @@ pub(crate) fn decode_spans(mut bytes: &[u8]) -> Option<Vec<Span>> {
         let (gw, rest) = take_addr(rest)?;
         let subnet = IpNet::new(net.ip(), prefix).ok()?;
         out.push(
-            Span::new(&Range {
+            Span::new(&PodRange {
                 subnet,
                 gateway: gw.ip(),
             })
@@ -186,13 +187,7 @@ fn take_addr(bytes: &[u8]) -> Option<(Addr, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn range(subnet: &str, gw: &str) -> Range {
-        Range {
-            subnet: subnet.parse().expect("test subnet"),
-            gateway: gw.parse().expect("test gateway"),
-        }
-    }
+    use crate::testing::range;
 
     #[test]
     fn usable_addresses_exclude_network_gateway_broadcast() {

@@ -8,21 +8,10 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::{Owner, Range, Reservation, Store, StoreError};
+use twill_conf::{Attachment, PodRange};
 
-fn owner(id: &str) -> Owner {
-    Owner {
-        container_id: id.to_string(),
-        ifname: "eth0".to_string(),
-    }
-}
-
-fn range(subnet: &str, gateway: &str) -> Range {
-    Range {
-        subnet: subnet.parse().expect("test subnet"),
-        gateway: gateway.parse().expect("test gateway"),
-    }
-}
+use crate::testing::{owner, range};
+use crate::{Reservation, Store, StoreError};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -40,8 +29,20 @@ fn open(dir: &Path) -> Store {
     Store::open(dir).expect("open store")
 }
 
+/// A store in a directory of its own, removed with the returned guard.
+fn fresh() -> (tempfile::TempDir, Store) {
+    let dir = tmp();
+    let store = open(dir.path());
+    (dir, store)
+}
+
+/// The pod range most tests allocate from.
+fn node_range() -> PodRange {
+    range("10.244.1.0/24", "10.244.1.1")
+}
+
 /// Allocates one IPv4 address and returns it without the prefix.
-fn alloc(store: &Store, id: &str, r: &Range) -> IpAddr {
+fn alloc(store: &Store, id: &str, r: &PodRange) -> IpAddr {
     let got = store
         .allocate(&owner(id), std::slice::from_ref(r))
         .expect("allocate");
@@ -51,9 +52,8 @@ fn alloc(store: &Store, id: &str, r: &Range) -> IpAddr {
 
 #[test]
 fn allocate_is_idempotent() {
-    let dir = tmp();
-    let store = open(dir.path());
-    let r = range("10.244.1.0/24", "10.244.1.1");
+    let (_dir, store) = fresh();
+    let r = node_range();
     let first = store
         .allocate(&owner("a"), std::slice::from_ref(&r))
         .expect("allocate");
@@ -63,10 +63,7 @@ fn allocate_is_idempotent() {
         .expect("allocate");
     assert_eq!(again, first);
     // Another interface of the same container is another owner.
-    let eth1 = Owner {
-        container_id: "a".into(),
-        ifname: "eth1".into(),
-    };
+    let eth1 = Attachment::new("a", "eth1");
     assert_eq!(
         store.allocate(&eth1, &[r]).expect("allocate"),
         vec![net("10.244.1.3/24")]
@@ -81,9 +78,8 @@ fn allocate_is_idempotent() {
 
 #[test]
 fn many_owners_get_distinct_usable_addresses() {
-    let dir = tmp();
-    let store = open(dir.path());
-    let r = range("10.244.1.0/24", "10.244.1.1");
+    let (_dir, store) = fresh();
+    let r = node_range();
     let mut seen = HashSet::new();
     for i in 0..253 {
         let a = alloc(&store, &format!("c{i}"), &r);
@@ -108,9 +104,8 @@ fn many_owners_get_distinct_usable_addresses() {
 
 #[test]
 fn released_address_is_not_reused_at_once() {
-    let dir = tmp();
-    let store = open(dir.path());
-    let r = range("10.244.1.0/24", "10.244.1.1");
+    let (_dir, store) = fresh();
+    let r = node_range();
     assert_eq!(alloc(&store, "a", &r), ip("10.244.1.2"));
     assert_eq!(alloc(&store, "b", &r), ip("10.244.1.3"));
     assert_eq!(
@@ -129,8 +124,7 @@ fn released_address_is_not_reused_at_once() {
 
 #[test]
 fn round_robin_wraps_around_to_freed_low_addresses() {
-    let dir = tmp();
-    let store = open(dir.path());
+    let (_dir, store) = fresh();
     // /29 with gateway .1: usable .2 ..= .6.
     let r = range("10.244.1.0/29", "10.244.1.1");
     for (i, want) in ["10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5"]
@@ -155,8 +149,7 @@ fn round_robin_wraps_around_to_freed_low_addresses() {
 
 #[test]
 fn never_hands_out_network_gateway_or_broadcast() {
-    let dir = tmp();
-    let store = open(dir.path());
+    let (_dir, store) = fresh();
     // Gateway in the middle of the range.
     let r = range("10.244.1.0/29", "10.244.1.4");
     let mut got = BTreeSet::new();
@@ -194,8 +187,7 @@ fn never_hands_out_network_gateway_or_broadcast() {
 
 #[test]
 fn exhaustion_error_names_subnet_and_count() {
-    let dir = tmp();
-    let store = open(dir.path());
+    let (_dir, store) = fresh();
     let r = range("10.244.1.0/30", "10.244.1.1");
     assert_eq!(alloc(&store, "a", &r), ip("10.244.1.2"));
     let err = store.allocate(&owner("b"), &[r]).expect_err("full");
@@ -210,9 +202,8 @@ fn exhaustion_error_names_subnet_and_count() {
 
 #[test]
 fn release_is_idempotent() {
-    let dir = tmp();
-    let store = open(dir.path());
-    let r = range("10.244.1.0/24", "10.244.1.1");
+    let (_dir, store) = fresh();
+    let r = node_range();
     let a = alloc(&store, "a", &r);
     assert_eq!(store.release(&owner("a")).expect("release"), vec![a]);
     assert_eq!(
@@ -230,9 +221,8 @@ fn release_is_idempotent() {
 
 #[test]
 fn retain_releases_owners_not_kept() {
-    let dir = tmp();
-    let store = open(dir.path());
-    let r = range("10.244.1.0/24", "10.244.1.1");
+    let (_dir, store) = fresh();
+    let r = node_range();
     for id in ["live1", "dead1", "live2", "dead2"] {
         alloc(&store, id, &r);
     }
@@ -253,7 +243,7 @@ fn retain_releases_owners_not_kept() {
             },
         ]
     );
-    let left: Vec<Owner> = store
+    let left: Vec<Attachment> = store
         .reservations()
         .expect("reservations")
         .into_iter()
@@ -266,9 +256,8 @@ fn retain_releases_owners_not_kept() {
 
 #[test]
 fn changed_ranges_drop_out_of_range_reservations() {
-    let dir = tmp();
-    let store = open(dir.path());
-    let old = range("10.244.1.0/24", "10.244.1.1");
+    let (_dir, store) = fresh();
+    let old = node_range();
     let a = alloc(&store, "a", &old);
     alloc(&store, "b", &old);
     assert_eq!(a, ip("10.244.1.2"));
@@ -289,8 +278,7 @@ fn changed_ranges_drop_out_of_range_reservations() {
 
 #[test]
 fn overlapping_range_change_keeps_reservations_still_usable() {
-    let dir = tmp();
-    let store = open(dir.path());
+    let (_dir, store) = fresh();
     let small = range("10.244.0.0/24", "10.244.0.1");
     for id in ["a", "b", "c"] {
         alloc(&store, id, &small);
@@ -311,8 +299,7 @@ fn overlapping_range_change_keeps_reservations_still_usable() {
 
 #[test]
 fn shrinking_a_large_range_keeps_what_still_fits() {
-    let dir = tmp();
-    let store = open(dir.path());
+    let (_dir, store) = fresh();
     let wide = range("10.244.0.0/23", "10.244.0.1");
     for i in 0..400 {
         alloc(&store, &format!("c{i}"), &wide);
@@ -341,8 +328,7 @@ fn shrinking_a_large_range_keeps_what_still_fits() {
 
 #[test]
 fn ipv6_range_allocation() {
-    let dir = tmp();
-    let store = open(dir.path());
+    let (_dir, store) = fresh();
     let r = range("fd00:10:244:1::/120", "fd00:10:244:1::1");
     let got = store
         .allocate(&owner("a"), std::slice::from_ref(&r))
@@ -369,9 +355,8 @@ fn ipv6_range_allocation() {
 
 #[test]
 fn dual_stack_gets_one_address_per_range_in_order() {
-    let dir = tmp();
-    let store = open(dir.path());
-    let v4 = range("10.244.1.0/24", "10.244.1.1");
+    let (_dir, store) = fresh();
+    let v4 = node_range();
     let v6 = range("fd00::/120", "fd00::1");
     let got = store
         .allocate(&owner("a"), &[v6.clone(), v4.clone()])
@@ -399,16 +384,12 @@ fn dual_stack_gets_one_address_per_range_in_order() {
 
 #[test]
 fn invalid_ranges_are_rejected_without_writing() {
-    let dir = tmp();
-    let store = open(dir.path());
+    let (_dir, store) = fresh();
     let bad = [
         vec![],
         vec![range("10.244.1.0/24", "10.244.2.1")],
         vec![range("10.244.1.0/31", "10.244.1.0")],
-        vec![
-            range("10.244.1.0/24", "10.244.1.1"),
-            range("10.244.2.0/24", "10.244.2.1"),
-        ],
+        vec![node_range(), range("10.244.2.0/24", "10.244.2.1")],
     ];
     for ranges in bad {
         let err = store.allocate(&owner("a"), &ranges).expect_err("invalid");
@@ -420,21 +401,11 @@ fn invalid_ranges_are_rejected_without_writing() {
 
 #[test]
 fn owner_keys_are_unambiguous() {
-    let dir = tmp();
-    let store = open(dir.path());
-    let r = range("10.244.1.0/24", "10.244.1.1");
-    let a = Owner {
-        container_id: "ab".into(),
-        ifname: "c".into(),
-    };
-    let b = Owner {
-        container_id: "a".into(),
-        ifname: "bc".into(),
-    };
-    let odd = Owner {
-        container_id: "x".into(),
-        ifname: "e\u{e9}th\t0 \u{1}".into(),
-    };
+    let (_dir, store) = fresh();
+    let r = node_range();
+    let a = Attachment::new("ab", "c");
+    let b = Attachment::new("a", "bc");
+    let odd = Attachment::new("x", "e\u{e9}th\t0 \u{1}");
     let ia = store
         .allocate(&a, std::slice::from_ref(&r))
         .expect("allocate");
@@ -444,7 +415,7 @@ fn owner_keys_are_unambiguous() {
     let io = store.allocate(&odd, &[r]).expect("allocate");
     assert_ne!(ia, ib);
     assert_eq!(store.lookup(&odd).expect("lookup"), vec![io[0].addr()]);
-    let owners: Vec<Owner> = store
+    let owners: Vec<Attachment> = store
         .reservations()
         .expect("reservations")
         .into_iter()
@@ -457,7 +428,7 @@ fn owner_keys_are_unambiguous() {
 #[test]
 fn data_survives_reopen() {
     let dir = tmp();
-    let r = range("10.244.1.0/24", "10.244.1.1");
+    let r = node_range();
     {
         let store = open(dir.path());
         alloc(&store, "a", &r);
@@ -557,8 +528,7 @@ impl XorShift {
 
 #[test]
 fn random_churn_keeps_store_consistent() {
-    let dir = tmp();
-    let store = open(dir.path());
+    let (_dir, store) = fresh();
     // Small ranges so that exhaustion, wrap-around and merging all happen.
     let v4 = range("10.244.1.0/28", "10.244.1.7");
     let v6 = range("fd00::/124", "fd00::9");
@@ -596,7 +566,7 @@ fn random_churn_keeps_store_consistent() {
 #[test]
 fn verify_reports_tampered_indexes() {
     let dir = tmp();
-    let r = range("10.244.1.0/24", "10.244.1.1");
+    let r = node_range();
     {
         let store = open(dir.path());
         alloc(&store, "a", &r);
@@ -625,7 +595,7 @@ fn verify_reports_tampered_indexes() {
 #[test]
 fn an_incomplete_snapshot_left_by_a_kill_is_ignored() {
     let dir = tmp();
-    let r = range("10.244.1.0/24", "10.244.1.1");
+    let r = node_range();
     let first = {
         let store = open(dir.path());
         alloc(&store, "a", &r)
@@ -654,7 +624,7 @@ fn damaged_store_is_an_error_not_a_panic() {
     let dir = tmp();
     {
         let store = open(dir.path());
-        alloc(&store, "a", &range("10.244.1.0/24", "10.244.1.1"));
+        alloc(&store, "a", &node_range());
     }
     std::fs::write(
         dir.path().join("db").join("conf"),
@@ -679,11 +649,7 @@ fn damaged_log_is_reported_not_silently_rolled_back() {
         {
             let store = open(dir.path());
             for i in 0..50 {
-                alloc(
-                    &store,
-                    &format!("c{i}"),
-                    &range("10.244.1.0/24", "10.244.1.1"),
-                );
+                alloc(&store, &format!("c{i}"), &node_range());
             }
         }
         let file = dir.path().join("db").join("db");
@@ -705,7 +671,7 @@ fn damaged_log_is_reported_not_silently_rolled_back() {
 #[test]
 fn removing_the_database_starts_afresh() {
     let dir = tmp();
-    let r = range("10.244.1.0/24", "10.244.1.1");
+    let r = node_range();
     {
         let store = open(dir.path());
         alloc(&store, "a", &r);

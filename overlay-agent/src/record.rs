@@ -15,11 +15,7 @@ impl Mac {
     /// unicast. It needs no state, so it survives restarts and reinstalls, and the
     /// neighbour entries peers hold for this node stay valid.
     pub fn for_node(node: &str, vni: u32) -> Mac {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in node.bytes().chain(vni.to_be_bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let h = twill_conf::fnv::fnv1a(node.bytes().chain(vni.to_be_bytes()));
         let b = h.to_be_bytes();
         Mac([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
     }

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Once;
 use std::time::{Duration, Instant};
-use twill_ipam::{Owner, Reservation, StoreClient, StoreService};
+use twill_conf::Attachment;
+use twill_ipam::{Reservation, StoreClient, StoreService};
 
 /// The pod subnet of [`Node::conf`] unless a test sets another.
 pub const DEFAULT_SUBNET: &str = "10.244.1.0/24";
@@ -145,11 +146,8 @@ impl Pod {
     }
 
     /// The store owner of this pod's interface.
-    pub fn owner(&self) -> Owner {
-        Owner {
-            container_id: self.id.clone(),
-            ifname: self.ifname.clone(),
-        }
+    pub fn owner(&self) -> Attachment {
+        Attachment::new(&self.id, &self.ifname)
     }
 
     /// The host end of this pod's veth, as the plugin names it.
@@ -238,19 +236,14 @@ fn addrs_of(ns: &Netns, dev: &str, family: &str) -> Vec<String> {
 
 /// FNV-1a of `seed` and `salt`, for IDs that look random but are reproducible.
 fn host_hash(seed: &str, salt: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ salt;
-    for b in seed.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    twill_conf::fnv::fnv1a_from(twill_conf::fnv::OFFSET_BASIS ^ salt, seed.bytes())
 }
 
 /// The host veth name for (container, ifname): `tw` + 12 hex digits of the 64-bit
 /// FNV-1a hash of `container \0 ifname` (the plugin's contract, so that DEL and GC need
 /// no state; re-derived here to check it).
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    twill_conf::host_veth::name(container_id, ifname)
+    Attachment::new(container_id, ifname).host_veth_name()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -297,7 +290,7 @@ impl Node {
     }
 
     /// The store's reservations as sorted (owner, address) pairs.
-    pub fn reservation_pairs(&self) -> Vec<(twill_ipam::Owner, std::net::IpAddr)> {
+    pub fn reservation_pairs(&self) -> Vec<(Attachment, std::net::IpAddr)> {
         let mut pairs: Vec<_> = self
             .reservations()
             .into_iter()

@@ -3,6 +3,7 @@
 //! and the address store exactly as they were.
 
 use serde_json::{json, Value};
+use twill_ipam::Reservation;
 use twill_tests::fixture::{
     assert_cni_error, in_subnet, ip_of, result_address, ALL_VERSIONS, DEFAULT_SUBNET,
 };
@@ -57,13 +58,18 @@ impl Bench {
         self.victim.call(command, conf)
     }
 
-    fn run(&self, cases: Vec<Case>) {
-        let before = (
+    /// What no bad call may change: the node, both pods and the store.
+    fn state(&self) -> (String, String, String, Vec<Reservation>) {
+        (
             self.node.ns.snapshot(),
             self.victim.ns.snapshot(),
             self.bystander.ns.snapshot(),
             self.node.reservations(),
-        );
+        )
+    }
+
+    fn run(&self, cases: Vec<Case>) {
+        let before = self.state();
         assert_eq!(
             before.3.len(),
             1,
@@ -84,12 +90,7 @@ impl Bench {
                     }
                 }
             }
-            let after = (
-                self.node.ns.snapshot(),
-                self.victim.ns.snapshot(),
-                self.bystander.ns.snapshot(),
-                self.node.reservations(),
-            );
+            let after = self.state();
             assert_eq!(after.0, before.0, "case {:?} changed the node", c.name);
             assert_eq!(after.1, before.1, "case {:?} changed the pod", c.name);
             assert_eq!(after.2, before.2, "case {:?} changed the live pod", c.name);
@@ -113,18 +114,15 @@ fn bad_environment_is_rejected_and_changes_nothing() {
     let b = Bench::new("errenv");
     let conf = &b.conf;
     let add = || b.call("ADD", conf);
+    // ADD with one variable changed: code 4, and the message names the variable.
+    let bad_var = |name, var: &str, value: Option<&str>| case(name, add().env(var, value), 4, var);
     let missing_netns = b.node.dir.path().join("no-such-netns");
     let regular_file = b.node.dir.path().join("regular-file");
     std::fs::write(&regular_file, "not a namespace").unwrap();
     let check_conf = conf.with("prevResult", b.prev.clone());
 
     let cases = vec![
-        case(
-            "missing CNI_COMMAND",
-            add().env("CNI_COMMAND", None),
-            4,
-            "CNI_COMMAND",
-        ),
+        bad_var("missing CNI_COMMAND", "CNI_COMMAND", None),
         case("unknown CNI_COMMAND", b.call("PUT", conf), 4, "CNI_COMMAND"),
         case(
             "lower-case CNI_COMMAND",
@@ -132,29 +130,17 @@ fn bad_environment_is_rejected_and_changes_nothing() {
             4,
             "CNI_COMMAND",
         ),
-        case(
-            "missing CNI_CONTAINERID",
-            add().env("CNI_CONTAINERID", None),
-            4,
-            "CNI_CONTAINERID",
-        ),
-        case(
-            "empty CNI_CONTAINERID",
-            add().env("CNI_CONTAINERID", Some("")),
-            4,
-            "CNI_CONTAINERID",
-        ),
-        case(
+        bad_var("missing CNI_CONTAINERID", "CNI_CONTAINERID", None),
+        bad_var("empty CNI_CONTAINERID", "CNI_CONTAINERID", Some("")),
+        bad_var(
             "CNI_CONTAINERID starting with '-'",
-            add().env("CNI_CONTAINERID", Some("-abc")),
-            4,
             "CNI_CONTAINERID",
+            Some("-abc"),
         ),
-        case(
+        bad_var(
             "CNI_CONTAINERID with '/'",
-            add().env("CNI_CONTAINERID", Some("a/../b")),
-            4,
             "CNI_CONTAINERID",
+            Some("a/../b"),
         ),
         case(
             "DEL without CNI_CONTAINERID",
@@ -162,89 +148,45 @@ fn bad_environment_is_rejected_and_changes_nothing() {
             4,
             "CNI_CONTAINERID",
         ),
-        case(
-            "missing CNI_IFNAME",
-            add().env("CNI_IFNAME", None),
-            4,
-            "CNI_IFNAME",
-        ),
-        case(
+        bad_var("missing CNI_IFNAME", "CNI_IFNAME", None),
+        bad_var(
             "CNI_IFNAME of 16 bytes",
-            add().env("CNI_IFNAME", Some("eth0123456789012")),
-            4,
             "CNI_IFNAME",
+            Some("eth0123456789012"),
         ),
-        case(
-            "CNI_IFNAME with '/'",
-            add().env("CNI_IFNAME", Some("et/h0")),
-            4,
-            "CNI_IFNAME",
-        ),
-        case(
-            "CNI_IFNAME '..'",
-            add().env("CNI_IFNAME", Some("..")),
-            4,
-            "CNI_IFNAME",
-        ),
-        case(
-            "CNI_IFNAME with a space",
-            add().env("CNI_IFNAME", Some("eth 0")),
-            4,
-            "CNI_IFNAME",
-        ),
-        case(
-            "missing CNI_NETNS on ADD",
-            add().env("CNI_NETNS", None),
-            4,
-            "CNI_NETNS",
-        ),
-        case(
-            "empty CNI_NETNS on ADD",
-            add().env("CNI_NETNS", Some("")),
-            4,
-            "CNI_NETNS",
-        ),
+        bad_var("CNI_IFNAME with '/'", "CNI_IFNAME", Some("et/h0")),
+        bad_var("CNI_IFNAME '..'", "CNI_IFNAME", Some("..")),
+        bad_var("CNI_IFNAME with a space", "CNI_IFNAME", Some("eth 0")),
+        bad_var("missing CNI_NETNS on ADD", "CNI_NETNS", None),
+        bad_var("empty CNI_NETNS on ADD", "CNI_NETNS", Some("")),
         case(
             "missing CNI_NETNS on CHECK",
             b.call("CHECK", &check_conf).env("CNI_NETNS", None),
             4,
             "CNI_NETNS",
         ),
-        case(
-            "relative CNI_NETNS",
-            add().env("CNI_NETNS", Some("run/netns/x")),
-            4,
-            "CNI_NETNS",
-        ),
+        bad_var("relative CNI_NETNS", "CNI_NETNS", Some("run/netns/x")),
         case(
             "CNI_NETNS that does not exist",
             add().env("CNI_NETNS", Some(missing_netns.to_str().unwrap())),
             3,
             "CNI_NETNS",
         ),
-        case(
+        bad_var(
             "CNI_NETNS that is a regular file",
-            add().env("CNI_NETNS", Some(regular_file.to_str().unwrap())),
-            4,
             "CNI_NETNS",
+            Some(regular_file.to_str().unwrap()),
         ),
-        case(
+        bad_var(
             "CNI_NETNS that is a directory",
-            add().env("CNI_NETNS", Some(b.node.dir.path().to_str().unwrap())),
-            4,
             "CNI_NETNS",
+            Some(b.node.dir.path().to_str().unwrap()),
         ),
-        case(
-            "CNI_ARGS without '='",
-            add().env("CNI_ARGS", Some("K8S_POD_NAME")),
-            4,
-            "CNI_ARGS",
-        ),
-        case(
+        bad_var("CNI_ARGS without '='", "CNI_ARGS", Some("K8S_POD_NAME")),
+        bad_var(
             "CNI_ARGS with an empty key",
-            add().env("CNI_ARGS", Some("IgnoreUnknown=1;=x")),
-            4,
             "CNI_ARGS",
+            Some("IgnoreUnknown=1;=x"),
         ),
     ];
     b.run(cases);
@@ -255,6 +197,8 @@ fn bad_config_is_rejected_and_changes_nothing() {
     let b = Bench::new("errconf");
     let conf = &b.conf;
     let add = |c: &Value| b.call("ADD", c);
+    // ADD with one key changed: code 7, and the message names the key.
+    let bad_key = |name, key: &str, value: Value| case(name, add(&conf.with(key, value)), 7, key);
     let raw = |bytes: &str| b.call("ADD", conf).stdin(bytes.as_bytes());
     let no_file = conf.without("subnet");
     let file = b.node.subnet_file().display().to_string();
@@ -281,12 +225,7 @@ fn bad_config_is_rejected_and_changes_nothing() {
             7,
             "cniVersion",
         ),
-        case(
-            "cniVersion is a number",
-            add(&conf.with("cniVersion", json!(1))),
-            7,
-            "cniVersion",
-        ),
+        bad_key("cniVersion is a number", "cniVersion", json!(1)),
         case(
             "cniVersion 0.2.0",
             add(&conf.with("cniVersion", json!("0.2.0"))),
@@ -306,73 +245,26 @@ fn bad_config_is_rejected_and_changes_nothing() {
             "cniVersions",
         ),
         case("missing name", add(&conf.without("name")), 7, "name"),
-        case(
-            "name with '/'",
-            add(&conf.with("name", json!("a/b"))),
-            7,
-            "name",
-        ),
-        case(
-            "mtu as a string",
-            add(&conf.with("mtu", json!("1500"))),
-            7,
-            "mtu",
-        ),
-        case("mtu too small", add(&conf.with("mtu", json!(20))), 7, "mtu"),
-        case(
-            "mtu too large",
-            add(&conf.with("mtu", json!(70000))),
-            7,
-            "mtu",
-        ),
-        case("negative mtu", add(&conf.with("mtu", json!(-1))), 7, "mtu"),
-        case(
-            "hairpinMode as a string",
-            add(&conf.with("hairpinMode", json!("yes"))),
-            7,
-            "hairpinMode",
-        ),
-        case(
-            "subnet as a number",
-            add(&conf.with("subnet", json!(42))),
-            7,
-            "subnet",
-        ),
-        case(
-            "subnet /33",
-            add(&conf.with("subnet", json!("10.244.1.0/33"))),
-            7,
-            "subnet",
-        ),
-        case(
-            "subnet not a CIDR",
-            add(&conf.with("subnet", json!("10.244.1.0"))),
-            7,
-            "subnet",
-        ),
-        case(
-            "subnet with host bits",
-            add(&conf.with("subnet", json!("10.244.1.5/24"))),
-            7,
-            "subnet",
-        ),
-        case(
+        bad_key("name with '/'", "name", json!("a/b")),
+        bad_key("mtu as a string", "mtu", json!("1500")),
+        bad_key("mtu too small", "mtu", json!(20)),
+        bad_key("mtu too large", "mtu", json!(70000)),
+        bad_key("negative mtu", "mtu", json!(-1)),
+        bad_key("hairpinMode as a string", "hairpinMode", json!("yes")),
+        bad_key("subnet as a number", "subnet", json!(42)),
+        bad_key("subnet /33", "subnet", json!("10.244.1.0/33")),
+        bad_key("subnet not a CIDR", "subnet", json!("10.244.1.0")),
+        bad_key("subnet with host bits", "subnet", json!("10.244.1.5/24")),
+        bad_key(
             "subnet too small for a pod",
-            add(&conf.with("subnet", json!("10.244.1.0/31"))),
-            7,
             "subnet",
+            json!("10.244.1.0/31"),
         ),
-        case(
-            "gateway outside the subnet",
-            add(&conf.with("gateway", json!("10.9.0.1"))),
-            7,
-            "gateway",
-        ),
-        case(
+        bad_key("gateway outside the subnet", "gateway", json!("10.9.0.1")),
+        bad_key(
             "gateway is the broadcast address",
-            add(&conf.with("gateway", json!("10.244.1.255"))),
-            7,
             "gateway",
+            json!("10.244.1.255"),
         ),
         case(
             "gateway without subnet",
@@ -380,18 +272,12 @@ fn bad_config_is_rejected_and_changes_nothing() {
             7,
             "gateway",
         ),
-        case(
+        bad_key(
             "bridge name too long",
-            add(&conf.with("bridge", json!("a-very-long-bridge-name"))),
-            7,
             "bridge",
+            json!("a-very-long-bridge-name"),
         ),
-        case(
-            "bridge name with '/'",
-            add(&conf.with("bridge", json!("br/0"))),
-            7,
-            "bridge",
-        ),
+        bad_key("bridge name with '/'", "bridge", json!("br/0")),
         case(
             "routes entry with a bad dst",
             add(&conf.with("routes", json!([{"dst": "nope"}]))),
@@ -413,24 +299,9 @@ fn bad_config_is_rejected_and_changes_nothing() {
             7,
             "routes[0].gw",
         ),
-        case(
-            "routes not a list",
-            add(&conf.with("routes", json!("10.96.0.0/12"))),
-            7,
-            "routes",
-        ),
-        case(
-            "empty dataDir",
-            add(&conf.with("dataDir", json!(""))),
-            7,
-            "dataDir",
-        ),
-        case(
-            "unknown logLevel",
-            add(&conf.with("logLevel", json!("loud"))),
-            7,
-            "logLevel",
-        ),
+        bad_key("routes not a list", "routes", json!("10.96.0.0/12")),
+        bad_key("empty dataDir", "dataDir", json!("")),
+        bad_key("unknown logLevel", "logLevel", json!("loud")),
         case(
             "no subnet and no subnet file",
             add(&no_file),

@@ -2,6 +2,7 @@
 
 use crate::cni::error::{CniError, INVALID_ENV};
 use std::path::PathBuf;
+use twill_conf::Attachment;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -31,11 +32,10 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Env {
     pub command: Command,
-    /// Present for ADD, DEL and CHECK.
-    pub container_id: String,
+    /// CNI_CONTAINERID and CNI_IFNAME: present for ADD, DEL and CHECK, empty otherwise.
+    pub attachment: Attachment,
     /// `None` when unset or empty (a DEL after the container exited).
     pub netns: Option<PathBuf>,
-    pub ifname: String,
     pub args: Vec<(String, String)>,
 }
 
@@ -59,19 +59,19 @@ impl Env {
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
         let mut env = Env {
             command,
-            container_id: String::new(),
+            attachment: Attachment::new("", ""),
             netns: None,
-            ifname: String::new(),
             args: Vec::new(),
         };
         if !per_container {
             return Ok(env);
         }
-        env.container_id = required(&get, "CNI_CONTAINERID")?;
-        check_container_id(&env.container_id)?;
-        env.ifname = required(&get, "CNI_IFNAME")?;
-        twill_conf::valid_ifname(&env.ifname)
+        let container_id = required(&get, "CNI_CONTAINERID")?;
+        check_container_id(&container_id)?;
+        let ifname = required(&get, "CNI_IFNAME")?;
+        twill_conf::valid_ifname(&ifname)
             .map_err(|r| CniError::new(INVALID_ENV, format!("CNI_IFNAME: {r}")))?;
+        env.attachment = Attachment::new(container_id, ifname);
         env.netns = get("CNI_NETNS")
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
@@ -156,6 +156,7 @@ mod tests {
     fn add_with_all_variables() {
         let e = env(&GOOD).unwrap();
         assert_eq!(e.command, Command::Add);
+        assert_eq!(e.attachment, Attachment::new("abc-1", "eth0"));
         assert_eq!(e.netns.unwrap(), PathBuf::from("/run/netns/x"));
     }
 

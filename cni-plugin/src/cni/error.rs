@@ -65,3 +65,11 @@ impl From<twill_conf::ConfError> for CniError {
         CniError::new(code, e.to_string())
     }
 }
+
+/// Every kernel operation the plugin does fails the same way: internal, with the
+/// operation and the kernel's reason in the message.
+impl From<twill_netlink::NetlinkError> for CniError {
+    fn from(e: twill_netlink::NetlinkError) -> Self {
+        CniError::new(INTERNAL, e.to_string())
+    }
+}

@@ -6,6 +6,7 @@ use crate::cni::version::CniVersion;
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
+pub use twill_conf::Route;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
@@ -22,12 +23,6 @@ pub struct IpConfig {
     pub gateway: Option<IpAddr>,
     /// Index into `interfaces`.
     pub interface: Option<usize>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub dst: IpNet,
-    pub gw: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -80,14 +75,7 @@ impl CniResult {
                 Value::Object(m)
             })
             .collect();
-        let routes: Vec<Value> = self
-            .routes
-            .iter()
-            .map(|r| match r.gw {
-                Some(gw) => json!({"dst": r.dst.to_string(), "gw": gw.to_string()}),
-                None => json!({"dst": r.dst.to_string()}),
-            })
-            .collect();
+        let routes: Vec<Value> = self.routes.iter().map(Route::to_json).collect();
         json!({
             "cniVersion": version.as_str(),
             "interfaces": interfaces,
@@ -108,6 +96,17 @@ impl CniResult {
             }
         };
         let str_at = |o: &Value, key: &str| o.get(key).and_then(Value::as_str).map(str::to_string);
+        let net_at = |o: &Value, key: &str, path: String| -> Result<IpNet, CniError> {
+            str_at(o, key)
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| bad(format!("{path} is not a CIDR")))
+        };
+        // An optional address: absent is fine, present must parse.
+        let ip_at = |o: &Value, key: &str, path: String| -> Result<Option<IpAddr>, CniError> {
+            str_at(o, key)
+                .map(|g| g.parse().map_err(|_| bad(format!("{path} is not an IP"))))
+                .transpose()
+        };
         let mut out = CniResult::default();
         for (n, i) in list("interfaces")?.iter().enumerate() {
             out.interfaces.push(Interface {
@@ -119,19 +118,9 @@ impl CniResult {
             });
         }
         for (n, ip) in list("ips")?.iter().enumerate() {
-            let address = str_at(ip, "address")
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| bad(format!("ips[{n}].address is not a CIDR")))?;
-            let gateway = match str_at(ip, "gateway") {
-                None => None,
-                Some(g) => Some(
-                    g.parse()
-                        .map_err(|_| bad(format!("ips[{n}].gateway is not an IP")))?,
-                ),
-            };
             out.ips.push(IpConfig {
-                address,
-                gateway,
+                address: net_at(ip, "address", format!("ips[{n}].address"))?,
+                gateway: ip_at(ip, "gateway", format!("ips[{n}].gateway"))?,
                 interface: ip
                     .get("interface")
                     .and_then(Value::as_u64)
@@ -139,17 +128,10 @@ impl CniResult {
             });
         }
         for (n, r) in list("routes")?.iter().enumerate() {
-            let dst = str_at(r, "dst")
-                .and_then(|d| d.parse().ok())
-                .ok_or_else(|| bad(format!("routes[{n}].dst is not a CIDR")))?;
-            let gw = match str_at(r, "gw") {
-                None => None,
-                Some(g) => Some(
-                    g.parse()
-                        .map_err(|_| bad(format!("routes[{n}].gw is not an IP")))?,
-                ),
-            };
-            out.routes.push(Route { dst, gw });
+            out.routes.push(Route {
+                dst: net_at(r, "dst", format!("routes[{n}].dst"))?,
+                gw: ip_at(r, "gw", format!("routes[{n}].gw"))?,
+            });
         }
         Ok(out)
     }
