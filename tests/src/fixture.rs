@@ -5,7 +5,7 @@
 //! A scenario is written once against these and runs on any number of nodes; the
 //! multi-node lab reuses them.
 
-use crate::netns::{next_id, run, run_prefix, sh};
+use crate::netns::{left_by_dead_run, next_id, run, run_prefix, sh};
 use crate::{require_root, CniCall, CniOutcome, Netns, Plugin};
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -60,14 +60,7 @@ fn sweep_dead_dirs() {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("twt") else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if left_by_dead_run(&e.file_name().to_string_lossy()) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
