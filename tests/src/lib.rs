@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod fixture;
 pub mod kube;
 pub mod netns;
+pub mod private_mounts;
 pub mod scenarios;
 
 pub use cni::{CniCall, CniOutcome, Plugin};
