@@ -8,12 +8,13 @@
 //! gets `192.168.<s+1>.<i+1>`. Nodes are spread over segments round-robin.
 
 use crate::cni::{CniCall, Plugin};
-use crate::fixture::TempDir;
+use crate::fixture::{poll, TempDir};
 use crate::netns::{next_id, Netns};
+use crate::require_root;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How nodes find each other.
 #[derive(Debug, Clone)]
@@ -66,6 +67,16 @@ impl Default for ClusterSpec {
     }
 }
 
+impl ClusterSpec {
+    /// The default spec with `nodes` nodes.
+    pub fn with_nodes(nodes: usize) -> ClusterSpec {
+        ClusterSpec {
+            nodes,
+            ..ClusterSpec::default()
+        }
+    }
+}
+
 /// The underlay: bridges `ul<s>` in one namespace that also routes between segments.
 pub struct Underlay {
     pub ns: Netns,
@@ -104,6 +115,47 @@ impl Underlay {
     }
 }
 
+/// Where a node keeps its files, under its directory.
+#[derive(Debug, Clone)]
+pub struct NodeFiles {
+    /// The agent writes its conflist here; `install-cni` too.
+    pub cni_conf_dir: PathBuf,
+    /// `install-cni` puts the plugin here.
+    pub cni_bin_dir: PathBuf,
+    pub subnet_file: PathBuf,
+    /// The address store is `<data dir>/<network name>`.
+    pub data_dir: PathBuf,
+    /// Where the agent serves the address store (well under the 108-byte limit of a
+    /// unix socket path: node dirs are short temp dirs).
+    pub store_socket: PathBuf,
+    /// The agent's stderr.
+    pub log_file: PathBuf,
+}
+
+impl NodeFiles {
+    fn under(dir: &Path) -> NodeFiles {
+        NodeFiles {
+            cni_conf_dir: dir.join("net.d"),
+            cni_bin_dir: dir.join("bin"),
+            subnet_file: dir.join("run/subnet.json"),
+            data_dir: dir.join("data"),
+            store_socket: dir.join("run/store.sock"),
+            log_file: dir.join("agent.log"),
+        }
+    }
+
+    /// The agent's flags that name them.
+    fn agent_args(&self) -> [(&'static str, &Path); 5] {
+        [
+            ("--cni-conf-dir", &self.cni_conf_dir),
+            ("--cni-bin-dir", &self.cni_bin_dir),
+            ("--subnet-file", &self.subnet_file),
+            ("--data-dir", &self.data_dir),
+            ("--store-socket", &self.store_socket),
+        ]
+    }
+}
+
 /// One node: a namespace with `eth0` on the underlay, its directories, and its agent.
 pub struct ClusterNode {
     pub name: String,
@@ -111,45 +163,26 @@ pub struct ClusterNode {
     pub ip: String,
     pub segment: usize,
     pub dir: PathBuf,
+    pub files: NodeFiles,
     pub agent: Option<Child>,
 }
 
 impl ClusterNode {
-    pub fn cni_conf_dir(&self) -> PathBuf {
-        self.dir.join("net.d")
-    }
-    pub fn cni_bin_dir(&self) -> PathBuf {
-        self.dir.join("bin")
-    }
-    pub fn subnet_file(&self) -> PathBuf {
-        self.dir.join("run/subnet.json")
-    }
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-    /// Where the agent serves the address store (well under the 108-byte limit of a
-    /// unix socket path: node dirs are short temp dirs).
-    pub fn store_socket(&self) -> PathBuf {
-        self.dir.join("run/store.sock")
-    }
-    pub fn log_file(&self) -> PathBuf {
-        self.dir.join("agent.log")
-    }
-
     /// The agent's stderr so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+        std::fs::read_to_string(&self.files.log_file).unwrap_or_default()
     }
 
     /// The conflist the agent wrote, if any.
     pub fn conflist(&self) -> Option<Value> {
-        let bytes = std::fs::read(self.cni_conf_dir().join("10-twill.conflist")).ok()?;
+        let bytes = std::fs::read(self.files.cni_conf_dir.join("10-twill.conflist")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// The node's pod subnet (IPv4) from the subnet file.
     pub fn subnet(&self) -> Option<String> {
-        let v: Value = serde_json::from_slice(&std::fs::read(self.subnet_file()).ok()?).ok()?;
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(&self.files.subnet_file).ok()?).ok()?;
         v["subnets"][0].as_str().map(str::to_string)
     }
 
@@ -238,6 +271,7 @@ pub struct ClusterPod {
 impl Cluster {
     /// Builds the underlay and the nodes; agents are not started yet.
     pub fn new(spec: ClusterSpec) -> Cluster {
+        require_root();
         let dir = TempDir::new("cluster");
         let underlay = Underlay::new(spec.segments.max(1), spec.mtu);
         let registry = match &spec.registry {
@@ -280,9 +314,7 @@ impl Cluster {
     pub fn up(spec: ClusterSpec) -> Cluster {
         let mut c = Cluster::new(spec);
         c.start_all();
-        if let Err(e) = c.wait_ready(Duration::from_secs(30)) {
-            panic!("{e}");
-        }
+        c.expect_ready(Duration::from_secs(30));
         c
     }
 
@@ -326,6 +358,7 @@ impl Cluster {
             ns,
             ip,
             segment,
+            files: NodeFiles::under(&dir),
             dir,
             agent: None,
         });
@@ -353,18 +386,11 @@ impl Cluster {
         }
         cmd.arg("--conf")
             .arg(&self.conf_path)
-            .args(["--node-name", &node.name])
-            .arg("--cni-conf-dir")
-            .arg(node.cni_conf_dir())
-            .arg("--cni-bin-dir")
-            .arg(node.cni_bin_dir())
-            .arg("--subnet-file")
-            .arg(node.subnet_file())
-            .arg("--data-dir")
-            .arg(node.data_dir())
-            .arg("--store-socket")
-            .arg(node.store_socket())
-            .args(["--listen", "127.0.0.1:9473"])
+            .args(["--node-name", &node.name]);
+        for (flag, path) in node.files.agent_args() {
+            cmd.arg(flag).arg(path);
+        }
+        cmd.args(["--listen", "127.0.0.1:9473"])
             .args(["--resync", &self.spec.resync_secs.to_string()]);
         cmd
     }
@@ -428,7 +454,7 @@ impl Cluster {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.nodes[i].log_file())
+            .open(&self.nodes[i].files.log_file)
             .unwrap();
         if self.spec.agents_die_with_parent {
             use std::os::unix::process::CommandExt;
@@ -452,6 +478,13 @@ impl Cluster {
     pub fn start_all(&mut self) {
         for i in 0..self.nodes.len() {
             self.start_agent(i);
+        }
+    }
+
+    /// [`Cluster::wait_ready`], panicking with the agents' status and logs on time-out.
+    pub fn expect_ready(&self, timeout: Duration) {
+        if let Err(e) = self.wait_ready(timeout) {
+            panic!("{e}");
         }
     }
 
@@ -554,19 +587,12 @@ impl Cluster {
     }
 }
 
-/// Polls `f` every 50 ms until it holds (true) or `timeout` passes (false).
+/// Polls `f` every 50 ms (slower than [`crate::fixture::wait_for`]: a poll here often
+/// starts processes, `twill-agent status` or `ip`) until it holds (true) or `timeout`
+/// passes (false).
 #[must_use]
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+    poll(timeout, Duration::from_millis(50), f)
 }
 
 pub fn tail(s: &str, n: usize) -> String {
@@ -574,7 +600,6 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Pings every pod from every other pod: (from, to, Some(rtt ms) or None).
 /// The pairs of [`ping_matrix`] that got no answer, as `a -> b (ip)`.
 pub fn unanswered(pods: &[ClusterPod]) -> Vec<String> {
     ping_matrix(pods)
@@ -584,6 +609,7 @@ pub fn unanswered(pods: &[ClusterPod]) -> Vec<String> {
         .collect()
 }
 
+/// Pings every pod from every other pod: (from, to, Some(rtt ms) or None).
 pub fn ping_matrix(pods: &[ClusterPod]) -> Vec<(usize, usize, Option<f64>)> {
     let mut out = Vec::new();
     for (a, from) in pods.iter().enumerate() {

@@ -566,8 +566,13 @@ pub fn reaches(from: &Netns, addr: &str) -> bool {
     (0..3).any(|_| from.ping(addr))
 }
 
-/// Waits up to `timeout` for `cond`, polling; returns whether it came true.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+/// Waits up to `timeout` for `cond`, polling every 20 ms; returns whether it came true.
+pub fn wait_for(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll(timeout, Duration::from_millis(20), cond)
+}
+
+/// Calls `cond` every `every` until it holds (true) or `timeout` passes (false).
+pub fn poll(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -576,7 +581,7 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 

@@ -111,13 +111,9 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
     twill_tests::containerd::require_tools();
     let started = Instant::now();
 
-    let mut c = Cluster::new(ClusterSpec {
-        nodes: 2,
-        ..ClusterSpec::default()
-    });
+    let mut c = Cluster::new(ClusterSpec::with_nodes(2));
     c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    c.expect_ready(Duration::from_secs(20));
     let target = c.add_pod(1, "sleep-2").unwrap();
     let n1 = &c.nodes[0];
     let subnet = n1.subnet().expect("node-1 has a subnet");
@@ -131,7 +127,7 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
         .as_str()
         .expect("a conflist name")
         .to_string();
-    let store_dir = n1.data_dir().join(&network);
+    let store_dir = n1.files.data_dir.join(&network);
 
     let cni = CniDirs::new();
     cni.install_plugin("twill", &workspace_bin("twill"));
@@ -202,7 +198,7 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
         cached.iter().any(|n| n.to_string_lossy().contains(&cni_id)),
         "no libcni result for {cni_id} in the test's cache dir: {cached:?}"
     );
-    let held = reservations(&store_dir, &n1.store_socket());
+    let held = reservations(&store_dir, &n1.files.store_socket);
     assert!(
         held.iter().any(|r| r.owner.container_id == cni_id
             && r.owner.ifname == "eth0"
@@ -253,7 +249,7 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
     );
 
     // After it: the address is released and the host veth is gone.
-    let held = reservations(&store_dir, &n1.store_socket());
+    let held = reservations(&store_dir, &n1.files.store_socket);
     assert!(
         !held.iter().any(|r| r.owner.container_id == cni_id),
         "node-1's store still holds an address for {cni_id}: {held:?}"
