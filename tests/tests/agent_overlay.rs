@@ -204,22 +204,16 @@ fn bogus_records_are_rejected_and_never_programmed() {
 #[test]
 fn sigkill_and_restart_lose_no_ping_reply() {
     let (mut c, a, b) = two_nodes_with_a_pod_each();
-    let ping = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            a.ns.name(),
-            "ping",
-            "-i",
-            "0.05",
-            "-c",
-            "160",
-            "-W",
-            "1",
-            &b.ip,
-        ])
-        .output();
-    let pinger = std::thread::spawn(move || ping);
+    // The ping runs on its own thread while the agents restart (`output()` waits for
+    // it to end).
+    let (from, to) = (a.ns.name().to_string(), b.ip.clone());
+    let pinger = std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &from, "ping", "-i", "0.05", "-c", "160", "-W", "1", &to,
+            ])
+            .output()
+    });
     std::thread::sleep(Duration::from_millis(500));
     for round in 0..2 {
         for i in 0..2 {
