@@ -24,14 +24,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-/// What a path is, as far as planning needs to know.
+/// What a path is, not following a final symlink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
-    Dir {
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    },
+    Dir,
     Symlink {
         target: PathBuf,
     },
@@ -39,10 +35,21 @@ pub enum Kind {
     Other,
 }
 
+/// Mode and owner of a directory, which the tmpfs covering it takes over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// The file system as the plan sees it: the machine's, or a made-up one in unit tests.
 pub trait FsView {
-    /// What `path` is (not following a final symlink); `None` when it does not exist.
+    /// What `path` is; `None` when it does not exist.
     fn kind(&self, path: &Path) -> Option<Kind>;
+    /// The directory at `path`, following symlinks (as mount(2) does); `None` when
+    /// there is none.
+    fn dir(&self, path: &Path) -> Option<DirMeta>;
     /// The entries of directory `dir`, by name.
     fn list(&self, dir: &Path) -> Vec<(OsString, Kind)>;
 }
@@ -58,13 +65,18 @@ impl FsView for Machine {
                 target: std::fs::read_link(path).ok()?,
             }
         } else if meta.is_dir() {
-            Kind::Dir {
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-            }
+            Kind::Dir
         } else {
             Kind::Other
+        })
+    }
+
+    fn dir(&self, path: &Path) -> Option<DirMeta> {
+        let meta = std::fs::metadata(path).ok().filter(|m| m.is_dir())?;
+        Some(DirMeta {
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
         })
     }
 
@@ -118,7 +130,6 @@ pub fn plan(
     // Directories of the child's view that are its own: tmpfs roots, and what was made
     // in them. Anything else is the machine's, and must not be written.
     let mut own: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut made: BTreeSet<PathBuf> = BTreeSet::new();
     let mut covers = 0;
     for (source, target) in binds {
         if !target.is_absolute() || target.components().any(|c| c == Component::ParentDir) {
@@ -127,7 +138,7 @@ pub fn plan(
                 target.display()
             ));
         }
-        let is_dir = |p: &Path| made.contains(p) || matches!(fs.kind(p), Some(Kind::Dir { .. }));
+        let is_dir = |p: &Path| own.contains(p) || fs.dir(p).is_some();
         let mut missing = Vec::new();
         let mut ancestor = target.as_path();
         while !is_dir(ancestor) {
@@ -143,7 +154,7 @@ pub fn plan(
                 .ok_or_else(|| format!("no ancestor of {} exists", target.display()))?;
         }
         if !missing.is_empty() && !own.contains(ancestor) {
-            let Some(Kind::Dir { mode, uid, gid }) = fs.kind(ancestor) else {
+            let Some(DirMeta { mode, uid, gid }) = fs.dir(ancestor) else {
                 return Err(format!("{} is not a directory", ancestor.display()));
             };
             // A mount over / would not be seen: lookups start below it.
@@ -178,7 +189,7 @@ pub fn plan(
                 let from = stage.join(&name);
                 match kind {
                     Kind::Symlink { target } => steps.push(Step::Symlink { target, path }),
-                    Kind::Dir { .. } => {
+                    Kind::Dir => {
                         steps.push(Step::Mkdir(path.clone()));
                         steps.push(Step::Bind {
                             source: from,
@@ -199,8 +210,7 @@ pub fn plan(
         }
         for dir in missing.into_iter().rev() {
             steps.push(Step::Mkdir(dir.clone()));
-            own.insert(dir.clone());
-            made.insert(dir);
+            own.insert(dir);
         }
         steps.push(Step::Bind {
             source: source.clone(),

@@ -1,35 +1,64 @@
 use super::*;
 use std::collections::BTreeMap;
 
-/// A made-up file system: path → kind.
-struct Fake(BTreeMap<PathBuf, Kind>);
+/// An entry of the made-up file system.
+#[derive(Clone)]
+enum Fake {
+    Dir(DirMeta),
+    Link(&'static str),
+    Other,
+}
 
-const DIR: Kind = Kind::Dir {
+const DIR: Fake = Fake::Dir(DirMeta {
     mode: 0o755,
     uid: 0,
     gid: 0,
-};
+});
 
-impl Fake {
-    fn new(entries: &[(&str, Kind)]) -> Fake {
-        Fake(
+/// A made-up file system: path → entry.
+struct FakeFs(BTreeMap<PathBuf, Fake>);
+
+impl FakeFs {
+    fn new(entries: &[(&str, Fake)]) -> FakeFs {
+        FakeFs(
             entries
                 .iter()
-                .map(|(p, k)| (PathBuf::from(p), k.clone()))
+                .map(|(p, e)| (PathBuf::from(p), e.clone()))
                 .collect(),
         )
     }
 }
 
-impl FsView for Fake {
+impl FakeFs {
+    /// `path` with a final symlink followed (ancestors are never links here).
+    fn resolve(&self, path: &Path) -> PathBuf {
+        match (self.0.get(path), path.parent()) {
+            (Some(Fake::Link(target)), Some(parent)) => self.resolve(&parent.join(target)),
+            _ => path.to_path_buf(),
+        }
+    }
+}
+
+impl FsView for FakeFs {
     fn kind(&self, path: &Path) -> Option<Kind> {
-        self.0.get(path).cloned()
+        Some(match self.0.get(path)? {
+            Fake::Dir(_) => Kind::Dir,
+            Fake::Link(target) => Kind::Symlink { target: p(target) },
+            Fake::Other => Kind::Other,
+        })
+    }
+    fn dir(&self, path: &Path) -> Option<DirMeta> {
+        match self.0.get(&self.resolve(path))? {
+            Fake::Dir(meta) => Some(*meta),
+            _ => None,
+        }
     }
     fn list(&self, dir: &Path) -> Vec<(OsString, Kind)> {
+        let dir = self.resolve(dir);
         self.0
-            .iter()
-            .filter(|(p, _)| p.parent() == Some(dir))
-            .map(|(p, k)| (p.file_name().unwrap().to_os_string(), k.clone()))
+            .keys()
+            .filter(|p| p.parent() == Some(&dir))
+            .map(|p| (p.file_name().unwrap().to_os_string(), self.kind(p).unwrap()))
             .collect()
     }
 }
@@ -39,7 +68,7 @@ fn p(s: &str) -> PathBuf {
 }
 
 /// The plan for `binds` (source, target) on `fs`, staging under `/t/s`.
-fn plan_on(fs: &Fake, binds: &[(&str, &str)]) -> Result<Vec<Step>, String> {
+fn plan_on(fs: &FakeFs, binds: &[(&str, &str)]) -> Result<Vec<Step>, String> {
     let binds: Vec<(PathBuf, PathBuf)> = binds.iter().map(|(s, t)| (p(s), p(t))).collect();
     plan(&binds, Path::new("/t/s"), fs)
 }
@@ -75,7 +104,7 @@ fn bind(source: &str, target: &str) -> Step {
 
 #[test]
 fn an_existing_target_is_only_bind_mounted() {
-    let fs = Fake::new(&[
+    let fs = FakeFs::new(&[
         ("/", DIR),
         ("/opt", DIR),
         ("/opt/cni", DIR),
@@ -87,22 +116,17 @@ fn an_existing_target_is_only_bind_mounted() {
 
 #[test]
 fn a_missing_target_is_made_in_a_tmpfs_over_its_lowest_existing_ancestor() {
-    let etc = Kind::Dir {
+    let etc = Fake::Dir(DirMeta {
         mode: 0o750,
         uid: 0,
         gid: 4,
-    };
-    let fs = Fake::new(&[
+    });
+    let fs = FakeFs::new(&[
         ("/", DIR),
         ("/etc", etc),
-        ("/etc/hosts", Kind::Other),
+        ("/etc/hosts", Fake::Other),
         ("/etc/ssl", DIR),
-        (
-            "/etc/mtab",
-            Kind::Symlink {
-                target: p("../proc/self/mounts"),
-            },
-        ),
+        ("/etc/mtab", Fake::Link("../proc/self/mounts")),
     ]);
     let steps = plan_on(&fs, &[("/t/net.d", "/etc/cni/net.d")]).unwrap();
     let entries = vec![
@@ -124,8 +148,40 @@ fn a_missing_target_is_made_in_a_tmpfs_over_its_lowest_existing_ancestor() {
 }
 
 #[test]
+fn symlinks_to_directories_are_followed_as_mount_follows_them() {
+    let opt = Fake::Dir(DirMeta {
+        mode: 0o700,
+        uid: 0,
+        gid: 0,
+    });
+    let fs = FakeFs::new(&[
+        ("/", DIR),
+        ("/opt", Fake::Link("/srv/opt")),
+        ("/srv", DIR),
+        ("/srv/opt", opt),
+        ("/srv/opt/x", Fake::Other),
+        ("/etc", DIR),
+        ("/etc/cni", DIR),
+        ("/etc/cni/net.d", Fake::Link("/srv")),
+    ]);
+    // An existing target behind a symlink: bound over where it leads.
+    let steps = plan_on(&fs, &[("/t/net.d", "/etc/cni/net.d")]).unwrap();
+    assert_eq!(steps, vec![bind("/t/net.d", "/etc/cni/net.d")]);
+    // A missing target under a symlinked ancestor: the ancestor is covered with the
+    // mode of the directory it leads to, and lists that directory's entries.
+    let steps = plan_on(&fs, &[("/t/bin", "/opt/cni/bin")]).unwrap();
+    let entries = vec![Step::Touch(p("/opt/x")), bind("/t/s/0/x", "/opt/x")];
+    let made = vec![
+        Step::Mkdir(p("/opt/cni")),
+        Step::Mkdir(p("/opt/cni/bin")),
+        bind("/t/bin", "/opt/cni/bin"),
+    ];
+    assert_eq!(steps, [cover("/opt", 0o700, 0, entries), made].concat());
+}
+
+#[test]
 fn a_directory_made_for_one_target_serves_the_next_without_another_cover() {
-    let fs = Fake::new(&[("/", DIR), ("/var", DIR), ("/var/lib", DIR)]);
+    let fs = FakeFs::new(&[("/", DIR), ("/var", DIR), ("/var/lib", DIR)]);
     let steps = plan_on(
         &fs,
         &[("/t/a", "/var/lib/cni/a"), ("/t/b", "/var/lib/cni/b")],
@@ -145,7 +201,7 @@ fn a_directory_made_for_one_target_serves_the_next_without_another_cover() {
 fn a_machine_directory_under_a_cover_is_covered_again_before_anything_is_made_in_it() {
     // /etc/ssl is the machine's, bind-mounted back into /etc's tmpfs: making
     // /etc/ssl/x there would write the machine's /etc/ssl.
-    let fs = Fake::new(&[("/", DIR), ("/etc", DIR), ("/etc/ssl", DIR)]);
+    let fs = FakeFs::new(&[("/", DIR), ("/etc", DIR), ("/etc/ssl", DIR)]);
     let steps = plan_on(&fs, &[("/t/a", "/etc/a"), ("/t/x", "/etc/ssl/x")]).unwrap();
     let at = |want: &Step| steps.iter().position(|s| s == want).unwrap();
     assert!(
@@ -156,11 +212,11 @@ fn a_machine_directory_under_a_cover_is_covered_again_before_anything_is_made_in
 
 #[test]
 fn unsafe_plans_are_refused() {
-    let fs = Fake::new(&[
+    let fs = FakeFs::new(&[
         ("/", DIR),
         ("/t", DIR),
         ("/etc", DIR),
-        ("/etc/f", Kind::Other),
+        ("/etc/f", Fake::Other),
     ]);
     for (target, why) in [
         ("/nope/cni", "covering /"),
