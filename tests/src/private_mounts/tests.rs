@@ -9,11 +9,12 @@ enum Fake {
     Other,
 }
 
-const DIR: Fake = Fake::Dir(DirMeta {
-    mode: 0o755,
-    uid: 0,
-    gid: 0,
-});
+const DIR: Fake = dir(0o755, 0);
+
+/// A directory owned by root and group `gid`.
+const fn dir(mode: u32, gid: u32) -> Fake {
+    Fake::Dir(DirMeta { mode, uid: 0, gid })
+}
 
 /// A made-up file system: path → entry.
 struct FakeFs(BTreeMap<PathBuf, Fake>);
@@ -95,6 +96,14 @@ fn cover(ancestor: &str, mode: u32, gid: u32, entries: Vec<Step>) -> Vec<Step> {
     steps
 }
 
+/// The steps that make the missing directories `dirs` (parents first) and bind
+/// `source` on the last.
+fn made(dirs: &[&str], source: &str) -> Vec<Step> {
+    let mut steps: Vec<Step> = dirs.iter().map(|d| Step::Mkdir(p(d))).collect();
+    steps.push(bind(source, dirs.last().expect("a target")));
+    steps
+}
+
 fn bind(source: &str, target: &str) -> Step {
     Step::Bind {
         source: p(source),
@@ -116,14 +125,9 @@ fn an_existing_target_is_only_bind_mounted() {
 
 #[test]
 fn a_missing_target_is_made_in_a_tmpfs_over_its_lowest_existing_ancestor() {
-    let etc = Fake::Dir(DirMeta {
-        mode: 0o750,
-        uid: 0,
-        gid: 4,
-    });
     let fs = FakeFs::new(&[
         ("/", DIR),
-        ("/etc", etc),
+        ("/etc", dir(0o750, 4)),
         ("/etc/hosts", Fake::Other),
         ("/etc/ssl", DIR),
         ("/etc/mtab", Fake::Link("../proc/self/mounts")),
@@ -139,26 +143,17 @@ fn a_missing_target_is_made_in_a_tmpfs_over_its_lowest_existing_ancestor() {
         Step::Mkdir(p("/etc/ssl")),
         bind("/t/s/0/ssl", "/etc/ssl"),
     ];
-    let made = vec![
-        Step::Mkdir(p("/etc/cni")),
-        Step::Mkdir(p("/etc/cni/net.d")),
-        bind("/t/net.d", "/etc/cni/net.d"),
-    ];
+    let made = made(&["/etc/cni", "/etc/cni/net.d"], "/t/net.d");
     assert_eq!(steps, [cover("/etc", 0o750, 4, entries), made].concat());
 }
 
 #[test]
 fn symlinks_to_directories_are_followed_as_mount_follows_them() {
-    let opt = Fake::Dir(DirMeta {
-        mode: 0o700,
-        uid: 0,
-        gid: 0,
-    });
     let fs = FakeFs::new(&[
         ("/", DIR),
         ("/opt", Fake::Link("/srv/opt")),
         ("/srv", DIR),
-        ("/srv/opt", opt),
+        ("/srv/opt", dir(0o700, 0)),
         ("/srv/opt/x", Fake::Other),
         ("/etc", DIR),
         ("/etc/cni", DIR),
@@ -171,11 +166,7 @@ fn symlinks_to_directories_are_followed_as_mount_follows_them() {
     // mode of the directory it leads to, and lists that directory's entries.
     let steps = plan_on(&fs, &[("/t/bin", "/opt/cni/bin")]).unwrap();
     let entries = vec![Step::Touch(p("/opt/x")), bind("/t/s/0/x", "/opt/x")];
-    let made = vec![
-        Step::Mkdir(p("/opt/cni")),
-        Step::Mkdir(p("/opt/cni/bin")),
-        bind("/t/bin", "/opt/cni/bin"),
-    ];
+    let made = made(&["/opt/cni", "/opt/cni/bin"], "/t/bin");
     assert_eq!(steps, [cover("/opt", 0o700, 0, entries), made].concat());
 }
 
@@ -187,14 +178,13 @@ fn a_directory_made_for_one_target_serves_the_next_without_another_cover() {
         &[("/t/a", "/var/lib/cni/a"), ("/t/b", "/var/lib/cni/b")],
     )
     .unwrap();
-    let made = vec![
-        Step::Mkdir(p("/var/lib/cni")),
-        Step::Mkdir(p("/var/lib/cni/a")),
-        bind("/t/a", "/var/lib/cni/a"),
-        Step::Mkdir(p("/var/lib/cni/b")),
-        bind("/t/b", "/var/lib/cni/b"),
+    // The second target's parent was made for the first: only the target is made.
+    let expected = [
+        cover("/var/lib", 0o755, 0, vec![]),
+        made(&["/var/lib/cni", "/var/lib/cni/a"], "/t/a"),
+        made(&["/var/lib/cni/b"], "/t/b"),
     ];
-    assert_eq!(steps, [cover("/var/lib", 0o755, 0, vec![]), made].concat());
+    assert_eq!(steps, expected.concat());
 }
 
 #[test]
