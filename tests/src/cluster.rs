@@ -7,13 +7,20 @@
 //! Addresses: segment `s` is `192.168.<s+1>.0/24` with the router at `.254`; node `i`
 //! gets `192.168.<s+1>.<i+1>`. Nodes are spread over segments round-robin.
 
+mod nodes;
+mod ping;
+
+pub use nodes::{ClusterNode, NodeFiles, Underlay};
+pub use ping::{ping_matrix, ping_rtt, unanswered};
+
 use crate::cni::{CniCall, Plugin};
-use crate::fixture::TempDir;
+use crate::fixture::{poll, TempDir};
 use crate::netns::{next_id, Netns};
+use crate::require_root;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// How nodes find each other.
 #[derive(Debug, Clone)]
@@ -66,153 +73,13 @@ impl Default for ClusterSpec {
     }
 }
 
-/// The underlay: bridges `ul<s>` in one namespace that also routes between segments.
-pub struct Underlay {
-    pub ns: Netns,
-    pub segments: usize,
-}
-
-impl Underlay {
-    pub fn new(segments: usize, mtu: u32) -> Underlay {
-        let ns = Netns::new("underlay");
-        let mtu = mtu.to_string();
-        for s in 0..segments {
-            let br = format!("ul{s}");
-            // A fixed MAC: a bridge without one takes its lowest port's, and changes it
-            // when a port joins, leaving every node's neighbour entry for the router
-            // pointing nowhere.
-            let mac = format!("02:00:00:00:fe:{s:02x}");
-            ns.ip(&[
-                "link", "add", &br, "address", &mac, "mtu", &mtu, "type", "bridge",
-            ]);
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("192.168.{}.254/24", s + 1),
-                "dev",
-                &br,
-            ]);
-            ns.ip(&["link", "set", &br, "up"]);
+impl ClusterSpec {
+    /// The default spec with `nodes` nodes.
+    pub fn with_nodes(nodes: usize) -> ClusterSpec {
+        ClusterSpec {
+            nodes,
+            ..ClusterSpec::default()
         }
-        ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        Underlay { ns, segments }
-    }
-
-    /// The router's (and the outside world's) address on segment `s`.
-    pub fn router_ip(&self, segment: usize) -> String {
-        format!("192.168.{}.254", segment + 1)
-    }
-}
-
-/// One node: a namespace with `eth0` on the underlay, its directories, and its agent.
-pub struct ClusterNode {
-    pub name: String,
-    pub ns: Netns,
-    pub ip: String,
-    pub segment: usize,
-    pub dir: PathBuf,
-    pub agent: Option<Child>,
-}
-
-impl ClusterNode {
-    pub fn cni_conf_dir(&self) -> PathBuf {
-        self.dir.join("net.d")
-    }
-    pub fn cni_bin_dir(&self) -> PathBuf {
-        self.dir.join("bin")
-    }
-    pub fn subnet_file(&self) -> PathBuf {
-        self.dir.join("run/subnet.json")
-    }
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-    /// Where the agent serves the address store (well under the 108-byte limit of a
-    /// unix socket path: node dirs are short temp dirs).
-    pub fn store_socket(&self) -> PathBuf {
-        self.dir.join("run/store.sock")
-    }
-    pub fn log_file(&self) -> PathBuf {
-        self.dir.join("agent.log")
-    }
-
-    /// The agent's stderr so far (for failure messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_file()).unwrap_or_default()
-    }
-
-    /// The conflist the agent wrote, if any.
-    pub fn conflist(&self) -> Option<Value> {
-        let bytes = std::fs::read(self.cni_conf_dir().join("10-twill.conflist")).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    /// The node's pod subnet (IPv4) from the subnet file.
-    pub fn subnet(&self) -> Option<String> {
-        let v: Value = serde_json::from_slice(&std::fs::read(self.subnet_file()).ok()?).ok()?;
-        v["subnets"][0].as_str().map(str::to_string)
-    }
-
-    /// `twill-agent status --json` run inside the node.
-    pub fn status(&self) -> Option<Value> {
-        let bin = crate::workspace_bin("twill-agent");
-        let out = self.ns.run(&[
-            bin.to_str()?,
-            "status",
-            "--json",
-            "--listen",
-            "127.0.0.1:9473",
-        ]);
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// A GET against the agent's HTTP endpoint, from inside the node (bash's
-    /// /dev/tcp: no HTTP client needed on the machine).
-    pub fn http_get(&self, path: &str) -> String {
-        let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/9473 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
-        );
-        let out = self.ns.run(&["bash", "-c", &script]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Destinations of the agent's routes (protocol 71) in the node.
-    pub fn agent_routes(&self) -> Vec<String> {
-        let out = self.ns.ip(&["-j", "route", "show", "proto", "71"]);
-        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r["dst"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Peer rows of the agent's status, by node name.
-    pub fn peer_rows(&self) -> Vec<Value> {
-        self.status()
-            .and_then(|s| s["peers"].as_array().cloned())
-            .unwrap_or_default()
-    }
-
-    pub fn ready(&self) -> bool {
-        self.status().is_some_and(|s| s["ready"] == json!(true))
-    }
-
-    /// Kills the agent with `signal` (e.g. libc::SIGKILL) and reaps it.
-    pub fn stop_agent(&mut self, signal: i32) {
-        if let Some(mut child) = self.agent.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, signal) };
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
-        self.stop_agent(libc::SIGKILL);
     }
 }
 
@@ -238,6 +105,7 @@ pub struct ClusterPod {
 impl Cluster {
     /// Builds the underlay and the nodes; agents are not started yet.
     pub fn new(spec: ClusterSpec) -> Cluster {
+        require_root();
         let dir = TempDir::new("cluster");
         let underlay = Underlay::new(spec.segments.max(1), spec.mtu);
         let registry = match &spec.registry {
@@ -280,9 +148,7 @@ impl Cluster {
     pub fn up(spec: ClusterSpec) -> Cluster {
         let mut c = Cluster::new(spec);
         c.start_all();
-        if let Err(e) = c.wait_ready(Duration::from_secs(30)) {
-            panic!("{e}");
-        }
+        c.expect_ready(Duration::from_secs(30));
         c
     }
 
@@ -326,6 +192,7 @@ impl Cluster {
             ns,
             ip,
             segment,
+            files: NodeFiles::under(&dir),
             dir,
             agent: None,
         });
@@ -353,18 +220,11 @@ impl Cluster {
         }
         cmd.arg("--conf")
             .arg(&self.conf_path)
-            .args(["--node-name", &node.name])
-            .arg("--cni-conf-dir")
-            .arg(node.cni_conf_dir())
-            .arg("--cni-bin-dir")
-            .arg(node.cni_bin_dir())
-            .arg("--subnet-file")
-            .arg(node.subnet_file())
-            .arg("--data-dir")
-            .arg(node.data_dir())
-            .arg("--store-socket")
-            .arg(node.store_socket())
-            .args(["--listen", "127.0.0.1:9473"])
+            .args(["--node-name", &node.name]);
+        for (flag, path) in node.files.agent_args() {
+            cmd.arg(flag).arg(path);
+        }
+        cmd.args(["--listen", "127.0.0.1:9473"])
             .args(["--resync", &self.spec.resync_secs.to_string()]);
         cmd
     }
@@ -428,7 +288,7 @@ impl Cluster {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.nodes[i].log_file())
+            .open(&self.nodes[i].files.log_file)
             .unwrap();
         if self.spec.agents_die_with_parent {
             use std::os::unix::process::CommandExt;
@@ -452,6 +312,13 @@ impl Cluster {
     pub fn start_all(&mut self) {
         for i in 0..self.nodes.len() {
             self.start_agent(i);
+        }
+    }
+
+    /// [`Cluster::wait_ready`], panicking with the agents' status and logs on time-out.
+    pub fn expect_ready(&self, timeout: Duration) {
+        if let Err(e) = self.wait_ready(timeout) {
+            panic!("{e}");
         }
     }
 
@@ -554,62 +421,15 @@ impl Cluster {
     }
 }
 
-/// Polls `f` every 50 ms until it holds (true) or `timeout` passes (false).
+/// Polls `f` every 50 ms (slower than [`crate::fixture::wait_for`]: a poll here often
+/// starts processes, `twill-agent status` or `ip`) until it holds (true) or `timeout`
+/// passes (false).
 #[must_use]
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+    poll(timeout, Duration::from_millis(50), f)
 }
 
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Pings every pod from every other pod: (from, to, Some(rtt ms) or None).
-/// The pairs of [`ping_matrix`] that got no answer, as `a -> b (ip)`.
-pub fn unanswered(pods: &[ClusterPod]) -> Vec<String> {
-    ping_matrix(pods)
-        .into_iter()
-        .filter(|(_, _, rtt)| rtt.is_none())
-        .map(|(a, b, _)| format!("{} -> {} ({})", pods[a].name, pods[b].name, pods[b].ip))
-        .collect()
-}
-
-pub fn ping_matrix(pods: &[ClusterPod]) -> Vec<(usize, usize, Option<f64>)> {
-    let mut out = Vec::new();
-    for (a, from) in pods.iter().enumerate() {
-        for (b, to) in pods.iter().enumerate() {
-            if a == b {
-                continue;
-            }
-            out.push((a, b, ping_rtt(&from.ns, &to.ip)));
-        }
-    }
-    out
-}
-
-/// One ping (up to 3 tries, 1 s each); the RTT in ms when answered.
-pub fn ping_rtt(from: &Netns, to: &str) -> Option<f64> {
-    for _ in 0..3 {
-        let out = from.run(&["ping", "-c", "1", "-W", "1", to]);
-        if out.status.success() {
-            let text = String::from_utf8_lossy(&out.stdout);
-            return text
-                .split("time=")
-                .nth(1)
-                .and_then(|t| t.split_whitespace().next())
-                .and_then(|t| t.parse().ok())
-                .or(Some(0.0));
-        }
-    }
-    None
 }

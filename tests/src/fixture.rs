@@ -5,14 +5,20 @@
 //! A scenario is written once against these and runs on any number of nodes; the
 //! multi-node lab reuses them.
 
-use crate::netns::{next_id, run, run_prefix, sh};
+mod checks;
+
+pub use checks::{
+    assert_cni_error, assert_result_json, assert_silent_success, in_subnet, ip_of, one_json_object,
+    poll, reaches, result_address, routes, wait_for,
+};
+
+use crate::netns::{left_by_dead_run, next_id, run, run_prefix};
 use crate::{require_root, CniCall, CniOutcome, Netns, Plugin};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Once;
-use std::time::{Duration, Instant};
 use twill_conf::Attachment;
 use twill_ipam::{Reservation, StoreClient, StoreService};
 
@@ -61,14 +67,7 @@ fn sweep_dead_dirs() {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("twt") else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if left_by_dead_run(&e.file_name().to_string_lossy()) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -465,142 +464,4 @@ impl Node {
         );
         self.verify_store();
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Results, errors and reachability
-
-/// Checks that stdout is exactly one JSON object (nothing before or after it) and
-/// returns it.
-pub fn one_json_object(out: &CniOutcome) -> Value {
-    let mut values = serde_json::Deserializer::from_str(&out.stdout).into_iter::<Value>();
-    let first = match values.next() {
-        Some(Ok(v)) => v,
-        other => panic!(
-            "stdout is not one JSON value ({other:?}): {:?}; stderr: {}",
-            out.stdout, out.stderr
-        ),
-    };
-    assert!(
-        values.next().is_none(),
-        "stdout holds more than one JSON value: {:?}",
-        out.stdout
-    );
-    assert!(
-        first.is_object(),
-        "stdout is not a JSON object: {:?}",
-        out.stdout
-    );
-    first
-}
-
-/// A successful ADD/VERSION output: exit 0 and one JSON object on stdout.
-pub fn assert_result_json(out: &CniOutcome) -> Value {
-    assert_eq!(out.code, Some(0), "failed: {} {}", out.stdout, out.stderr);
-    one_json_object(out)
-}
-
-/// A successful DEL/CHECK/GC/STATUS: exit 0 and nothing on stdout.
-pub fn assert_silent_success(out: &CniOutcome, what: &str) {
-    assert_eq!(
-        out.code,
-        Some(0),
-        "{what} failed: {} {}",
-        out.stdout,
-        out.stderr
-    );
-    assert_eq!(out.stdout, "", "{what} printed on stdout");
-}
-
-/// A failed call: non-zero exit, stdout exactly one error object `{cniVersion, code,
-/// msg, details?}` with `code`, and a msg containing `needle` (when not empty).
-/// Returns the error object.
-pub fn assert_cni_error(out: &CniOutcome, code: u64, needle: &str) -> Value {
-    assert!(
-        matches!(out.code, Some(c) if c != 0),
-        "expected a failure with code {code}, got exit {:?}: {} {}",
-        out.code,
-        out.stdout,
-        out.stderr
-    );
-    let err = one_json_object(out);
-    for key in err.as_object().expect("an object").keys() {
-        assert!(
-            ["cniVersion", "code", "msg", "details"].contains(&key.as_str()),
-            "unexpected key {key:?} in the error {err}"
-        );
-    }
-    assert!(
-        err["cniVersion"].is_string(),
-        "error without cniVersion: {err}"
-    );
-    assert_eq!(err["code"].as_u64(), Some(code), "wrong code in {err}");
-    let msg = err["msg"].as_str().unwrap_or_default();
-    assert!(!msg.is_empty(), "error without msg: {err}");
-    assert!(
-        msg.contains(needle),
-        "msg {msg:?} does not mention {needle:?}"
-    );
-    err
-}
-
-/// The pod interface's first address of an ADD result, as CIDR.
-pub fn result_address(result: &Value) -> String {
-    result["ips"][0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("result without ips[0].address: {result}"))
-        .to_string()
-}
-
-/// The IP of a CIDR string.
-pub fn ip_of(cidr: &str) -> IpAddr {
-    cidr.split('/')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("{cidr:?} is not a CIDR"))
-}
-
-/// True when `from` gets an answer from `addr`: up to three pings of up to 2 s each (the
-/// first may have to wait for ARP).
-pub fn reaches(from: &Netns, addr: &str) -> bool {
-    (0..3).any(|_| from.ping(addr))
-}
-
-/// Waits up to `timeout` for `cond`, polling; returns whether it came true.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `ip -n <ns> route show` of the main table.
-pub fn routes(ns: &Netns) -> String {
-    sh(&["ip", "-n", ns.name(), "route", "show"])
-}
-
-/// True when `addr` lies in `cidr` (e.g. "10.244.1.0/24", "fd00:10:244:1::/64").
-pub fn in_subnet(addr: IpAddr, cidr: &str) -> bool {
-    let (net, len) = cidr
-        .split_once('/')
-        .unwrap_or_else(|| panic!("{cidr:?} is not a CIDR"));
-    let net: IpAddr = net
-        .parse()
-        .unwrap_or_else(|_| panic!("{cidr:?} is not a CIDR"));
-    let len: u32 = len
-        .parse()
-        .unwrap_or_else(|_| panic!("{cidr:?} is not a CIDR"));
-    let (a, n, bits) = match (addr, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => (u128::from(u32::from(a)), u128::from(u32::from(n)), 32),
-        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
-        _ => return false,
-    };
-    let host_bits = bits - len.min(bits);
-    a.checked_shr(host_bits).unwrap_or(0) == n.checked_shr(host_bits).unwrap_or(0)
 }

@@ -1,6 +1,9 @@
-//! Topology helpers shared by the end-to-end tests, the benchmarks and (later) the lab:
-//! network namespaces that clean up after themselves, and the `twill` plugin invoked
-//! exactly as a container runtime invokes it.
+//! Topology helpers shared by the end-to-end tests, the benchmarks and the lab: network
+//! namespaces that clean up after themselves (`netns`), the `twill` plugin invoked
+//! exactly as a container runtime invokes it (`cni`), single nodes and pods
+//! (`fixture`), whole clusters with their agents (`cluster`) and the scenarios run on
+//! them (`scenarios`), real runtimes and registries (`containerd`, `etcd`, `kube`), and
+//! private views of the machine's directories for a child process (`private_mounts`).
 //!
 //! Everything a test creates lives in namespaces whose names carry a per-run prefix, so
 //! tests run in parallel and a crashed run's leftovers can be swept.
@@ -12,6 +15,7 @@ pub mod etcd;
 pub mod fixture;
 pub mod kube;
 pub mod netns;
+pub mod private_mounts;
 pub mod scenarios;
 
 pub use cni::{CniCall, CniOutcome, Plugin};

@@ -52,18 +52,25 @@ pub fn next_id() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Whether `name` (of a namespace, a temp dir) was made by a run whose process is gone:
+/// it starts with `twt<pid>-` and no process `<pid>` exists.
+pub fn left_by_dead_run(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix("twt")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Deletes namespaces left by earlier runs whose process is gone.
 fn sweep_leftovers() {
     let list = run(&["ip", "netns", "list"]);
     for line in String::from_utf8_lossy(&list.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix("twt") else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if left_by_dead_run(name) {
             let _ = run(&["ip", "netns", "del", name]);
         }
     }

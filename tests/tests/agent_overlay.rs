@@ -2,12 +2,42 @@
 
 use serde_json::json;
 use std::time::Duration;
-use twill_tests::cluster::{ping_rtt, unanswered, wait_until, Cluster, ClusterSpec};
-use twill_tests::require_root;
+use twill_tests::cluster::{
+    ping_rtt, unanswered, wait_until, Cluster, ClusterNode, ClusterPod, ClusterSpec,
+};
+
+/// How long agents started one by one get to be ready.
+const READY: Duration = Duration::from_secs(20);
+
+/// Two nodes with their agents ready, and a pod on each: `sleep-1` on node-1, `sleep-2`
+/// on node-2.
+fn two_nodes_with_a_pod_each() -> (Cluster, ClusterPod, ClusterPod) {
+    let c = Cluster::up(ClusterSpec::with_nodes(2));
+    let a = c.add_pod(0, "sleep-1").unwrap();
+    let b = c.add_pod(1, "sleep-2").unwrap();
+    (c, a, b)
+}
+
+/// A cluster of `nodes` nodes where only node-1's agent runs, ready.
+fn only_node_1_running(nodes: usize) -> Cluster {
+    let mut c = Cluster::new(ClusterSpec::with_nodes(nodes));
+    c.start_agent(0);
+    c.expect_ready(READY);
+    c
+}
+
+/// Nodes spread over two underlay segments with direct routing: peers on the same
+/// segment are routed directly, peers across segments over VXLAN.
+fn two_segments(nodes: usize) -> ClusterSpec {
+    ClusterSpec {
+        segments: 2,
+        direct_routing: true,
+        ..ClusterSpec::with_nodes(nodes)
+    }
+}
 
 #[test]
 fn three_nodes_file_registry_every_pod_reaches_every_pod() {
-    require_root();
     let c = Cluster::up(ClusterSpec::default());
     let mut pods = Vec::new();
     for i in 0..3 {
@@ -29,18 +59,15 @@ fn wait(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
 
 #[test]
 fn nodes_join_and_leave_without_restarting_anyone() {
-    require_root();
     let mut c = Cluster::new(ClusterSpec::default());
     c.start_agent(0);
     c.start_agent(1);
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    c.expect_ready(READY);
     let a = c.add_pod(0, "sleep-1").unwrap();
 
     // node-3 joins: node-1's pod reaches it with nobody restarted.
     c.start_agent(2);
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    c.expect_ready(READY);
     let b = c.add_pod(2, "sleep-3").unwrap();
     assert!(ping_rtt(&a.ns, &b.ip).is_some(), "new node unreachable");
     let subnet3 = c.nodes[2].subnet().unwrap();
@@ -69,20 +96,14 @@ fn nodes_join_and_leave_without_restarting_anyone() {
     let n3 = &c.nodes[2];
     assert!(!n3.ns.links().iter().any(|l| l == "twill.1"));
     assert!(n3.conflist().is_none());
-    assert!(!n3.subnet_file().exists());
+    assert!(!n3.files.subnet_file.exists());
     let tables = n3.ns.sh(&["nft", "list", "tables"]);
     assert!(!tables.contains("twill"), "{tables}");
 }
 
 #[test]
 fn hand_deleted_route_fdb_entry_and_device_come_back_within_one_resync() {
-    require_root();
-    let c = Cluster::up(ClusterSpec {
-        nodes: 2,
-        ..ClusterSpec::default()
-    });
-    let a = c.add_pod(0, "sleep-1").unwrap();
-    let b = c.add_pod(1, "sleep-2").unwrap();
+    let (c, a, b) = two_nodes_with_a_pod_each();
     let resync = Duration::from_secs_f64(c.spec.resync_secs) + Duration::from_secs(2);
     let n1 = &c.nodes[0];
     let peer_subnet = c.nodes[1].subnet().unwrap();
@@ -119,11 +140,7 @@ fn hand_deleted_route_fdb_entry_and_device_come_back_within_one_resync() {
 
 #[test]
 fn bogus_records_are_rejected_and_never_programmed() {
-    require_root();
-    let c = Cluster::up(ClusterSpec {
-        nodes: 2,
-        ..ClusterSpec::default()
-    });
+    let c = Cluster::up(ClusterSpec::with_nodes(2));
     let own = c.nodes[0].subnet().unwrap();
     let peer = c.nodes[1].subnet().unwrap();
     let dir = c.dir.path().join("registry");
@@ -186,29 +203,17 @@ fn bogus_records_are_rejected_and_never_programmed() {
 
 #[test]
 fn sigkill_and_restart_lose_no_ping_reply() {
-    require_root();
-    let mut c = Cluster::up(ClusterSpec {
-        nodes: 2,
-        ..ClusterSpec::default()
+    let (mut c, a, b) = two_nodes_with_a_pod_each();
+    // The ping runs on its own thread while the agents restart (`output()` waits for
+    // it to end).
+    let (from, to) = (a.ns.name().to_string(), b.ip.clone());
+    let pinger = std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &from, "ping", "-i", "0.05", "-c", "160", "-W", "1", &to,
+            ])
+            .output()
     });
-    let a = c.add_pod(0, "sleep-1").unwrap();
-    let b = c.add_pod(1, "sleep-2").unwrap();
-    let ping = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            a.ns.name(),
-            "ping",
-            "-i",
-            "0.05",
-            "-c",
-            "160",
-            "-W",
-            "1",
-            &b.ip,
-        ])
-        .output();
-    let pinger = std::thread::spawn(move || ping);
     std::thread::sleep(Duration::from_millis(500));
     for round in 0..2 {
         for i in 0..2 {
@@ -219,8 +224,7 @@ fn sigkill_and_restart_lose_no_ping_reply() {
             });
             c.start_agent(i);
         }
-        c.wait_ready(Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{e}"));
+        c.expect_ready(READY);
     }
     let out = pinger.join().unwrap().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -232,13 +236,7 @@ fn sigkill_and_restart_lose_no_ping_reply() {
 
 #[test]
 fn sigterm_leaves_the_data_path_in_place() {
-    require_root();
-    let mut c = Cluster::up(ClusterSpec {
-        nodes: 2,
-        ..ClusterSpec::default()
-    });
-    let a = c.add_pod(0, "sleep-1").unwrap();
-    let b = c.add_pod(1, "sleep-2").unwrap();
+    let (mut c, a, b) = two_nodes_with_a_pod_each();
     let before = c.nodes[0].agent_routes();
     c.nodes[0].stop_agent(libc::SIGTERM);
     c.nodes[1].stop_agent(libc::SIGTERM);
@@ -249,13 +247,7 @@ fn sigterm_leaves_the_data_path_in_place() {
 
 #[test]
 fn two_segments_get_direct_routes_within_and_vxlan_across() {
-    require_root();
-    let c = Cluster::up(ClusterSpec {
-        nodes: 4,
-        segments: 2,
-        direct_routing: true,
-        ..ClusterSpec::default()
-    });
+    let c = Cluster::up(two_segments(4));
     // node-1 and node-3 share segment 0; node-2 and node-4 are on segment 1.
     let rows = c.nodes[0].peer_rows();
     let mode = |n: &str| {
@@ -280,7 +272,6 @@ fn two_segments_get_direct_routes_within_and_vxlan_across() {
 
 #[test]
 fn entries_of_a_node_that_left_while_the_agent_was_down_are_removed_at_start() {
-    require_root();
     let mut c = Cluster::up(ClusterSpec {
         resync_secs: 300.0,
         ..ClusterSpec::default()
@@ -314,22 +305,14 @@ fn entries_of_a_node_that_left_while_the_agent_was_down_are_removed_at_start() {
 
 #[test]
 fn health_readiness_metrics_and_status_endpoints_answer() {
-    require_root();
-    let mut c = Cluster::new(ClusterSpec {
-        nodes: 2,
-        ..ClusterSpec::default()
-    });
     // No agent on node-2 yet: node-1 is ready as soon as it has listed the registry.
-    c.start_agent(0);
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut c = only_node_1_running(2);
     let n1 = &c.nodes[0];
     assert!(n1.http_get("/healthz").starts_with("HTTP/1.0 200"));
     assert!(n1.http_get("/readyz").starts_with("HTTP/1.0 200"));
     assert!(n1.http_get("/nope").starts_with("HTTP/1.0 404"));
     c.start_agent(1);
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    c.expect_ready(READY);
     let n1 = &c.nodes[0];
     let metrics = n1.http_get("/metrics");
     for needle in [
@@ -341,7 +324,7 @@ fn health_readiness_metrics_and_status_endpoints_answer() {
     ] {
         assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
     }
-    let bin = twill_tests::cluster::Cluster::agent_bin();
+    let bin = Cluster::agent_bin();
     let out = n1.ns.run(&[bin.to_str().unwrap(), "status"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}");
@@ -355,11 +338,7 @@ fn health_readiness_metrics_and_status_endpoints_answer() {
 
 #[test]
 fn install_cni_puts_the_plugin_and_conflist_in_place_atomically() {
-    require_root();
-    let c = Cluster::new(ClusterSpec {
-        nodes: 1,
-        ..ClusterSpec::default()
-    });
+    let c = Cluster::new(ClusterSpec::with_nodes(1));
     let n = &c.nodes[0];
     let out = c.agent_command(0, Some("install-cni")).output().unwrap();
     // install-cni takes only the host flags: it must reject the run flags.
@@ -372,14 +351,14 @@ fn install_cni_puts_the_plugin_and_conflist_in_place_atomically() {
             .arg("--plugin")
             .arg(source)
             .arg("--cni-bin-dir")
-            .arg(n.cni_bin_dir())
+            .arg(&n.files.cni_bin_dir)
             .arg("--cni-conf-dir")
-            .arg(n.cni_conf_dir())
+            .arg(&n.files.cni_conf_dir)
             .arg("--subnet-file")
-            .arg(n.subnet_file());
+            .arg(&n.files.subnet_file);
         cmd.output().unwrap()
     };
-    let installed = n.cni_bin_dir().join("twill");
+    let installed = n.files.cni_bin_dir.join("twill");
     // A binary that is executing is replaced without "text file busy": install
     // `sleep` as the plugin, run it, and install the real plugin over it meanwhile.
     let out = install_from(std::path::Path::new("/bin/sleep"));
@@ -410,9 +389,9 @@ fn install_cni_puts_the_plugin_and_conflist_in_place_atomically() {
     assert_eq!(list["plugins"][0]["type"], "twill");
     assert_eq!(
         list["plugins"][0]["subnetFile"],
-        n.subnet_file().to_str().unwrap()
+        n.files.subnet_file.to_str().unwrap()
     );
-    let leftovers: Vec<_> = std::fs::read_dir(n.cni_bin_dir())
+    let leftovers: Vec<_> = std::fs::read_dir(&n.files.cni_bin_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
@@ -454,15 +433,9 @@ fn udp_counters(ns: &twill_tests::Netns) -> std::collections::BTreeMap<String, u
 fn node_originated_service_through_vxlan(rule: KubeProxyMasquerade) {
     use std::net::SocketAddr;
     use twill_tests::scenarios::{nft_script, tcp_connect_within, TcpServer};
-    require_root();
     // The lab's shape, where the fault showed: a direct-routed peer beside VXLAN ones
     // (node-1 and node-2 sit on different segments: VXLAN between them).
-    let c = Cluster::up(ClusterSpec {
-        nodes: 3,
-        segments: 2,
-        direct_routing: true,
-        ..ClusterSpec::default()
-    });
+    let c = Cluster::up(two_segments(3));
     let backend = c.add_pod(1, "web-1").unwrap();
     let bind: SocketAddr = format!("{}:8080", backend.ip).parse().unwrap();
     let _server = TcpServer::start(&backend.ns, "web-1", bind).unwrap();
@@ -530,8 +503,7 @@ fn node_originated_nat_through_vxlan_with_current_kube_proxy_rule() {
 /// kept off.
 #[test]
 fn checksum_offload_follows_the_config_on_every_resync() {
-    require_root();
-    let offload = |n: &twill_tests::cluster::ClusterNode| {
+    let offload = |n: &ClusterNode| {
         twill_netlink::NetNs::open(std::path::Path::new(&n.ns.path()))
             .unwrap()
             .run(|| twill_netlink::ethtool::tx_checksum("twill.1"))
@@ -539,7 +511,7 @@ fn checksum_offload_follows_the_config_on_every_resync() {
             .unwrap()
     };
     // As `ethtool -K twill.1 tx on|off` would.
-    let set = |n: &twill_tests::cluster::ClusterNode, on: bool| {
+    let set = |n: &ClusterNode, on: bool| {
         twill_netlink::NetNs::open(std::path::Path::new(&n.ns.path()))
             .unwrap()
             .run(|| twill_netlink::ethtool::set_tx_checksum("twill.1", on))
@@ -548,9 +520,8 @@ fn checksum_offload_follows_the_config_on_every_resync() {
     };
     for configured in [None, Some(false)] {
         let c = Cluster::up(ClusterSpec {
-            nodes: 1,
             checksum_offload: configured,
-            ..ClusterSpec::default()
+            ..ClusterSpec::with_nodes(1)
         });
         let n = &c.nodes[0];
         let want = configured.unwrap_or(true);
@@ -569,19 +540,12 @@ fn checksum_offload_follows_the_config_on_every_resync() {
 /// across the switch both ways.
 #[test]
 fn the_agent_serves_the_address_store_and_the_plugin_does_without_it() {
-    require_root();
-    let mut c = Cluster::new(ClusterSpec {
-        nodes: 1,
-        ..ClusterSpec::default()
-    });
-    c.start_agent(0);
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut c = only_node_1_running(1);
     let node = &c.nodes[0];
-    let store_dir = node.data_dir().join("twill");
+    let store_dir = node.files.data_dir.join("twill");
     assert_eq!(
         node.conflist().unwrap()["plugins"][0]["storeSocket"],
-        json!(node.store_socket())
+        json!(node.files.store_socket)
     );
     // The agent holds the store: a process opening it itself is told so at once.
     let served_by_agent = || {
@@ -595,7 +559,7 @@ fn the_agent_serves_the_address_store_and_the_plugin_does_without_it() {
         Duration::from_secs(10),
         served_by_agent,
     );
-    let served = twill_ipam::StoreClient::new(&store_dir, Some(node.store_socket()));
+    let served = twill_ipam::StoreClient::new(&store_dir, Some(node.files.store_socket.clone()));
 
     let a = c.add_pod(0, "via-agent").unwrap();
     let held = served.reservations().unwrap();
@@ -613,8 +577,7 @@ fn the_agent_serves_the_address_store_and_the_plugin_does_without_it() {
 
     // Agent back: it takes the store again, with both reservations.
     c.start_agent(0);
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    c.expect_ready(READY);
     wait(
         "the agent serves the store again",
         Duration::from_secs(10),

@@ -4,23 +4,71 @@
 //! pod on node 2 across the overlay, and once it exits `ctr` sends DEL (with an empty
 //! `CNI_NETNS`) and the address is released.
 //!
-//! `ctr` reads the machine's `/etc/cni/net.d` and `/opt/cni/bin`: the tests hold
-//! [`CniDirsGuard`], which serializes them across test binaries and puts those dirs
-//! back byte for byte.
+//! `ctr` looks for its config in `/etc/cni/net.d` and for plugins in `/opt/cni/bin`, and
+//! caches results in `/var/lib/cni`: it runs in a mount namespace of its own where the
+//! test's [`CniDirs`] are mounted at those paths, so the machine's are never written.
 
 use serde_json::Value;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use twill_ipam::{Reservation, StoreClient};
 use twill_tests::cluster::{tail, Cluster, ClusterSpec};
-use twill_tests::containerd::{container_id, BusyboxRootfs, CniDirsGuard, Containerd};
+use twill_tests::containerd::{
+    container_id, BusyboxRootfs, CniDirs, Containerd, CNI_BIN_DIR, CNI_CACHE_DIR, CNI_CONF_DIR,
+};
 use twill_tests::fixture::{in_subnet, wait_for};
-use twill_tests::{require_root, workspace_bin, Netns, TempDir};
+use twill_tests::private_mounts::PrivateMounts;
+use twill_tests::{require_root, sh, workspace_bin, Netns, TempDir};
 
-/// The name the test's conflist gets in `/etc/cni/net.d`: sorts before the agent's
-/// `10-twill.conflist` and anything a machine usually has, as `ctr` reads only the first.
+/// The name the test's conflist gets in its config dir (`ctr` reads the first file).
 const CONFLIST_NAME: &str = "00-twill-test.conflist";
+
+/// Every entry under each of `paths` (type, mode, owner, size, mtime, and a SHA-256 of
+/// each file), or that it is absent: equal before and after when nothing was written.
+fn tree_listing(paths: &[&Path]) -> String {
+    let mut out = String::new();
+    for p in paths {
+        if std::fs::symlink_metadata(p).is_err() {
+            out.push_str(&format!("{}: absent\n", p.display()));
+            continue;
+        }
+        let p = p.to_str().expect("a UTF-8 path");
+        let mut lines: Vec<String> = sh(&["find", p, "-printf", "%p %y %m %U:%G %s %T@\n"])
+            .lines()
+            .chain(sh(&["find", p, "-type", "f", "-exec", "sha256sum", "{}", "+"]).lines())
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        out.push_str(&lines.join("\n"));
+        out.push('\n');
+    }
+    out
+}
+
+/// The machine's CNI directories and the parents a runtime would create for them.
+fn machine_cni_dirs() -> String {
+    tree_listing(
+        &[
+            "/etc/cni",
+            CNI_CONF_DIR,
+            "/opt/cni",
+            CNI_BIN_DIR,
+            CNI_CACHE_DIR,
+        ]
+        .map(Path::new),
+    )
+}
+
+/// Mount points of this process's mount namespace under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    sh(&["findmnt", "-rn", "-o", "TARGET"])
+        .lines()
+        .filter(|t| Path::new(t).starts_with(dir))
+        .map(str::to_string)
+        .collect()
+}
 
 /// Every reservation of the store in `dir` (empty when it was never created), through
 /// the agent's store socket (the agent holds the store).
@@ -63,13 +111,9 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
     twill_tests::containerd::require_tools();
     let started = Instant::now();
 
-    let mut c = Cluster::new(ClusterSpec {
-        nodes: 2,
-        ..ClusterSpec::default()
-    });
+    let mut c = Cluster::new(ClusterSpec::with_nodes(2));
     c.start_all();
-    c.wait_ready(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    c.expect_ready(Duration::from_secs(20));
     let target = c.add_pod(1, "sleep-2").unwrap();
     let n1 = &c.nodes[0];
     let subnet = n1.subnet().expect("node-1 has a subnet");
@@ -83,11 +127,12 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
         .as_str()
         .expect("a conflist name")
         .to_string();
-    let store_dir = n1.data_dir().join(&network);
+    let store_dir = n1.files.data_dir.join(&network);
 
-    let mut guard = CniDirsGuard::acquire();
-    guard.install_plugin("twill", &workspace_bin("twill"));
-    guard.install_conflist(CONFLIST_NAME, &conflist);
+    let cni = CniDirs::new();
+    cni.install_plugin("twill", &workspace_bin("twill"));
+    cni.install_conflist(CONFLIST_NAME, &conflist);
+    let machine_before = machine_cni_dirs();
 
     let containerd = Containerd::start();
     let rootfs = BusyboxRootfs::new();
@@ -111,6 +156,7 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
     let pid_file = ctl.path().join("pid");
     let run = containerd.spawn_run(
         n1.ns.name(),
+        &cni,
         rootfs.path(),
         &id,
         &["--mount", &mount, "--pid-file", pid_file.to_str().unwrap()],
@@ -144,7 +190,15 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
         in_subnet(addr, &subnet),
         "the container got {cidr}, outside node-1's subnet {subnet}"
     );
-    let held = reservations(&store_dir, &n1.store_socket());
+    // ... and libcni cached the result in the test's cache dir, not the machine's.
+    let cached = std::fs::read_dir(cni.cache_dir().join("results"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert!(
+        cached.iter().any(|n| n.to_string_lossy().contains(&cni_id)),
+        "no libcni result for {cni_id} in the test's cache dir: {cached:?}"
+    );
+    let held = reservations(&store_dir, &n1.files.store_socket);
     assert!(
         held.iter().any(|r| r.owner.container_id == cni_id
             && r.owner.ifname == "eth0"
@@ -195,7 +249,7 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
     );
 
     // After it: the address is released and the host veth is gone.
-    let held = reservations(&store_dir, &n1.store_socket());
+    let held = reservations(&store_dir, &n1.files.store_socket);
     assert!(
         !held.iter().any(|r| r.owner.container_id == cni_id),
         "node-1's store still holds an address for {cni_id}: {held:?}"
@@ -218,102 +272,93 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
     );
 
     drop(containerd);
-    guard.restore();
+    assert_eq!(
+        machine_cni_dirs(),
+        machine_before,
+        "the machine's CNI directories changed"
+    );
     println!("done in {:?}", started.elapsed());
 }
 
-/// The guard itself, on temp dirs: what it found comes back byte for byte (files,
-/// modes, symlinks, subdirs), what was added goes, a dir that was missing (with its
-/// missing parent) is removed again; what a killed holder installed, and what was
-/// added beside it, is undone by the next holder.
+/// The private view itself, on temp dirs standing for the machine's: a target that
+/// exists (with a file), one whose parents are missing, and one whose parent exists
+/// beside a file, a symlink and a directory. The child sees and writes the test's
+/// directories at the targets and still sees everything else of a directory covered
+/// to make a missing target; afterwards the stand-ins are exactly as before, and no
+/// mount is left in the test's namespace.
 #[test]
-fn cni_dirs_guard_puts_back_exactly_what_it_found() {
+fn private_mounts_show_the_tests_dirs_and_leave_the_machines_as_they_were() {
     require_root();
-    let t = TempDir::new("guard");
-    let conf = t.path().join("etc/cni/net.d");
-    let bin = t.path().join("opt/cni/bin");
-    let absent = t.path().join("var/lib/cni");
+    let machine = TempDir::new("machine");
+    let m = machine.path();
+    let conf = m.join("etc/cni/net.d");
+    let bin = m.join("opt/cni/bin");
+    let cache = m.join("var/lib/cni");
     std::fs::create_dir_all(&conf).unwrap();
-    std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(conf.join("10-other.conflist"), b"{\"name\":\"other\"}").unwrap();
-    std::fs::set_permissions(
-        conf.join("10-other.conflist"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("10-other.conflist", conf.join("20-link.conflist")).unwrap();
-    std::fs::create_dir(conf.join("sub")).unwrap();
-    std::fs::write(conf.join("sub/x"), b"x").unwrap();
-    std::fs::write(bin.join("twill"), b"old twill").unwrap();
-    std::fs::set_permissions(bin.join("twill"), std::fs::Permissions::from_mode(0o750)).unwrap();
-    let snapshot = |p: &Path| {
-        // `ls -laR` of the guarded trees' parents, mtimes to the nanosecond; without the
-        // lines for `..` (the temp dir is not guarded, and changes when `var` comes and
-        // goes), and with whether `var` exists.
-        let ls = twill_tests::sh(&[
-            "ls",
-            "-laR",
-            "--time-style=full-iso",
-            p.join("etc").to_str().unwrap(),
-            p.join("opt").to_str().unwrap(),
-        ]);
-        let mut lines: Vec<&str> = ls.lines().filter(|l| !l.ends_with(" ..")).collect();
-        let var = format!("var exists: {}", p.join("var").exists());
-        lines.push(&var);
-        lines.join("\n")
-    };
-    let contents = |p: &Path| -> Vec<(PathBuf, Vec<u8>)> {
-        let mut v = Vec::new();
-        let mut stack = vec![p.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                let ft = e.file_type().unwrap();
-                if ft.is_dir() {
-                    stack.push(e.path());
-                } else if ft.is_file() {
-                    v.push((e.path(), std::fs::read(e.path()).unwrap()));
-                }
-            }
-        }
-        v.sort();
-        v
-    };
-    let before = (snapshot(t.path()), contents(t.path()));
-    let dirs = [conf.as_path(), bin.as_path(), absent.as_path()];
-    // Locks, journal and backups live outside the guarded tree, so that the tree's
-    // listing before and after is comparable.
-    let outside = TempDir::new("guard-journal");
-    let lock = |name: &str| outside.path().join(format!("{name}.lock"));
-    let journal = outside.path().join("journal");
-    let backup = outside.path().join("backup");
+    std::fs::create_dir_all(m.join("opt")).unwrap();
+    std::fs::create_dir_all(m.join("var/lib/dpkg")).unwrap();
+    std::fs::write(m.join("var/lib/dpkg/status"), b"dpkg status").unwrap();
+    std::fs::write(m.join("var/lib/file"), b"a file").unwrap();
+    std::os::unix::fs::symlink("dpkg", m.join("var/lib/link")).unwrap();
+    let before = tree_listing(&[m]);
 
-    // 1. A guard that installs and modifies, then restores (by drop, during a panic).
-    let r = std::panic::catch_unwind(|| {
-        let mut g = CniDirsGuard::acquire_at(&dirs, &lock("a"), &journal, &backup);
-        g.install(&conf, "00-twill-test.conflist", b"{}", 0o644);
-        g.install(&bin, "twill", b"new twill", 0o755);
-        g.install(&absent, "results", b"cache", 0o600);
-        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::remove_file(conf.join("sub/x")).unwrap();
-        std::fs::write(conf.join("10-other.conflist"), b"clobbered").unwrap();
-        panic!("the test fails halfway");
-    });
-    assert!(r.is_err());
-    assert_eq!((snapshot(t.path()), contents(t.path())), before);
-    assert!(!journal.exists() && !backup.exists());
+    let ours = TempDir::new("ours");
+    let dir = |name: &str| -> PathBuf {
+        let d = ours.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("mark"), name).unwrap();
+        d
+    };
+    let (our_conf, our_bin, our_cache) = (dir("net.d"), dir("bin"), dir("cache"));
+    let staging = ours.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    let mounts = PrivateMounts::new(&staging)
+        .bind(&our_conf, &conf)
+        .bind(&our_bin, &bin)
+        .bind(&our_cache, &cache);
+    let var_lib = m.join("var/lib");
+    let (c, b, k, l) = (
+        conf.display(),
+        bin.display(),
+        cache.display(),
+        var_lib.display(),
+    );
+    let script = format!(
+        "set -e; cat {c}/mark {b}/mark {k}/mark; echo; ls {c}; \
+         for d in {c} {b} {k}; do echo written > $d/new; done; \
+         cat {l}/file; echo; readlink {l}/link; cat {l}/link/status; echo; ls {l}"
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script]);
+    mounts.apply(&mut cmd).unwrap();
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "net.dbincache",
+            "mark",
+            "a file",
+            "dpkg",
+            "dpkg status",
+            "cni",
+            "dpkg",
+            "file",
+            "link"
+        ],
+        "what the child saw"
+    );
 
-    // 2. A holder killed outright (never dropped): the next guard undoes its installs.
-    let mut g = CniDirsGuard::acquire_at(&dirs, &lock("b"), &journal, &backup);
-    g.install(&conf, "00-twill-test.conflist", b"{}", 0o644);
-    g.install(&bin, "twill", b"new twill", 0o755);
-    g.install(&absent, "results", b"cache", 0o600);
-    // ... and what the runtime wrote on its own (libcni's cache, say).
-    std::fs::write(conf.join("sub/written-by-the-runtime"), b"c").unwrap();
-    std::fs::create_dir(bin.join("new-dir")).unwrap();
-    std::mem::forget(g);
-    assert_ne!(contents(t.path()), before.1);
-    let g = CniDirsGuard::acquire_at(&dirs, &lock("c"), &journal, &backup);
-    assert_eq!((snapshot(t.path()), contents(t.path())), before);
-    g.restore();
-    assert_eq!((snapshot(t.path()), contents(t.path())), before);
+    assert_eq!(tree_listing(&[m]), before, "the stand-ins changed");
+    for d in [&our_conf, &our_bin, &our_cache] {
+        assert_eq!(std::fs::read_to_string(d.join("new")).unwrap(), "written\n");
+    }
+    assert_eq!(mounts_under(m), Vec::<String>::new());
+    assert_eq!(mounts_under(ours.path()), Vec::<String>::new());
 }

@@ -2,29 +2,11 @@
 //! cluster (agents with a file registry, pods from the real plugin), runs one scenario
 //! and fails with what the scenario saw go wrong.
 
-use std::time::Duration;
 use twill_tests::cluster::{Cluster, ClusterPod, ClusterSpec};
-use twill_tests::require_root;
 use twill_tests::scenarios::{
     cluster_ip_service, kube_proxy_script, node_port, outside_client, pod_egress, pod_replaced,
     Service,
 };
-
-fn cluster(spec: ClusterSpec) -> Cluster {
-    require_root();
-    let mut c = Cluster::new(spec);
-    c.start_all();
-    c.wait_ready(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}"));
-    c
-}
-
-fn nodes(n: usize) -> ClusterSpec {
-    ClusterSpec {
-        nodes: n,
-        ..ClusterSpec::default()
-    }
-}
 
 fn pod(c: &Cluster, node: usize, name: &str) -> ClusterPod {
     c.add_pod(node, name).unwrap_or_else(|e| panic!("{e}"))
@@ -56,7 +38,7 @@ fn shown(c: &Cluster, result: Result<String, String>) -> String {
 
 #[test]
 fn replaced_pod_gets_a_new_address_that_answers_from_every_node() {
-    let c = cluster(nodes(3));
+    let c = Cluster::up(ClusterSpec::with_nodes(3));
     let a = pod(&c, 0, "sleep-1");
     let mut web = pod(&c, 1, "sleep-2");
     let b = pod(&c, 2, "sleep-3");
@@ -69,7 +51,7 @@ fn replaced_pod_gets_a_new_address_that_answers_from_every_node() {
 
 #[test]
 fn cluster_ip_service_reaches_backends_on_both_nodes_hairpins_and_ignores_ping() {
-    let c = cluster(nodes(2));
+    let c = Cluster::up(ClusterSpec::with_nodes(2));
     let client = pod(&c, 0, "sleep-1");
     // The first backend is across the overlay; the second shares the client's node.
     let remote = pod(&c, 1, "web-1");
@@ -85,7 +67,7 @@ fn cluster_ip_service_reaches_backends_on_both_nodes_hairpins_and_ignores_ping()
 
 #[test]
 fn node_port_from_outside_reaches_a_pod_on_another_node_and_replies_through_the_entry_node() {
-    let c = cluster(nodes(2));
+    let c = Cluster::up(ClusterSpec::with_nodes(2));
     let backend = pod(&c, 1, "web-1");
     let outside = outside_client(&c, 0, 200).unwrap_or_else(|e| panic!("{e}"));
     let summary = shown(&c, node_port(&c, &outside, 0, &backend));
@@ -96,7 +78,7 @@ fn node_port_from_outside_reaches_a_pod_on_another_node_and_replies_through_the_
 
 #[test]
 fn pod_to_outside_is_masqueraded_and_pod_to_pod_keeps_its_address() {
-    let c = cluster(nodes(2));
+    let c = Cluster::up(ClusterSpec::with_nodes(2));
     let a = pod(&c, 0, "sleep-1");
     let b = pod(&c, 1, "sleep-2");
     let summary = shown(&c, pod_egress(&c, &a, &b));
@@ -107,9 +89,9 @@ fn pod_to_outside_is_masqueraded_and_pod_to_pod_keeps_its_address() {
 /// route back to the pod network, and the scenario says so.
 #[test]
 fn pod_to_outside_fails_without_ip_masq() {
-    let c = cluster(ClusterSpec {
+    let c = Cluster::up(ClusterSpec {
         ip_masq: false,
-        ..nodes(2)
+        ..ClusterSpec::with_nodes(2)
     });
     let a = pod(&c, 0, "sleep-1");
     let b = pod(&c, 1, "sleep-2");
