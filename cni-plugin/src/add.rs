@@ -228,15 +228,9 @@ pub fn pod_routes(ranges: &[PodRange], conf: &PluginConf) -> Vec<Route> {
 }
 
 fn enable_forwarding(ranges: &[PodRange]) -> Result<(), CniError> {
-    for r in ranges {
-        let key = if r.gateway.is_ipv4() {
-            "net/ipv4/ip_forward"
-        } else {
-            "net/ipv6/conf/all/forwarding"
-        };
-        sysctl::ensure(key, "1").map_err(|e| {
-            CniError::new(INTERNAL, format!("cannot enable forwarding ({key}): {e}"))
-        })?;
+    let families = ranges.iter().map(|r| sysctl::IpFamily::of(r.gateway));
+    match sysctl::enable_forwarding(families).into_iter().next() {
+        Some(e) => Err(CniError::new(INTERNAL, e.to_string())),
+        None => Ok(()),
     }
-    Ok(())
 }

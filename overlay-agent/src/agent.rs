@@ -122,18 +122,11 @@ pub async fn run(
     tracing::info!(subnets = ?subnets, "joined the registry");
     board.update(|s| s.subnets = subnets.clone());
 
-    for (key, on) in [
-        ("net/ipv4/ip_forward", true),
-        (
-            "net/ipv6/conf/all/forwarding",
-            subnets.iter().any(|s| s.addr().is_ipv6()),
-        ),
-    ] {
-        if on {
-            if let Err(e) = twill_netlink::sysctl::ensure(key, "1") {
-                tracing::warn!(key, error = %e, "cannot enable forwarding");
-            }
-        }
+    use twill_netlink::sysctl::IpFamily;
+    let v6 = subnets.iter().any(|s| s.addr().is_ipv6());
+    let families = [Some(IpFamily::V4), v6.then_some(IpFamily::V6)];
+    for e in twill_netlink::sysctl::enable_forwarding(families.into_iter().flatten()) {
+        tracing::warn!(key = e.key, error = %e.source, "cannot enable forwarding");
     }
 
     let datapath = Datapath::new(

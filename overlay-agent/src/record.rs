@@ -28,12 +28,7 @@ impl Mac {
 
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        f.write_str(&twill_netlink::mac::format(&self.0))
     }
 }
 
@@ -41,21 +36,9 @@ impl FromStr for Mac {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in out.iter_mut() {
-            let p = parts
-                .next()
-                .ok_or_else(|| format!("{s:?} is not a MAC address"))?;
-            if p.len() != 2 {
-                return Err(format!("{s:?} is not a MAC address"));
-            }
-            *byte = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
-        }
-        if parts.next().is_some() {
-            return Err(format!("{s:?} is not a MAC address"));
-        }
-        Ok(Mac(out))
+        twill_netlink::mac::parse(s)
+            .map(Mac)
+            .ok_or_else(|| format!("{s:?} is not a MAC address"))
     }
 }
 
