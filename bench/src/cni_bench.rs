@@ -314,26 +314,19 @@ fn run(args: &Args) -> Result<String> {
             lane.samples.version.push(s.wall);
         }
     }
-    eprintln!("cni-bench: {n} x ADD per plugin...");
-    for i in 0..n {
-        for j in order(i) {
-            let lane = &mut lanes[j];
-            let s = lane
-                .subject
-                .call(&thread_ns, Op::Add, Some(&mut lane.seq[i]))?;
-            lane.samples.add.push(s.wall);
-            lane.samples.add_cpu.push(s.cpu);
-        }
-    }
-    eprintln!("cni-bench: {n} x DEL per plugin...");
-    for i in 0..n {
-        for j in order(i) {
-            let lane = &mut lanes[j];
-            let s = lane
-                .subject
-                .call(&thread_ns, Op::Del, Some(&mut lane.seq[i]))?;
-            lane.samples.del.push(s.wall);
-            lane.samples.del_cpu.push(s.cpu);
+    for (op, name) in [(Op::Add, "ADD"), (Op::Del, "DEL")] {
+        eprintln!("cni-bench: {n} x {name} per plugin...");
+        for i in 0..n {
+            for j in order(i) {
+                let lane = &mut lanes[j];
+                let s = lane.subject.call(&thread_ns, op, Some(&mut lane.seq[i]))?;
+                let (wall, cpu) = match op {
+                    Op::Add => (&mut lane.samples.add, &mut lane.samples.add_cpu),
+                    _ => (&mut lane.samples.del, &mut lane.samples.del_cpu),
+                };
+                wall.push(s.wall);
+                cpu.push(s.cpu);
+            }
         }
     }
     eprintln!(

@@ -23,6 +23,8 @@
 //! public IP is on 172.16.0.0/12, which is not directly connected: every peer is a VXLAN
 //! peer (the kernel accepts an FDB destination anywhere).
 
+use crate::overlay_agent_probe::{cpu_ticks, metric, phases, status_kib};
+use crate::overlay_converge_floor;
 use crate::overlay_proc::{self, check_stop};
 use crate::overlay_rtnl::{Prefix, RouteSocket, RT_TABLE_MAIN};
 use anyhow::{bail, Context, Result};
@@ -32,10 +34,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use twill_tests::cluster::{tail, Cluster, ClusterSpec, RegistryKind};
-use twill_tests::Netns;
 
 /// The agent's route protocol (`twill_agent::datapath::ROUTE_PROTOCOL`).
-const PROTO: u8 = 71;
+pub(crate) const PROTO: u8 = 71;
 const NETWORK: &str = "10.0.0.0/8";
 /// Subnet indexes of the records added one at a time (far above any peer's).
 const ADD_BASE: u32 = 60_000;
@@ -97,7 +98,7 @@ pub struct ConvResults {
 }
 
 /// The i-th /24 of 10.0.0.0/8 (i < 65,536).
-fn subnet(idx: u32) -> Prefix {
+pub(crate) fn subnet(idx: u32) -> Prefix {
     Prefix {
         addr: Ipv4Addr::from(0x0a00_0000 | ((idx & 0xffff) << 8)),
         len: 24,
@@ -105,7 +106,7 @@ fn subnet(idx: u32) -> Prefix {
 }
 
 /// The public IP and VTEP MAC of endpoint `i`.
-fn endpoint(i: u32) -> (Ipv4Addr, String) {
+pub(crate) fn endpoint(i: u32) -> (Ipv4Addr, String) {
     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i + 1);
     let mac = format!(
         "0a:5e:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -159,6 +160,23 @@ impl ConvNode {
             }
         }
         Ok(())
+    }
+
+    /// Makes `change` (a registry file written or removed) and times it to the route to
+    /// `dst` appearing (`new`) or going; `None` after `limit`.
+    fn time_route(
+        &mut self,
+        dst: Prefix,
+        new: bool,
+        limit: Duration,
+        change: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<Option<Duration>> {
+        self.monitor.drain()?;
+        let t0 = Instant::now();
+        change()?;
+        Ok(self
+            .wait_route(dst, new, limit)?
+            .map(|at| at.saturating_duration_since(t0)))
     }
 
     /// Waits for the route to `dst` to appear (`new`) or go; when it happened.
@@ -300,72 +318,6 @@ fn converge(n: usize, spec: &ConvSpec) -> Result<(ConvNode, ConvRun)> {
     ))
 }
 
-/// The reference: `n` peers' FDB entries, neighbours and routes, as the agent programs
-/// them, through `bridge -batch` and `ip -batch` in a fresh namespace with the same VXLAN
-/// device.
-fn kernel_floor(n: usize, dir: &std::path::Path) -> Result<Duration> {
-    let ns = Netns::new("floor");
-    let name = ns.name().to_string();
-    ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
-    ns.ip(&["addr", "add", "192.168.1.1/24", "dev", "eth0"]);
-    ns.ip(&["link", "set", "eth0", "up"]);
-    ns.ip(&["link", "set", "eth1", "up"]);
-    ns.ip(&["route", "add", "default", "via", "192.168.1.254"]);
-    ns.ip(&[
-        "link",
-        "add",
-        "twill.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        "192.168.1.1",
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    ns.ip(&["link", "set", "twill.1", "mtu", "1450", "up"]);
-    let (mut fdb, mut ipb) = (String::new(), String::new());
-    for i in 1..=n as u32 {
-        let (ip, mac) = endpoint(i);
-        let net = subnet(i);
-        fdb.push_str(&format!(
-            "fdb append {mac} dev twill.1 dst {ip} self permanent\n"
-        ));
-        ipb.push_str(&format!(
-            "neigh replace {} lladdr {mac} dev twill.1 nud permanent\n",
-            net.addr
-        ));
-    }
-    for i in 1..=n as u32 {
-        let net = subnet(i);
-        ipb.push_str(&format!(
-            "route replace {net} via {} dev twill.1 onlink proto {PROTO}\n",
-            net.addr
-        ));
-    }
-    let (f1, f2) = (dir.join("floor-fdb.batch"), dir.join("floor-ip.batch"));
-    std::fs::write(&f1, fdb)?;
-    std::fs::write(&f2, ipb)?;
-    let f1s = f1.to_string_lossy().into_owned();
-    let f2s = f2.to_string_lossy().into_owned();
-    check_stop()?;
-    let t0 = Instant::now();
-    twill_tests::sh(&["bridge", "-n", &name, "-batch", &f1s]);
-    twill_tests::sh(&["ip", "-n", &name, "-batch", &f2s]);
-    let took = t0.elapsed();
-    let have = RouteSocket::dump_in(std::path::Path::new(&ns.path()))?.count_protocol(PROTO)?;
-    if have != n {
-        bail!("the reference batch left {have} routes, not {n}");
-    }
-    Ok(took)
-}
-
 /// xorshift, for jitter between trials.
 struct Jitter(u64);
 
@@ -397,27 +349,12 @@ fn trials(node: &mut ConvNode, count: usize, limit: Duration) -> Result<Trials> 
         let path = node.registry.join(format!("{name}.json"));
         let tmp = node.registry.join(format!(".{name}.json.tmp"));
         std::fs::write(&tmp, record(&name, idx, 1_000_000 + k))?;
-        node.monitor.drain()?;
-        let t0 = Instant::now();
-        std::fs::rename(&tmp, &path)?;
-        match node.wait_route(dst, true, limit)? {
-            Some(at) => t.add.push(at.saturating_duration_since(t0)),
-            None => {
-                t.add.push(limit);
-                t.timeouts += 1;
-            }
-        }
+        let added = node.time_route(dst, true, limit, || std::fs::rename(&tmp, &path))?;
+        t.add.push(added.unwrap_or(limit));
         overlay_proc::sleep(jitter.next(50, 150))?;
-        node.monitor.drain()?;
-        let t0 = Instant::now();
-        std::fs::remove_file(&path)?;
-        match node.wait_route(dst, false, limit)? {
-            Some(at) => t.del.push(at.saturating_duration_since(t0)),
-            None => {
-                t.del.push(limit);
-                t.timeouts += 1;
-            }
-        }
+        let removed = node.time_route(dst, false, limit, || std::fs::remove_file(&path))?;
+        t.del.push(removed.unwrap_or(limit));
+        t.timeouts += usize::from(added.is_none()) + usize::from(removed.is_none());
         overlay_proc::sleep(jitter.next(50, 150))?;
     }
     let (cpu1, _) = cpu_ticks(pid)?;
@@ -426,61 +363,6 @@ fn trials(node: &mut ConvNode, count: usize, limit: Duration) -> Result<Trials> 
     let changes = (2 * count).max(1) as f64;
     t.cpu_per_change = Duration::from_secs_f64((cpu1 - cpu0) as f64 / hz / changes);
     Ok(t)
-}
-
-fn status_kib(pid: u32, key: &str) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim_start_matches(':').split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no {key} in /proc/{pid}/status"))
-}
-
-/// (utime+stime, cutime+cstime) in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = s
-        .rsplit_once(')')
-        .map(|x| x.1)
-        .context("odd /proc/pid/stat")?;
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // After the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-    // utime stime cutime cstime.
-    if f.len() < 14 {
-        bail!("short /proc/{pid}/stat");
-    }
-    Ok((f[10] + f[11], f[12] + f[13]))
-}
-
-/// A counter from the agent's /metrics, fetched inside its namespace.
-fn metric(node: &ConvNode, name: &str) -> Option<u64> {
-    let out = overlay_proc::output_in(
-        &node.cluster.nodes[0].ns,
-        Duration::from_secs(5),
-        &[
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9473/metrics",
-        ],
-    )
-    .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|v| v as u64)
 }
 
 fn resources(
@@ -495,7 +377,7 @@ fn resources(
         bail!("pid {pid} is {:?}, not the agent", comm.trim());
     }
     overlay_proc::sleep(Duration::from_secs(1))?;
-    let resyncs0 = metric(node, "twill_resyncs_total");
+    let resyncs0 = metric(&node.cluster.nodes[0].ns, "twill_resyncs_total");
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let (s0, c0) = cpu_ticks(pid)?;
@@ -503,7 +385,7 @@ fn resources(
     overlay_proc::sleep(idle)?;
     let (s1, c1) = cpu_ticks(pid)?;
     let window = t0.elapsed();
-    let resyncs1 = metric(node, "twill_resyncs_total");
+    let resyncs1 = metric(&node.cluster.nodes[0].ns, "twill_resyncs_total");
     let pct = |ticks: u64| ticks as f64 / hz / window.as_secs_f64() * 100.0;
     Ok(Resources {
         peers: node.peers,
@@ -538,7 +420,7 @@ pub fn measure(spec: &ConvSpec) -> Result<ConvResults> {
             // in a worker thread: let it finish before the next timing.
             overlay_proc::sleep(SETTLE)?;
             let (node, mut run) = converge(n, spec)?;
-            run.floor = kernel_floor(n, node.cluster.dir.path())?;
+            run.floor = overlay_converge_floor::kernel_floor(n, node.cluster.dir.path())?;
             eprintln!(
                 "overlay-bench:   {n} routes after {:.1} ms ({}); bridge/ip -batch: {:.1} ms",
                 run.elapsed.as_secs_f64() * 1e3,
@@ -569,62 +451,6 @@ pub fn measure(spec: &ConvSpec) -> Result<ConvResults> {
     })
 }
 
-/// Markers in the agent's log, with the ms after `wall0` of their first line.
-fn phases(log: &str, wall0: SystemTime) -> (Vec<(String, f64)>, Option<u64>) {
-    const MARKERS: [(&str, &str); 6] = [
-        ("process up, underlay found", ": starting"),
-        ("subnet leased (registry join)", ": joined the registry"),
-        ("CNI files written", ": wrote the CNI files"),
-        ("nftables rules installed", ": nftables rules installed"),
-        ("VXLAN device created", ": created the VXLAN device"),
-        ("first 'programmed' (pass done)", ": programmed changes="),
-    ];
-    let mut out = Vec::new();
-    let mut changes = None;
-    for (label, marker) in MARKERS {
-        let hit = log.lines().find_map(|l| {
-            let ts = parse_rfc3339(l.split_whitespace().next()?)?;
-            let after = ts.duration_since(wall0).ok()?;
-            l.contains(marker).then_some((after, l))
-        });
-        if let Some((after, line)) = hit {
-            out.push((label.to_string(), after.as_secs_f64() * 1e3));
-            if marker.contains("programmed") {
-                changes = line
-                    .split("changes=")
-                    .nth(1)
-                    .and_then(|v| v.split_whitespace().next())
-                    .and_then(|v| v.parse().ok());
-            }
-        }
-    }
-    out.sort_by(|a, b| a.1.total_cmp(&b.1));
-    (out, changes)
-}
-
-/// `2026-11-22T20:16:17.123456Z` (tracing-subscriber's default timestamps).
-fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
-    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
-    let digits: String = frac.chars().take(9).collect();
-    let nanos: u32 = format!("{digits:0<9}").parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let yy = if m <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se;
-    Some(UNIX_EPOCH + Duration::new(u64::try_from(secs).ok()?, nanos))
-}
-
 /// How the simulated peers look, for the report.
 pub fn describe_records() -> String {
     format!(
@@ -637,17 +463,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_and_subnets() {
-        let t = parse_rfc3339("1970-01-02T00:00:01.5Z").unwrap();
-        assert_eq!(
-            t.duration_since(UNIX_EPOCH).unwrap(),
-            Duration::from_millis(86_401_500)
-        );
-        let t = parse_rfc3339("2024-03-01T12:00:00.000001Z").unwrap();
-        assert_eq!(
-            t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
-            1_709_294_400
-        );
+    fn subnets_are_the_nth_slash_24() {
         assert_eq!(subnet(1).to_string(), "10.0.1.0/24");
         assert_eq!(subnet(5000).to_string(), "10.19.136.0/24");
         assert_eq!(subnet(60_000).to_string(), "10.234.96.0/24");
