@@ -28,6 +28,7 @@ mod overlay_paths_report;
 mod overlay_proc;
 mod overlay_report;
 mod overlay_rtnl;
+mod overlay_sim_peers;
 
 use anyhow::{bail, Context, Result};
 use overlay_converge::ConvSpec;

@@ -18,26 +18,20 @@
 //!   /proc/<pid>/stat over a window, the agent's own and its reaped children's, i.e. the
 //!   `nft` runs of a resync).
 //!
-//! Peer i (1-based) owns the i-th /24 of 10.0.0.0/8 (10.0.1.0/24, 10.0.2.0/24, ...), as
-//! the registry would have handed them out, so the node itself gets the (N+1)-th; its
-//! public IP is on 172.16.0.0/12, which is not directly connected: every peer is a VXLAN
-//! peer (the kernel accepts an FDB destination anywhere).
+//! The peers and their records are in `overlay_sim_peers`; the reference batch in
+//! `overlay_converge_floor`.
 
 use crate::overlay_agent_probe::{cpu_ticks, metric, phases, status_kib};
 use crate::overlay_converge_floor;
 use crate::overlay_proc::{self, check_stop};
 use crate::overlay_rtnl::{Prefix, RouteSocket, RT_TABLE_MAIN};
+use crate::overlay_sim_peers::{record, subnet, NETWORK, PROTO};
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use twill_tests::cluster::{tail, Cluster, ClusterSpec, RegistryKind};
 
-/// The agent's route protocol (`twill_agent::datapath::ROUTE_PROTOCOL`).
-pub(crate) const PROTO: u8 = 71;
-const NETWORK: &str = "10.0.0.0/8";
 /// Subnet indexes of the records added one at a time (far above any peer's).
 const ADD_BASE: u32 = 60_000;
 /// Most peers and single records (their subnet indexes stay below 65,536).
@@ -95,39 +89,6 @@ pub struct ConvResults {
     pub runs: Vec<ConvRun>,
     pub trials: Trials,
     pub resources: Resources,
-}
-
-/// The i-th /24 of 10.0.0.0/8 (i < 65,536).
-pub(crate) fn subnet(idx: u32) -> Prefix {
-    Prefix {
-        addr: Ipv4Addr::from(0x0a00_0000 | ((idx & 0xffff) << 8)),
-        len: 24,
-    }
-}
-
-/// The public IP and VTEP MAC of endpoint `i`.
-pub(crate) fn endpoint(i: u32) -> (Ipv4Addr, String) {
-    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i + 1);
-    let mac = format!(
-        "0a:5e:{:02x}:{:02x}:{:02x}:{:02x}",
-        (i >> 24) & 0xff,
-        (i >> 16) & 0xff,
-        (i >> 8) & 0xff,
-        i & 0xff
-    );
-    (ip, mac)
-}
-
-fn record(node: &str, idx: u32, ip_idx: u32) -> Vec<u8> {
-    let (ip, mac) = endpoint(ip_idx);
-    let v = json!({
-        "node": node,
-        "subnets": [subnet(idx).to_string()],
-        "publicIP": ip.to_string(),
-        "vtepMAC": mac,
-        "backend": "vxlan",
-    });
-    serde_json::to_vec_pretty(&v).expect("a JSON value serializes")
 }
 
 /// A node with its agent, and the route sockets in its namespace. Field order is drop
@@ -449,23 +410,4 @@ pub fn measure(spec: &ConvSpec) -> Result<ConvResults> {
         trials,
         resources,
     })
-}
-
-/// How the simulated peers look, for the report.
-pub fn describe_records() -> String {
-    format!(
-        "peer i owns the i-th /24 of {NETWORK} (the node itself gets the (N+1)-th), public IP on 172.16.0.0/12 (not connected: all VXLAN)"
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subnets_are_the_nth_slash_24() {
-        assert_eq!(subnet(1).to_string(), "10.0.1.0/24");
-        assert_eq!(subnet(5000).to_string(), "10.19.136.0/24");
-        assert_eq!(subnet(60_000).to_string(), "10.234.96.0/24");
-    }
 }

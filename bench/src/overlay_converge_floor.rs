@@ -3,9 +3,9 @@
 //! fresh namespace with the same VXLAN device (the kernel's own cost plus the thinnest
 //! userspace).
 
-use crate::overlay_converge::{endpoint, subnet, PROTO};
 use crate::overlay_proc::check_stop;
 use crate::overlay_rtnl::RouteSocket;
+use crate::overlay_sim_peers::{endpoint, subnet, PROTO};
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 use twill_tests::Netns;

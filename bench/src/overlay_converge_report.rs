@@ -1,8 +1,9 @@
 //! The rows, text and JSON of the convergence part of `overlay-bench`: agent start to N
 //! peer routes, one record to its route, memory and idle CPU.
 
-use crate::overlay_converge::{self, ConvResults};
+use crate::overlay_converge::ConvResults;
 use crate::overlay_report::{median, Row, Target, Unit};
+use crate::overlay_sim_peers;
 use crate::report;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -103,7 +104,7 @@ pub fn conv_rows(c: &ConvResults) -> Vec<Row> {
 }
 
 pub fn conv_text(c: &ConvResults) -> String {
-    let mut out = format!("\nconvergence: {}\n", overlay_converge::describe_records());
+    let mut out = format!("\nconvergence: {}\n", overlay_sim_peers::describe_records());
     for r in &c.runs {
         let phases: Vec<String> = r
             .phases
@@ -158,7 +159,7 @@ pub fn conv_text(c: &ConvResults) -> String {
 pub fn conv_json(c: &ConvResults) -> Value {
     let r = &c.resources;
     json!({
-        "records": overlay_converge::describe_records(),
+        "records": overlay_sim_peers::describe_records(),
         "runs": c.runs.iter().map(|r| json!({
             "peers": r.peers,
             "ms": ms(r.elapsed),
