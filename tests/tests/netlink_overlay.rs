@@ -18,6 +18,9 @@ const OTHER_PROTO: u8 = 78;
 const VX: &str = "vx0";
 const MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0x00, 0x00, 0x01];
 const MAC_STR: &str = "02:42:0a:00:00:01";
+/// VTEP MACs of two peers.
+const PEER_MAC1: [u8; 6] = [0x02, 0x42, 0x0a, 0xf4, 0x01, 0x00];
+const PEER_MAC2: [u8; 6] = [0x02, 0x42, 0x0a, 0xf4, 0x02, 0x00];
 
 /// A namespace whose veth pair `u0`/`u1` is the underlay (`u0` holds 10.99.0.1/24 and
 /// fd00:99::1/64), and a netlink connection inside it.
@@ -68,6 +71,29 @@ impl Env {
             mac: MAC,
             mtu: 1450,
         }
+    }
+
+    /// `ensure_vxlan(spec)`, which must have recreated the device: a new index, the one
+    /// the kernel shows under the name.
+    fn recreated(&self, spec: &VxlanSpec<'_>, old_index: u32) -> twill_netlink::Link {
+        let (link, created) = self.block_on(self.nl.ensure_vxlan(spec)).unwrap();
+        assert!(created);
+        assert_ne!(link.index, old_index);
+        assert_eq!(self.index_of(spec.name), link.index);
+        link
+    }
+
+    /// The VXLAN parameters of `vx0` as `ip -d -j link show` sees them.
+    fn info_data(&self) -> Value {
+        self.link_json(VX)["linkinfo"]["info_data"].clone()
+    }
+
+    /// The index of `vx0` as [`Env::spec`] makes it.
+    fn vxlan(&self) -> u32 {
+        self.block_on(self.nl.ensure_vxlan(&self.spec()))
+            .unwrap()
+            .0
+            .index
     }
 
     /// `ip -j <args>` in the namespace, parsed.
@@ -134,10 +160,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn mac_string(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    twill_netlink::mac::format(m)
 }
 
 #[test]
@@ -212,9 +235,7 @@ fn vxlan_is_created_left_alone_fixed_in_place_or_recreated() {
 
     // Another VNI: recreated.
     let spec2 = VxlanSpec { vni: 2, ..spec };
-    let (link2, created) = env.block_on(env.nl.ensure_vxlan(&spec2)).unwrap();
-    assert!(created);
-    assert_ne!(link2.index, link.index);
+    let link2 = env.recreated(&spec2, link.index);
     let k = env.link_json(VX);
     assert_eq!(k["ifindex"].as_u64(), Some(u64::from(link2.index)));
     assert_eq!(k["linkinfo"]["info_data"]["id"], 2, "{k}");
@@ -228,10 +249,8 @@ fn vxlan_is_created_left_alone_fixed_in_place_or_recreated() {
         port: 4789,
         ..spec2.clone()
     };
-    let (link3, created) = env.block_on(env.nl.ensure_vxlan(&spec3)).unwrap();
-    assert!(created);
-    assert_ne!(link3.index, link2.index);
-    assert_eq!(env.link_json(VX)["linkinfo"]["info_data"]["port"], 4789);
+    let link3 = env.recreated(&spec3, link2.index);
+    assert_eq!(env.info_data()["port"], 4789);
 
     // Another local address: recreated.
     env.ns.ip(&["addr", "add", "10.99.0.9/24", "dev", "u0"]);
@@ -239,13 +258,8 @@ fn vxlan_is_created_left_alone_fixed_in_place_or_recreated() {
         local: ip("10.99.0.9"),
         ..spec3.clone()
     };
-    let (link4, created) = env.block_on(env.nl.ensure_vxlan(&spec4)).unwrap();
-    assert!(created);
-    assert_ne!(link4.index, link3.index);
-    assert_eq!(
-        env.link_json(VX)["linkinfo"]["info_data"]["local"],
-        "10.99.0.9"
-    );
+    let link4 = env.recreated(&spec4, link3.index);
+    assert_eq!(env.info_data()["local"], "10.99.0.9");
 
     // Another underlay device: recreated.
     let u1 = env.index_of("u1");
@@ -253,10 +267,8 @@ fn vxlan_is_created_left_alone_fixed_in_place_or_recreated() {
         underlay_index: u1,
         ..spec4.clone()
     };
-    let (link5, created) = env.block_on(env.nl.ensure_vxlan(&spec5)).unwrap();
-    assert!(created);
-    assert_ne!(link5.index, link4.index);
-    assert_eq!(env.link_json(VX)["linkinfo"]["info_data"]["link"], "u1");
+    let link5 = env.recreated(&spec5, link4.index);
+    assert_eq!(env.info_data()["link"], "u1");
     assert_eq!(link5.vxlan.as_ref().unwrap().underlay_index, Some(u1));
 
     // Learning switched on behind our back: recreated with learning off.
@@ -277,7 +289,7 @@ fn vxlan_is_created_left_alone_fixed_in_place_or_recreated() {
         "u1",
         "learning",
     ]);
-    assert_eq!(env.link_json(VX)["linkinfo"]["info_data"]["learning"], true);
+    assert_eq!(env.info_data()["learning"], true);
     let (link6, created) = env.block_on(env.nl.ensure_vxlan(&spec5)).unwrap();
     assert!(created);
     let k = env.link_json(VX);
@@ -330,13 +342,8 @@ fn vxlan_with_ipv6_underlay() {
         local: ip("10.99.0.1"),
         ..spec.clone()
     };
-    let (link4, created) = env.block_on(env.nl.ensure_vxlan(&spec4)).unwrap();
-    assert!(created);
-    assert_ne!(link4.index, link.index);
-    assert_eq!(
-        env.link_json(VX)["linkinfo"]["info_data"]["local"],
-        "10.99.0.1"
-    );
+    env.recreated(&spec4, link.index);
+    assert_eq!(env.info_data()["local"], "10.99.0.1");
     // ... and back.
     let (link6, created) = env.block_on(env.nl.ensure_vxlan(&spec)).unwrap();
     assert!(created);
@@ -361,10 +368,8 @@ fn vxlan_with_ipv6_underlay() {
 #[test]
 fn neighbours_are_replaced_listed_and_deleted() {
     let env = Env::new("ovl-neigh");
-    let (vx, _) = env.block_on(env.nl.ensure_vxlan(&env.spec())).unwrap();
-    let vx = vx.index;
-    let mac1 = [0x02, 0x42, 0x0a, 0xf4, 0x01, 0x00];
-    let mac2 = [0x02, 0x42, 0x0a, 0xf4, 0x02, 0x00];
+    let vx = env.vxlan();
+    let (mac1, mac2) = (PEER_MAC1, PEER_MAC2);
     let v4 = ip("10.244.1.0");
     let v6 = ip("fd00:244:1::");
 
@@ -443,10 +448,8 @@ fn neighbours_are_replaced_listed_and_deleted() {
 #[test]
 fn fdb_entries_are_replaced_listed_and_deleted() {
     let env = Env::new("ovl-fdb");
-    let (vx, _) = env.block_on(env.nl.ensure_vxlan(&env.spec())).unwrap();
-    let vx = vx.index;
-    let mac1 = [0x02, 0x42, 0x0a, 0xf4, 0x01, 0x00];
-    let mac2 = [0x02, 0x42, 0x0a, 0xf4, 0x02, 0x00];
+    let vx = env.vxlan();
+    let (mac1, mac2) = (PEER_MAC1, PEER_MAC2);
 
     for _ in 0..2 {
         env.block_on(env.nl.replace_fdb(vx, mac1, ip("10.99.0.2")))
@@ -562,47 +565,47 @@ fn kernel_fdb(env: &Env) -> Vec<(String, String)> {
 #[test]
 fn routes_are_replaced_listed_and_deleted() {
     let env = Env::new("ovl-route");
-    let (vx, _) = env.block_on(env.nl.ensure_vxlan(&env.spec())).unwrap();
-    let vx = vx.index;
+    let vx = env.vxlan();
     let net4 = "10.244.1.0/24".parse().unwrap();
     let net6 = "fd00:244:1::/64".parse().unwrap();
+    let via = |net, gw: &str| {
+        env.block_on(env.nl.replace_route_via(net, ip(gw), vx, true, PROTO))
+            .unwrap()
+    };
+    // Both routes, with exactly these gateways.
+    let expect = |want: &[(&str, &str)]| {
+        let kernel = env.routes_json(PROTO);
+        assert_eq!(kernel.len(), want.len(), "{kernel:?}");
+        for (dst, gw) in want {
+            assert!(
+                kernel
+                    .iter()
+                    .any(|r| r["dst"] == *dst && r["gateway"] == *gw),
+                "no {dst} via {gw}: {kernel:?}"
+            );
+        }
+        kernel
+    };
 
     for _ in 0..2 {
-        env.block_on(
-            env.nl
-                .replace_route_via(net4, ip("10.244.1.0"), vx, true, PROTO),
-        )
-        .unwrap();
-        env.block_on(
-            env.nl
-                .replace_route_via(net6, ip("fd00:244:1::"), vx, true, PROTO),
-        )
-        .unwrap();
+        via(net4, "10.244.1.0");
+        via(net6, "fd00:244:1::");
     }
-    let kernel = env.routes_json(PROTO);
-    assert_eq!(kernel.len(), 2, "{kernel:?}");
+    let kernel = expect(&[
+        ("10.244.1.0/24", "10.244.1.0"),
+        ("fd00:244:1::/64", "fd00:244:1::"),
+    ]);
     for r in &kernel {
         assert_eq!(r["dev"], VX, "{r}");
         assert_eq!(r["flags"], serde_json::json!(["onlink"]), "{r}");
     }
-    assert!(kernel
-        .iter()
-        .any(|r| r["dst"] == "10.244.1.0/24" && r["gateway"] == "10.244.1.0"));
-    assert!(kernel
-        .iter()
-        .any(|r| r["dst"] == "fd00:244:1::/64" && r["gateway"] == "fd00:244:1::"));
 
     // A new gateway replaces the route.
-    env.block_on(
-        env.nl
-            .replace_route_via(net4, ip("10.244.1.1"), vx, true, PROTO),
-    )
-    .unwrap();
-    let kernel = env.routes_json(PROTO);
-    assert_eq!(kernel.len(), 2, "{kernel:?}");
-    assert!(kernel
-        .iter()
-        .any(|r| r["dst"] == "10.244.1.0/24" && r["gateway"] == "10.244.1.1"));
+    via(net4, "10.244.1.1");
+    expect(&[
+        ("10.244.1.0/24", "10.244.1.1"),
+        ("fd00:244:1::/64", "fd00:244:1::"),
+    ]);
 
     // A route without onlink, via the underlay's subnet.
     let net_u = "10.250.0.0/16".parse().unwrap();
@@ -687,8 +690,7 @@ fn many_concurrent_operations_on_one_connection() {
     const N: u32 = 5000;
     const DEADLINE: Duration = Duration::from_secs(120);
     let env = Env::new("ovl-many");
-    let (vx, _) = env.block_on(env.nl.ensure_vxlan(&env.spec())).unwrap();
-    let vx = vx.index;
+    let vx = env.vxlan();
     let peer = |i: u32| {
         let [_, _, a, b] = i.to_be_bytes();
         let mac = [0x02, 0x42, 0x0a, 0xf4, a, b];
@@ -710,6 +712,18 @@ fn many_concurrent_operations_on_one_connection() {
         }
     };
 
+    // Neighbours, FDB entries and routes, as the kernel and the crate see them.
+    let expect_entries = |n: usize| {
+        assert_eq!(env.neigh_json(VX).len(), n);
+        assert_eq!(env.fdb_json(VX).len(), n);
+        assert_eq!(env.routes_json(PROTO).len(), n);
+        env.block_on(async {
+            assert_eq!(env.nl.permanent_neighbours(vx).await.unwrap().len(), n);
+            assert_eq!(env.nl.fdb_entries(vx).await.unwrap().len(), n);
+            assert_eq!(env.nl.routes_by_protocol(PROTO).await.unwrap().len(), n);
+        });
+    };
+
     env.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..N {
@@ -722,31 +736,9 @@ fn many_concurrent_operations_on_one_connection() {
             });
         }
         dumps(&mut set);
-        tokio::time::timeout(DEADLINE, async {
-            while let Some(r) = set.join_next().await {
-                r.unwrap().unwrap();
-            }
-        })
-        .await
-        .expect("requests still unanswered at the deadline");
+        join_all_by(&mut set, DEADLINE).await;
     });
-    assert_eq!(env.neigh_json(VX).len(), N as usize);
-    assert_eq!(env.fdb_json(VX).len(), N as usize);
-    assert_eq!(env.routes_json(PROTO).len(), N as usize);
-    assert_eq!(
-        env.block_on(env.nl.permanent_neighbours(vx)).unwrap().len(),
-        N as usize
-    );
-    assert_eq!(
-        env.block_on(env.nl.fdb_entries(vx)).unwrap().len(),
-        N as usize
-    );
-    assert_eq!(
-        env.block_on(env.nl.routes_by_protocol(PROTO))
-            .unwrap()
-            .len(),
-        N as usize
-    );
+    expect_entries(N as usize);
 
     env.block_on(async {
         let mut set = tokio::task::JoinSet::new();
@@ -760,15 +752,21 @@ fn many_concurrent_operations_on_one_connection() {
             });
         }
         dumps(&mut set);
-        tokio::time::timeout(DEADLINE, async {
-            while let Some(r) = set.join_next().await {
-                r.unwrap().unwrap();
-            }
-        })
-        .await
-        .expect("requests still unanswered at the deadline");
+        join_all_by(&mut set, DEADLINE).await;
     });
-    assert!(env.neigh_json(VX).is_empty());
-    assert!(env.fdb_json(VX).is_empty());
-    assert!(env.routes_json(PROTO).is_empty());
+    expect_entries(0);
+}
+
+/// Waits for every task of `set`, each of which must succeed, all within `deadline`.
+async fn join_all_by(
+    set: &mut tokio::task::JoinSet<Result<(), twill_netlink::NetlinkError>>,
+    deadline: Duration,
+) {
+    tokio::time::timeout(deadline, async {
+        while let Some(r) = set.join_next().await {
+            r.unwrap().unwrap();
+        }
+    })
+    .await
+    .expect("requests still unanswered at the deadline");
 }
