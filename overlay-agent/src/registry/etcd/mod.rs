@@ -33,6 +33,9 @@
 //! This module is the I/O against etcd (connect, lease, join, leave; the watch loop is
 //! in `watcher`); the key layout, the subnet choice and the snapshot building are
 //! pure, in `layout`.
+//!
+//! [`VtepRecord`]: crate::record::VtepRecord
+//! [`subnets::pick`]: crate::subnets::pick
 
 mod layout;
 mod watcher;
