@@ -423,13 +423,7 @@ fn parse_events(mut buf: &[u8], names: &mut BTreeSet<String>) -> bool {
 mod tests {
     use super::*;
     use crate::record::Mac;
-
-    fn nets() -> Vec<PodNetwork> {
-        vec![PodNetwork {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet_len: 24,
-        }]
-    }
+    use crate::registry::fixtures::v4;
 
     fn ann(node: &str, last: u8) -> Announcement {
         Announcement {
@@ -444,7 +438,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut tasks = Vec::new();
         for i in 1..=12u8 {
-            let reg = FileRegistry::new(dir.path(), nets());
+            let reg = FileRegistry::new(dir.path(), v4());
             tasks.push(tokio::spawn(async move {
                 reg.join(&ann(&format!("n{i}"), i)).await.unwrap()
             }));
@@ -457,7 +451,7 @@ mod tests {
         uniq.sort();
         uniq.dedup();
         assert_eq!(uniq.len(), 12, "{got:?}");
-        let reg = FileRegistry::new(dir.path(), nets());
+        let reg = FileRegistry::new(dir.path(), v4());
         let before = reg.list().unwrap();
         let n5 = before.records.iter().find(|r| r.node == "n5").unwrap();
         assert_eq!(reg.join(&ann("n5", 5)).await.unwrap(), n5.subnets);
@@ -494,7 +488,7 @@ mod tests {
     #[tokio::test]
     async fn watch_sees_joins_leaves_and_malformed_files() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = std::sync::Arc::new(FileRegistry::new(dir.path(), nets()));
+        let reg = std::sync::Arc::new(FileRegistry::new(dir.path(), v4()));
         let (tx, rx) = watch::channel(Snapshot::default());
         let w = reg.clone();
         let task = tokio::spawn(async move { w.watch(tx).await });

@@ -350,10 +350,7 @@ mod tests {
     #[test]
     fn choice_keeps_remembered_then_held_and_releases_the_rest() {
         let keys = KeyLayout::new("/twill/network/");
-        let v4 = PodNetwork {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet_len: 24,
-        };
+        let v4 = crate::registry::fixtures::v4();
         let json = |r: &VtepRecord| serde_json::to_vec(r).unwrap();
         let held = vec![
             keys.held(
@@ -371,14 +368,14 @@ mod tests {
         ];
 
         // Nothing remembered: the subnet still held is kept, with its revision.
-        let claim = choose(std::slice::from_ref(&v4), "a", &held, &[]).unwrap();
+        let claim = choose(&v4, "a", &held, &[]).unwrap();
         assert_eq!(claim.chosen, vec!["10.244.2.0/24".parse().unwrap()]);
         assert_eq!(claim.kept[0].map(|h| h.mod_revision), Some(6));
         assert!(claim.released.is_empty());
 
         // A remembered free subnet wins; the held one is let go.
         let remembered: Vec<IpNet> = vec!["10.244.9.0/24".parse().unwrap()];
-        let claim = choose(std::slice::from_ref(&v4), "a", &held, &remembered).unwrap();
+        let claim = choose(&v4, "a", &held, &remembered).unwrap();
         assert_eq!(claim.chosen, remembered);
         assert!(claim.kept[0].is_none());
         assert_eq!(claim.released.len(), 1);
@@ -388,11 +385,11 @@ mod tests {
         );
 
         // A new node gets the lowest free subnet past the taken ones.
-        let claim = choose(std::slice::from_ref(&v4), "c", &held, &[]).unwrap();
+        let claim = choose(&v4, "c", &held, &[]).unwrap();
         assert_eq!(claim.chosen, vec!["10.244.4.0/24".parse().unwrap()]);
         // A remembered subnet someone else holds is not taken back.
         let theirs: Vec<IpNet> = vec!["10.244.1.0/24".parse().unwrap()];
-        let claim = choose(std::slice::from_ref(&v4), "c", &held, &theirs).unwrap();
+        let claim = choose(&v4, "c", &held, &theirs).unwrap();
         assert_eq!(claim.chosen, vec!["10.244.4.0/24".parse().unwrap()]);
 
         assert!(KeyLayout::check_node("a/b").is_err());
