@@ -41,7 +41,9 @@ mod layout;
 mod watcher;
 
 use super::{Announcement, Registry, RegistryError, Snapshot};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, PutOptions, Txn, TxnOp,
+};
 use ipnet::IpNet;
 use layout::{Held, KeyLayout, NodeEntry};
 use std::future::Future;
@@ -176,18 +178,24 @@ impl EtcdRegistry {
         }
     }
 
-    /// Every key under `<prefix>/subnets/`, with what `join` and `leave` need of it.
-    async fn list_held(&self) -> Result<Vec<Held>, RegistryError> {
+    /// Every key under `<prefix>/subnets/`, as etcd answers.
+    async fn list_subnets(&self) -> Result<GetResponse, RegistryError> {
         let mut kv = self.client.kv_client();
-        let resp = rpc(
+        rpc(
             "list",
             kv.get(
                 self.keys.subnets_prefix(),
                 Some(GetOptions::new().with_prefix()),
             ),
         )
-        .await?;
-        Ok(resp
+        .await
+    }
+
+    /// Every key under `<prefix>/subnets/`, with what `join` and `leave` need of it.
+    async fn list_held(&self) -> Result<Vec<Held>, RegistryError> {
+        Ok(self
+            .list_subnets()
+            .await?
             .kvs()
             .iter()
             .map(|kv| self.keys.held(kv.key(), kv.value(), kv.mod_revision()))

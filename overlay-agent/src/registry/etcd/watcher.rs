@@ -4,7 +4,7 @@
 use super::layout::{self, Entries};
 use super::{rpc, EtcdRegistry, BACKOFF_MAX, BACKOFF_MIN};
 use crate::registry::{Malformed, RegistryError, Snapshot};
-use etcd_client::{GetOptions, WatchOptions};
+use etcd_client::WatchOptions;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::sleep;
@@ -13,15 +13,7 @@ use tracing::{debug, warn};
 impl EtcdRegistry {
     /// Reads the full subnet listing: the entries and the revision they are at.
     async fn list_entries(&self) -> Result<(Entries, i64), RegistryError> {
-        let mut kv = self.client.kv_client();
-        let resp = rpc(
-            "list",
-            kv.get(
-                self.keys.subnets_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
-        .await?;
+        let resp = self.list_subnets().await?;
         let revision = resp
             .header()
             .map(|h| h.revision())
