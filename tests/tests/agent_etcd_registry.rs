@@ -72,6 +72,15 @@ fn start_watch(
     (rx, task)
 }
 
+/// Joins `me` and checks that it got exactly `want`.
+async fn assert_joins(reg: &EtcdRegistry, me: &Announcement, want: &str) {
+    let got = reg
+        .join(me)
+        .await
+        .unwrap_or_else(|e| panic!("{} cannot join: {e}", me.node));
+    assert_eq!(got, vec![subnet(want)], "{}'s subnets", me.node);
+}
+
 /// Starts `reg.keep_alive` on a task.
 fn start_keep_alive(reg: Arc<EtcdRegistry>) -> tokio::task::JoinHandle<Result<(), RegistryError>> {
     tokio::spawn(async move { reg.keep_alive().await })
@@ -252,15 +261,9 @@ async fn a_restarted_node_gets_its_subnet_back_also_after_its_lease_expired() {
     let mut client = raw_client(&server).await;
 
     let a = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        a.join(&ann("a", 1)).await.unwrap(),
-        vec![subnet("10.244.1.0/24")]
-    );
+    assert_joins(&a, &ann("a", 1), "10.244.1.0/24").await;
     let b1 = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        b1.join(&ann("b", 2)).await.unwrap(),
-        vec![subnet("10.244.2.0/24")]
-    );
+    assert_joins(&b1, &ann("b", 2), "10.244.2.0/24").await;
     let old_lease = key_lease(&mut client, &key_b)
         .await
         .expect("b's key exists");
@@ -268,10 +271,7 @@ async fn a_restarted_node_gets_its_subnet_back_also_after_its_lease_expired() {
     // A restart within the TTL: a new instance, the same subnet, on its own new lease.
     drop(b1);
     let b2 = Arc::new(registry(&server, prefix, v4()).await);
-    assert_eq!(
-        b2.join(&ann("b", 2)).await.unwrap(),
-        vec![subnet("10.244.2.0/24")]
-    );
+    assert_joins(&b2, &ann("b", 2), "10.244.2.0/24").await;
     let new_lease = key_lease(&mut client, &key_b)
         .await
         .expect("b's key exists");
@@ -294,15 +294,9 @@ async fn a_restarted_node_gets_its_subnet_back_also_after_its_lease_expired() {
 
     // b comes back: the remembered subnet, not the lowest free one.
     let b3 = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        b3.join(&ann("b", 2)).await.unwrap(),
-        vec![subnet("10.244.2.0/24")]
-    );
+    assert_joins(&b3, &ann("b", 2), "10.244.2.0/24").await;
     let d = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        d.join(&ann("d", 4)).await.unwrap(),
-        vec![subnet("10.244.1.0/24")]
-    );
+    assert_joins(&d, &ann("d", 4), "10.244.1.0/24").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,10 +482,7 @@ async fn leave_removes_the_node_and_frees_its_subnet() {
     assert_eq!(left.kvs().len(), 0, "keys left behind after leave");
 
     let other = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        other.join(&ann("next", 2)).await.unwrap(),
-        vec![subnet("10.244.1.0/24")]
-    );
+    assert_joins(&other, &ann("next", 2), "10.244.1.0/24").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
