@@ -72,6 +72,20 @@ fn start_watch(
     (rx, task)
 }
 
+/// Joins `me` and checks that it got exactly `want`.
+async fn assert_joins(reg: &EtcdRegistry, me: &Announcement, want: &str) {
+    let got = reg
+        .join(me)
+        .await
+        .unwrap_or_else(|e| panic!("{} cannot join: {e}", me.node));
+    assert_eq!(got, vec![subnet(want)], "{}'s subnets", me.node);
+}
+
+/// Starts `reg.keep_alive` on a task.
+fn start_keep_alive(reg: Arc<EtcdRegistry>) -> tokio::task::JoinHandle<Result<(), RegistryError>> {
+    tokio::spawn(async move { reg.keep_alive().await })
+}
+
 /// Waits until the snapshot satisfies `cond`; panics with the last one at the deadline.
 async fn wait_snapshot(
     rx: &mut watch::Receiver<Snapshot>,
@@ -118,15 +132,17 @@ async fn key_lease(client: &mut Client, key: &str) -> Option<i64> {
     resp.kvs().first().map(|kv| kv.lease())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_joins_get_distinct_subnets() {
-    let server = EtcdServer::start();
-    // 16 subnets, the first never handed out: 15 for 10 nodes racing for the lowest.
-    let network = net("10.244.0.0/20", 24);
-    // Connect first, then release all joins at once so that they race.
+/// Connects `nodes` registries under `prefix` first, then releases their joins at once
+/// so that they race; the results come back in node order (`node-1`, `node-2`, ...).
+async fn race_joins(
+    server: &EtcdServer,
+    prefix: &str,
+    network: PodNetwork,
+    nodes: u8,
+) -> Vec<Result<Vec<IpNet>, RegistryError>> {
     let mut regs = Vec::new();
-    for _ in 0..10 {
-        regs.push(registry(&server, "/twill/contend", vec![network]).await);
+    for _ in 0..nodes {
+        regs.push(registry(server, prefix, vec![network]).await);
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(regs.len()));
     let mut tasks = Vec::new();
@@ -137,9 +153,21 @@ async fn concurrent_joins_get_distinct_subnets() {
             reg.join(&ann(&format!("node-{i}"), i)).await
         }));
     }
-    let mut got = Vec::new();
+    let mut results = Vec::new();
     for t in tasks {
-        let subnets = t.await.expect("join task").expect("join succeeds");
+        results.push(t.await.expect("join task"));
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_joins_get_distinct_subnets() {
+    let server = EtcdServer::start();
+    // 16 subnets, the first never handed out: 15 for 10 nodes racing for the lowest.
+    let network = net("10.244.0.0/20", 24);
+    let mut got = Vec::new();
+    for r in race_joins(&server, "/twill/contend", network, 10).await {
+        let subnets = r.expect("join succeeds");
         assert_eq!(subnets.len(), 1);
         got.push(subnets[0]);
     }
@@ -182,23 +210,10 @@ async fn a_full_network_gives_exhausted() {
     let server = EtcdServer::start();
     // Four /24s, the first never handed out: room for three nodes.
     let network = net("10.245.0.0/22", 24);
-    let mut regs = Vec::new();
-    for _ in 0..4 {
-        regs.push(registry(&server, "/twill/full", vec![network]).await);
-    }
-    let barrier = Arc::new(tokio::sync::Barrier::new(regs.len()));
-    let mut tasks = Vec::new();
-    for (i, reg) in (1u8..).zip(regs) {
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            reg.join(&ann(&format!("node-{i}"), i)).await
-        }));
-    }
     let mut ok = Vec::new();
     let mut exhausted = 0;
-    for t in tasks {
-        match t.await.expect("join task") {
+    for r in race_joins(&server, "/twill/full", network, 4).await {
+        match r {
             Ok(s) => ok.extend(s),
             Err(RegistryError::Exhausted { network: n, len }) => {
                 assert_eq!((n, len), (network.network, 24));
@@ -246,15 +261,9 @@ async fn a_restarted_node_gets_its_subnet_back_also_after_its_lease_expired() {
     let mut client = raw_client(&server).await;
 
     let a = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        a.join(&ann("a", 1)).await.unwrap(),
-        vec![subnet("10.244.1.0/24")]
-    );
+    assert_joins(&a, &ann("a", 1), "10.244.1.0/24").await;
     let b1 = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        b1.join(&ann("b", 2)).await.unwrap(),
-        vec![subnet("10.244.2.0/24")]
-    );
+    assert_joins(&b1, &ann("b", 2), "10.244.2.0/24").await;
     let old_lease = key_lease(&mut client, &key_b)
         .await
         .expect("b's key exists");
@@ -262,10 +271,7 @@ async fn a_restarted_node_gets_its_subnet_back_also_after_its_lease_expired() {
     // A restart within the TTL: a new instance, the same subnet, on its own new lease.
     drop(b1);
     let b2 = Arc::new(registry(&server, prefix, v4()).await);
-    assert_eq!(
-        b2.join(&ann("b", 2)).await.unwrap(),
-        vec![subnet("10.244.2.0/24")]
-    );
+    assert_joins(&b2, &ann("b", 2), "10.244.2.0/24").await;
     let new_lease = key_lease(&mut client, &key_b)
         .await
         .expect("b's key exists");
@@ -288,15 +294,9 @@ async fn a_restarted_node_gets_its_subnet_back_also_after_its_lease_expired() {
 
     // b comes back: the remembered subnet, not the lowest free one.
     let b3 = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        b3.join(&ann("b", 2)).await.unwrap(),
-        vec![subnet("10.244.2.0/24")]
-    );
+    assert_joins(&b3, &ann("b", 2), "10.244.2.0/24").await;
     let d = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        d.join(&ann("d", 4)).await.unwrap(),
-        vec![subnet("10.244.1.0/24")]
-    );
+    assert_joins(&d, &ann("d", 4), "10.244.1.0/24").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,10 +311,7 @@ async fn watch_sees_joins_and_lease_expiry_while_keep_alive_holds() {
     let stay = Arc::new(registry(&server, prefix, v4()).await);
     let stay_me = ann("stay", 1);
     let stay_subnets = stay.join(&stay_me).await.expect("join");
-    let keeper = {
-        let stay = stay.clone();
-        tokio::spawn(async move { stay.keep_alive().await })
-    };
+    let keeper = start_keep_alive(stay.clone());
     let expected = stay_me.record(stay_subnets);
     wait_snapshot(&mut rx, DEADLINE, "stay's record", |s| {
         s.records.contains(&expected)
@@ -357,10 +354,7 @@ async fn keep_alive_returns_when_the_lease_is_lost_and_join_recovers() {
     let reg = Arc::new(registry(&server, prefix, v4()).await);
     let me = ann("n", 1);
     assert_eq!(reg.join(&me).await.unwrap(), vec![subnet("10.244.1.0/24")]);
-    let keeper = {
-        let reg = reg.clone();
-        tokio::spawn(async move { reg.keep_alive().await })
-    };
+    let keeper = start_keep_alive(reg.clone());
 
     // Someone revokes the lease behind the node's back.
     let lease = key_lease(&mut client, &key).await.expect("the key exists");
@@ -441,10 +435,7 @@ async fn watch_resumes_after_an_etcd_restart() {
     let a = Arc::new(registry(&server, prefix, v4()).await);
     let a_me = ann("a", 1);
     let a_subnets = a.join(&a_me).await.expect("join");
-    let keeper = {
-        let a = a.clone();
-        tokio::spawn(async move { a.keep_alive().await })
-    };
+    let keeper = start_keep_alive(a.clone());
     wait_snapshot(&mut rx, DEADLINE, "a's record", |s| has_node(s, "a")).await;
 
     tokio::task::block_in_place(|| server.stop());
@@ -491,10 +482,7 @@ async fn leave_removes_the_node_and_frees_its_subnet() {
     assert_eq!(left.kvs().len(), 0, "keys left behind after leave");
 
     let other = registry(&server, prefix, v4()).await;
-    assert_eq!(
-        other.join(&ann("next", 2)).await.unwrap(),
-        vec![subnet("10.244.1.0/24")]
-    );
+    assert_joins(&other, &ann("next", 2), "10.244.1.0/24").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

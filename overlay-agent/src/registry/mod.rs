@@ -4,6 +4,8 @@
 
 pub mod etcd;
 pub mod file;
+#[cfg(test)]
+mod fixtures;
 pub mod kubernetes;
 
 use crate::record::{Mac, VtepRecord};

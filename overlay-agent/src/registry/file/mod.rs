@@ -5,17 +5,20 @@
 //! Subnets are allocated under an exclusive `flock` on `<dir>/.lock`, so two agents
 //! starting together never take the same one. Files are replaced atomically; changes
 //! are seen through inotify, with a slow full rescan as a safety net. There are no
-//! leases: a node leaves when its file is removed (`twill-agent uninstall`).
+//! leases: a node leaves when its file is removed (`twill-agent uninstall`). The inotify
+//! wrapper is in `inotify`.
+
+mod inotify;
 
 use super::{Announcement, Malformed, Registry, RegistryError, Snapshot};
 use crate::record::VtepRecord;
 use crate::subnets;
+use inotify::Inotify;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use twill_conf::cluster::PodNetwork;
 
@@ -328,108 +331,11 @@ struct Stamp {
     len: u64,
 }
 
-/// A minimal inotify watch on one directory.
-struct Inotify {
-    fd: AsyncFd<OwnedFd>,
-}
-
-impl Inotify {
-    fn watch_dir(dir: &Path) -> std::io::Result<Self> {
-        use std::os::unix::ffi::OsStrExt;
-        // SAFETY: plain syscalls; the descriptor is owned right away.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let mask = libc::IN_CREATE
-            | libc::IN_CLOSE_WRITE
-            | libc::IN_MOVED_TO
-            | libc::IN_MOVED_FROM
-            | libc::IN_DELETE
-            | libc::IN_ATTRIB;
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is an open inotify descriptor that the AsyncFd owns until drop.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
-        Ok(Inotify { fd })
-    }
-
-    /// Waits for at least one event, drains everything queued, and returns the names
-    /// of the files the events were about; `None` when the kernel's queue overflowed
-    /// and events were lost (the caller lists the directory).
-    async fn wait(&self) -> std::io::Result<Option<BTreeSet<String>>> {
-        let mut names = BTreeSet::new();
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let mut buf = [0u8; 16384];
-            let mut got = false;
-            let mut overflow = false;
-            loop {
-                // SAFETY: reading into a buffer we own.
-                let n = unsafe {
-                    libc::read(
-                        self.fd.get_ref().as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                };
-                if n > 0 {
-                    got = true;
-                    overflow |= parse_events(&buf[..n as usize], &mut names);
-                    continue;
-                }
-                let err = std::io::Error::last_os_error();
-                if n < 0 && err.kind() == std::io::ErrorKind::WouldBlock {
-                    guard.clear_ready();
-                    break;
-                }
-                if n < 0 && err.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-            if got {
-                return Ok((!overflow).then_some(names));
-            }
-        }
-    }
-}
-
-/// Names out of a buffer of `struct inotify_event { int wd; u32 mask, cookie, len; char name[len]; }`;
-/// true when the buffer reports a queue overflow.
-fn parse_events(mut buf: &[u8], names: &mut BTreeSet<String>) -> bool {
-    const HEADER: usize = 16;
-    let mut overflow = false;
-    while buf.len() >= HEADER {
-        let mask = u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        overflow |= mask & libc::IN_Q_OVERFLOW != 0;
-        let len = u32::from_ne_bytes([buf[12], buf[13], buf[14], buf[15]]) as usize;
-        let Some(name) = buf.get(HEADER..HEADER + len) else {
-            return overflow;
-        };
-        let name = name.split(|b| *b == 0).next().unwrap_or_default();
-        if !name.is_empty() {
-            names.insert(String::from_utf8_lossy(name).into_owned());
-        }
-        buf = &buf[(HEADER + len).min(buf.len())..];
-    }
-    overflow
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::Mac;
-
-    fn nets() -> Vec<PodNetwork> {
-        vec![PodNetwork {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet_len: 24,
-        }]
-    }
+    use crate::registry::fixtures::v4;
 
     fn ann(node: &str, last: u8) -> Announcement {
         Announcement {
@@ -444,7 +350,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut tasks = Vec::new();
         for i in 1..=12u8 {
-            let reg = FileRegistry::new(dir.path(), nets());
+            let reg = FileRegistry::new(dir.path(), v4());
             tasks.push(tokio::spawn(async move {
                 reg.join(&ann(&format!("n{i}"), i)).await.unwrap()
             }));
@@ -457,7 +363,7 @@ mod tests {
         uniq.sort();
         uniq.dedup();
         assert_eq!(uniq.len(), 12, "{got:?}");
-        let reg = FileRegistry::new(dir.path(), nets());
+        let reg = FileRegistry::new(dir.path(), v4());
         let before = reg.list().unwrap();
         let n5 = before.records.iter().find(|r| r.node == "n5").unwrap();
         assert_eq!(reg.join(&ann("n5", 5)).await.unwrap(), n5.subnets);
@@ -494,7 +400,7 @@ mod tests {
     #[tokio::test]
     async fn watch_sees_joins_leaves_and_malformed_files() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = std::sync::Arc::new(FileRegistry::new(dir.path(), nets()));
+        let reg = std::sync::Arc::new(FileRegistry::new(dir.path(), v4()));
         let (tx, rx) = watch::channel(Snapshot::default());
         let w = reg.clone();
         let task = tokio::spawn(async move { w.watch(tx).await });

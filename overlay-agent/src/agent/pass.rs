@@ -1,0 +1,237 @@
+//! One reconcile pass and the host setup around it: what the agent's loop runs on
+//! every registry change, resync and retry.
+
+use super::peer_table::PeerTable;
+use super::AgentConf;
+use crate::datapath::Datapath;
+use crate::desired::{DesiredState, NextHop, Plan};
+use crate::firewall::{Firewall, FirewallRules};
+use crate::peers::{OwnNode, PeerSet, Rejected};
+use crate::registry::Snapshot;
+use crate::status::Board;
+use crate::underlay::Underlay;
+use ipnet::IpNet;
+use std::collections::BTreeSet;
+use std::time::Instant;
+use twill_conf::cluster::DirectRouting;
+use twill_conf::SubnetFile;
+
+pub(super) struct LoopState<'a> {
+    pub(super) conf: &'a AgentConf,
+    pub(super) datapath: &'a Datapath,
+    pub(super) firewall: &'a dyn Firewall,
+    pub(super) firewall_rules: &'a FirewallRules,
+    pub(super) subnet_file: &'a SubnetFile,
+    pub(super) underlay: &'a Underlay,
+    pub(super) board: &'a Board,
+    /// What the kernel held after the last successful pass; `None` forces a dump.
+    pub(super) cache: Option<DesiredState>,
+    pub(super) device: Option<u32>,
+    pub(super) files_ok: bool,
+    pub(super) rejected_before: BTreeSet<(String, String)>,
+}
+
+impl LoopState<'_> {
+    /// Subnet file before conflist: a runtime that sees the conflist may call the
+    /// plugin at once. Firewall rules ride along.
+    pub(super) fn host_setup(&mut self) {
+        let host = &self.conf.host;
+        let files = host
+            .write_subnet_file(self.subnet_file)
+            .and_then(|a| host.write_conflist().map(|b| a || b));
+        match files {
+            Ok(true) => tracing::info!(subnet_file = %host.subnet_file.display(),
+                conflist = %host.conflist_path().display(), "wrote the CNI files"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the CNI files");
+                self.board.metrics.reconcile_errors.inc();
+            }
+        }
+        self.files_ok = host.files_current(self.subnet_file);
+        if let Err(e) = self.firewall.apply(self.firewall_rules) {
+            tracing::error!(error = %e, "cannot apply the firewall rules");
+            self.board.metrics.reconcile_errors.inc();
+        }
+    }
+
+    /// One reconcile pass; false when something failed (retried soon).
+    pub(super) async fn pass(&mut self, snap: &Snapshot, full: bool) -> bool {
+        let started = Instant::now();
+        let mut ok = true;
+        if full || self.device.is_none() || self.cache.is_none() {
+            ok &= self.ensure_device().await;
+        }
+        let cached = if full { None } else { self.cache.take() };
+        let have = match (self.device, cached) {
+            (None, _) => None,
+            (Some(_), Some(c)) => Some(c),
+            (Some(dev), None) => match self.datapath.observe(dev).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the kernel state");
+                    self.board.metrics.reconcile_errors.inc();
+                    None
+                }
+            },
+        };
+
+        let own = OwnNode {
+            name: self.conf.node.clone(),
+            subnets: self.datapath.conf().own_subnets.clone(),
+            cluster_networks: self.conf.cluster.cluster_cidrs(),
+        };
+        let programmed_subnets: BTreeSet<IpNet> = have
+            .iter()
+            .flat_map(|h| h.routes.iter())
+            .filter(|(_, hop)| **hop != NextHop::Foreign)
+            .map(|(dst, _)| *dst)
+            .collect();
+        let (peers, rejected) = PeerSet::validate(&own, &snap.records, &programmed_subnets);
+        self.report_rejections(snap, &rejected);
+        let direct = self.conf.cluster.backend.direct_routing == DirectRouting::Auto;
+        let want = DesiredState::compute(&peers, &self.underlay.connected, direct);
+
+        let mut programmed = None;
+        match (self.device, have) {
+            (Some(dev), Some(have)) => {
+                let plan = Plan::between(&want, &have, snap.complete);
+                let mut applied_ok = true;
+                if !plan.is_empty() {
+                    let applied = self.datapath.apply(dev, &plan).await;
+                    self.count(&plan);
+                    if applied.errors.is_empty() {
+                        tracing::info!(changes = applied.changes, full, "programmed");
+                    } else {
+                        applied_ok = false;
+                        self.board
+                            .metrics
+                            .reconcile_errors
+                            .inc_by(applied.errors.len() as u64);
+                        for e in applied.errors.iter().take(5) {
+                            tracing::error!(error = %e, "kernel change failed");
+                        }
+                    }
+                    self.board
+                        .metrics
+                        .programming_latency
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                self.cache = None;
+                if !(applied_ok && snap.complete) {
+                    programmed = self.datapath.observe(dev).await.ok();
+                }
+                ok &= applied_ok;
+            }
+            _ => {
+                ok = false;
+                self.cache = None;
+            }
+        }
+        let cache_ok = ok && snap.complete && self.device.is_some() && programmed.is_none();
+        self.publish(
+            snap,
+            &peers,
+            &rejected,
+            &want,
+            if cache_ok {
+                Some(&want)
+            } else {
+                programmed.as_ref()
+            },
+        );
+        if cache_ok {
+            // What the kernel now holds is exactly `want`: the next pass diffs against it.
+            self.cache = Some(want);
+        }
+        ok
+    }
+
+    async fn ensure_device(&mut self) -> bool {
+        match self.datapath.ensure_device().await {
+            Ok((index, created)) => {
+                if created {
+                    let name = &self.datapath.conf().name;
+                    if self.device.is_some() {
+                        tracing::warn!(device = %name, "the VXLAN device was gone or changed; recreated it");
+                    } else {
+                        tracing::info!(device = %name, "created the VXLAN device");
+                    }
+                    self.cache = None;
+                }
+                self.device = Some(index);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the VXLAN device");
+                self.board.metrics.reconcile_errors.inc();
+                self.device = None;
+                false
+            }
+        }
+    }
+
+    fn count(&self, plan: &Plan) {
+        let m = &self.board.metrics;
+        m.count_changes("route", plan.routes.put.len(), plan.routes.remove.len());
+        m.count_changes(
+            "neighbour",
+            plan.neighbours.put.len(),
+            plan.neighbours.remove.len(),
+        );
+        m.count_changes("fdb", plan.fdb.put.len(), plan.fdb.remove.len());
+    }
+
+    fn report_rejections(&mut self, snap: &Snapshot, rejected: &[Rejected]) {
+        let now: BTreeSet<(String, String)> = rejected
+            .iter()
+            .map(|r| (r.node.clone(), r.reason.clone()))
+            .chain(
+                snap.malformed
+                    .iter()
+                    .map(|m| (m.source.clone(), m.reason.clone())),
+            )
+            .collect();
+        for (who, why) in now.difference(&self.rejected_before) {
+            tracing::warn!(record = %who, reason = %why, "rejected a registry record; it is not programmed");
+            self.board.metrics.rejected_records.inc();
+        }
+        self.rejected_before = now;
+    }
+
+    fn publish(
+        &self,
+        snap: &Snapshot,
+        peers: &PeerSet,
+        rejected: &[Rejected],
+        want: &DesiredState,
+        programmed: Option<&DesiredState>,
+    ) {
+        let table = PeerTable::build(snap, peers, rejected, want, programmed);
+        self.board
+            .metrics
+            .set_peers(table.programmed, table.pending, table.rejected);
+
+        let mut not_ready = Vec::new();
+        if self.device.is_none() {
+            not_ready.push(format!(
+                "VXLAN device {} is not up",
+                self.datapath.conf().name
+            ));
+        }
+        if !snap.complete {
+            not_ready.push("the registry has not been listed yet".into());
+        }
+        if table.pending > 0 {
+            not_ready.push(format!("{} peer(s) not programmed", table.pending));
+        }
+        if !self.files_ok {
+            not_ready.push("the subnet file or the CNI conflist is not written".into());
+        }
+        self.board.update(|s| {
+            s.peers = table.rows;
+            s.ready = not_ready.is_empty();
+            s.not_ready = not_ready;
+        });
+    }
+}
