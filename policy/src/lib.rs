@@ -26,3 +26,6 @@ pub use error::{Kind, ModelError, Rejected};
 pub use model::{Cluster, Namespace, Pod, Policy, Protocol};
 pub use ruleset::{Connection, RuleSet};
 pub use selector::LabelSelector;
+
+#[cfg(test)]
+mod tests;
