@@ -159,7 +159,7 @@ fn peer_match(cluster: &Cluster, policy_namespace: &str, peer: &Peer) -> PeerMat
                     let in_namespace = match namespace_selector {
                         None => pod.namespace == policy_namespace,
                         Some(selector) => {
-                            selector.matches(&cluster.namespace_labels(&pod.namespace))
+                            selector.matches(cluster.namespace_labels(&pod.namespace))
                         }
                     };
                     in_namespace && pod_selector.as_ref().is_none_or(|s| s.matches(&pod.labels))

@@ -99,7 +99,7 @@ fn peer_matches(cluster: &Cluster, policy_namespace: &str, peer: &Peer, ip: IpAd
         } => pod_at(cluster, ip).is_some_and(|pod| {
             let namespace_ok = match namespace_selector {
                 None => pod.namespace == policy_namespace,
-                Some(selector) => selector.matches(&cluster.namespace_labels(&pod.namespace)),
+                Some(selector) => selector.matches(cluster.namespace_labels(&pod.namespace)),
             };
             namespace_ok && pod_selector.as_ref().is_none_or(|s| s.matches(&pod.labels))
         }),

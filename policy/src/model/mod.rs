@@ -117,17 +117,22 @@ pub struct Pod {
     pub labels: Labels,
     /// `None` while unscheduled: no node judges its traffic.
     pub node_name: Option<String>,
+    /// Its own addresses. Empty for a host-network pod (its address is the node's, which
+    /// policies do not govern) and for a finished one (its address may be reused).
     pub ips: Vec<IpAddr>,
     pub ports: Vec<ContainerPort>,
 }
 
 impl Pod {
     /// The numbers `name` resolves to on this pod for `protocol`; empty if it does not.
-    pub fn named_port(&self, name: &str, protocol: Protocol) -> impl Iterator<Item = u16> + '_ {
-        let name = name.to_string();
+    pub fn named_port<'a>(
+        &'a self,
+        name: &'a str,
+        protocol: Protocol,
+    ) -> impl Iterator<Item = u16> + 'a {
         self.ports
             .iter()
-            .filter(move |p| p.protocol == protocol && p.name.as_deref() == Some(name.as_str()))
+            .filter(move |p| p.protocol == protocol && p.name.as_deref() == Some(name))
             .map(|p| p.port)
     }
 }
@@ -181,13 +186,13 @@ impl Cluster {
         }
     }
 
-    /// The labels of namespace `name`; none if it is unknown.
-    pub fn namespace_labels(&self, name: &str) -> Labels {
+    /// The labels of namespace `name`; none if it is unknown (so only `{}` matches it).
+    pub fn namespace_labels(&self, name: &str) -> &Labels {
+        static NONE: Labels = Labels::new();
         self.namespaces
             .iter()
             .find(|ns| ns.name == name)
-            .map(|ns| ns.labels.clone())
-            .unwrap_or_default()
+            .map_or(&NONE, |ns| &ns.labels)
     }
 }
 
@@ -288,10 +293,36 @@ impl Pod {
             name,
             labels,
             node_name,
-            ips: pod_ips(object)?,
+            ips: if own_addresses(object, &spec)? {
+                pod_ips(object)?
+            } else {
+                Vec::new()
+            },
             ports,
         })
     }
+}
+
+/// Whether the pod's IPs are its own and current: not `spec.hostNetwork`, and
+/// `status.phase` not `Succeeded` or `Failed`.
+fn own_addresses(
+    object: &Map<String, Value>,
+    spec: &Map<String, Value>,
+) -> Result<bool, ModelError> {
+    let root = FieldPath::default();
+    let host_network = match json::field(spec, "hostNetwork") {
+        None => false,
+        Some(value) => value.as_bool().ok_or_else(|| ModelError::WrongType {
+            path: root.field("spec").field("hostNetwork"),
+            expected: "a boolean",
+            found: value.to_string(),
+        })?,
+    };
+    let phase = match json::opt_object(object, "status", &root)? {
+        Some(status) => json::opt_str(status, "phase", &root.field("status"))?,
+        None => None,
+    };
+    Ok(!host_network && !matches!(phase, Some("Succeeded" | "Failed")))
 }
 
 /// `status.podIPs[].ip`, or `status.podIP` from a server that predates dual stack.

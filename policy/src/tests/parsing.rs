@@ -150,3 +150,23 @@ fn pod_fields_are_read_with_defaults() {
     );
     assert_eq!(pod.named_port("dns", Protocol::Tcp).count(), 0);
 }
+
+#[test]
+fn host_network_and_finished_pods_have_no_addresses_of_their_own() {
+    let mut host = pod("prod", "h", "x", "n1", NODE1_IP, json!([]));
+    host["spec"]["hostNetwork"] = json!(true);
+    assert!(Pod::from_json(&host).expect("pod").ips.is_empty());
+    let mut done = pod("prod", "d", "x", "n1", "10.0.1.50", json!([]));
+    done["status"]["phase"] = json!("Succeeded");
+    assert!(Pod::from_json(&done).expect("pod").ips.is_empty());
+    done["status"]["phase"] = json!("Running");
+    assert_eq!(
+        Pod::from_json(&done).expect("pod").ips,
+        vec![ip("10.0.1.50")]
+    );
+    host["spec"]["hostNetwork"] = json!("yes");
+    assert_eq!(
+        Pod::from_json(&host).expect_err("bad bool").to_string(),
+        "spec.hostNetwork: expected a boolean, found \"yes\""
+    );
+}
