@@ -11,17 +11,25 @@ use crate::ruleset::{
 
 /// The rules node `node` enforces for its pods (those whose `nodeName` is `node`).
 pub fn compile(cluster: &Cluster, node: &str) -> RuleSet {
-    let mut pods = BTreeMap::new();
-    for pod in cluster
+    let local: Vec<&Pod> = cluster
         .pods
         .iter()
         .filter(|pod| pod.node_name.as_deref() == Some(node))
-    {
+        .collect();
+    // Only policies that select a pod here need their peers worked out.
+    let policies: Vec<Prepared> = cluster
+        .policies
+        .iter()
+        .filter(|policy| local.iter().any(|pod| selects(policy, pod)))
+        .map(|policy| Prepared::new(cluster, policy))
+        .collect();
+    let mut pods = BTreeMap::new();
+    for pod in local {
         let rules = PodRules {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
-            ingress: direction(cluster, pod, Way::Ingress),
-            egress: direction(cluster, pod, Way::Egress),
+            ingress: direction(&policies, pod, Way::Ingress),
+            egress: direction(&policies, pod, Way::Egress),
         };
         for ip in &pod.ips {
             pods.insert(*ip, rules.clone());
@@ -47,23 +55,95 @@ enum Way {
     Egress,
 }
 
-fn direction(cluster: &Cluster, pod: &Pod, way: Way) -> Direction {
+/// A policy with what its rules need that does not depend on the pod it selects,
+/// worked out once per compile.
+struct Prepared<'a> {
+    policy: &'a Policy,
+    policy_ref: PolicyRef,
+    ingress: Vec<PreparedRule<'a>>,
+    egress: Vec<PreparedRule<'a>>,
+}
+
+struct PreparedRule<'a> {
+    rule: &'a Rule,
+    /// The peers as addresses; no peers listed is every peer.
+    peers: Vec<PeerMatch>,
+    /// Egress only: the entries of named ports, which resolve on the destinations.
+    named_egress: Vec<AllowEntry>,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(cluster: &Cluster, policy: &'a Policy) -> Prepared<'a> {
+        let policy_ref = PolicyRef {
+            namespace: policy.namespace.clone(),
+            name: policy.name.clone(),
+        };
+        let prepare = |rule: &'a Rule, way: Way| {
+            let peers: Vec<PeerMatch> = if rule.peers.is_empty() {
+                vec![PeerMatch::Any]
+            } else {
+                rule.peers
+                    .iter()
+                    .map(|peer| peer_match(cluster, &policy.namespace, peer))
+                    .collect()
+            };
+            let mut named_egress = Vec::new();
+            for port in rule.ports.iter().filter(|_| way == Way::Egress) {
+                let Some(PortRef::Named(name)) = &port.port else {
+                    continue;
+                };
+                for peer in &peers {
+                    for (range, addrs) in named_destinations(cluster, peer, name, port.protocol) {
+                        named_egress.push(AllowEntry {
+                            peer: PeerMatch::Addrs(addrs),
+                            ports: PortMatch::List(BTreeSet::from([range])),
+                            policy: policy_ref.clone(),
+                        });
+                    }
+                }
+            }
+            PreparedRule {
+                rule,
+                peers,
+                named_egress,
+            }
+        };
+        Prepared {
+            ingress: policy
+                .ingress
+                .iter()
+                .map(|r| prepare(r, Way::Ingress))
+                .collect(),
+            egress: policy
+                .egress
+                .iter()
+                .map(|r| prepare(r, Way::Egress))
+                .collect(),
+            policy,
+            policy_ref,
+        }
+    }
+}
+
+fn selects(policy: &Policy, pod: &Pod) -> bool {
+    policy.namespace == pod.namespace && policy.pod_selector.matches(&pod.labels)
+}
+
+fn direction(policies: &[Prepared], pod: &Pod, way: Way) -> Direction {
     let mut isolated = false;
     let mut entries = BTreeSet::new();
-    for policy in &cluster.policies {
+    for prepared in policies {
+        let policy = prepared.policy;
         let (isolates, rules) = match way {
-            Way::Ingress => (policy.isolates_ingress, &policy.ingress),
-            Way::Egress => (policy.isolates_egress, &policy.egress),
+            Way::Ingress => (policy.isolates_ingress, &prepared.ingress),
+            Way::Egress => (policy.isolates_egress, &prepared.egress),
         };
-        if !isolates
-            || policy.namespace != pod.namespace
-            || !policy.pod_selector.matches(&pod.labels)
-        {
+        if !isolates || !selects(policy, pod) {
             continue;
         }
         isolated = true;
         for rule in rules {
-            entries.extend(rule_entries(cluster, policy, rule, pod, way));
+            entries.extend(rule_entries(&prepared.policy_ref, rule, pod, way));
         }
     }
     if isolated {
@@ -75,36 +155,24 @@ fn direction(cluster: &Cluster, pod: &Pod, way: Way) -> Direction {
 
 /// The entries one rule contributes to `pod`'s ingress or egress.
 fn rule_entries(
-    cluster: &Cluster,
-    policy: &Policy,
-    rule: &Rule,
+    policy: &PolicyRef,
+    prepared: &PreparedRule,
     pod: &Pod,
     way: Way,
 ) -> Vec<AllowEntry> {
-    let policy_ref = PolicyRef {
-        namespace: policy.namespace.clone(),
-        name: policy.name.clone(),
-    };
-    let entry = |peer: PeerMatch, ports: PortMatch| AllowEntry {
-        peer,
+    let entry = |peer: &PeerMatch, ports: PortMatch| AllowEntry {
+        peer: peer.clone(),
         ports,
-        policy: policy_ref.clone(),
+        policy: policy.clone(),
     };
-    let peers: Vec<PeerMatch> = if rule.peers.is_empty() {
-        vec![PeerMatch::Any]
-    } else {
-        rule.peers
-            .iter()
-            .map(|peer| peer_match(cluster, &policy.namespace, peer))
-            .collect()
-    };
+    let rule = prepared.rule;
     if rule.ports.is_empty() {
-        return peers
-            .into_iter()
+        return prepared
+            .peers
+            .iter()
             .map(|peer| entry(peer, PortMatch::Any))
             .collect();
     }
-    let mut entries = Vec::new();
     // Ports the peer does not change: numbers, whole protocols, and for ingress the
     // names, which resolve on the selected pod itself.
     let fixed: BTreeSet<PortRange> = rule
@@ -116,27 +184,15 @@ fn rule_entries(
             _ => vec![numeric_range(port)],
         })
         .collect();
+    let mut entries = prepared.named_egress.clone();
     // An unresolvable name matches nothing: no entry rather than an empty one.
     if !fixed.is_empty() {
         entries.extend(
-            peers
+            prepared
+                .peers
                 .iter()
-                .map(|peer| entry(peer.clone(), PortMatch::List(fixed.clone()))),
+                .map(|peer| entry(peer, PortMatch::List(fixed.clone()))),
         );
-    }
-    if way == Way::Egress {
-        for port in &rule.ports {
-            if let Some(PortRef::Named(name)) = &port.port {
-                for peer in &peers {
-                    for (range, addrs) in named_destinations(cluster, peer, name, port.protocol) {
-                        entries.push(entry(
-                            PeerMatch::Addrs(addrs),
-                            PortMatch::List(BTreeSet::from([range])),
-                        ));
-                    }
-                }
-            }
-        }
     }
     entries
 }
