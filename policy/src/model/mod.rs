@@ -227,34 +227,41 @@ fn parse_all<T>(
     parsed
 }
 
-/// `metadata.namespace` (empty if absent), `metadata.name` and `metadata.labels`.
-pub(crate) fn metadata(
-    object: &Map<String, Value>,
-) -> Result<(String, String, Labels), ModelError> {
-    let path = FieldPath::default().field("metadata");
-    let meta = json::opt_object(object, "metadata", &FieldPath::default())?
-        .ok_or_else(|| ModelError::Missing { path: path.clone() })?;
-    let name = json::req_str(meta, "name", &path)?.to_string();
-    let namespace = json::opt_str(meta, "namespace", &path)?
-        .unwrap_or_default()
-        .to_string();
-    let labels = json::labels(meta, "labels", &path)?;
-    Ok((namespace, name, labels))
+/// A Kubernetes object: its `metadata` and the whole object to read the rest from.
+pub(crate) struct Object<'a> {
+    pub body: &'a Map<String, Value>,
+    /// Empty for a cluster-scoped object.
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
 }
 
-pub(crate) fn require_namespace(namespace: String) -> Result<String, ModelError> {
-    if namespace.is_empty() {
-        return Err(ModelError::Missing {
-            path: FieldPath::default().field("metadata").field("namespace"),
-        });
+impl<'a> Object<'a> {
+    /// Reads `metadata`; `metadata.namespace` is required when `namespaced`.
+    pub(crate) fn read(value: &'a Value, namespaced: bool) -> Result<Object<'a>, ModelError> {
+        let root = FieldPath::default();
+        let body = json::object(value, &root)?;
+        let path = root.field("metadata");
+        let meta = json::opt_object(body, "metadata", &root)?
+            .ok_or_else(|| ModelError::Missing { path: path.clone() })?;
+        let namespace = json::opt_str(meta, "namespace", &path)?.unwrap_or_default();
+        if namespaced && namespace.is_empty() {
+            return Err(ModelError::Missing {
+                path: path.field("namespace"),
+            });
+        }
+        Ok(Object {
+            body,
+            namespace: namespace.to_string(),
+            name: json::req_str(meta, "name", &path)?.to_string(),
+            labels: json::labels(meta, "labels", &path)?,
+        })
     }
-    Ok(namespace)
 }
 
 impl Namespace {
     pub fn from_json(value: &Value) -> Result<Namespace, ModelError> {
-        let object = json::object(value, &FieldPath::default())?;
-        let (_, name, labels) = metadata(object)?;
+        let Object { name, labels, .. } = Object::read(value, false)?;
         Ok(Namespace { name, labels })
     }
 }
@@ -262,18 +269,20 @@ impl Namespace {
 impl Pod {
     pub fn from_json(value: &Value) -> Result<Pod, ModelError> {
         let root = FieldPath::default();
-        let object = json::object(value, &root)?;
-        let (namespace, name, labels) = metadata(object)?;
-        let namespace = require_namespace(namespace)?;
+        let Object {
+            body: object,
+            namespace,
+            name,
+            labels,
+        } = Object::read(value, true)?;
         let spec_path = root.field("spec");
-        let spec = json::opt_object(object, "spec", &root)?
-            .cloned()
-            .unwrap_or_default();
-        let node_name = json::opt_str(&spec, "nodeName", &spec_path)?
+        let no_spec = Map::new();
+        let spec = json::opt_object(object, "spec", &root)?.unwrap_or(&no_spec);
+        let node_name = json::opt_str(spec, "nodeName", &spec_path)?
             .filter(|node| !node.is_empty())
             .map(str::to_string);
         let mut ports = Vec::new();
-        for (container, path) in json::list(&spec, "containers", &spec_path)? {
+        for (container, path) in json::list(spec, "containers", &spec_path)? {
             let container = json::object(container, &path)?;
             for (port, path) in json::list(container, "ports", &path)? {
                 let port_object = json::object(port, &path)?;
@@ -293,7 +302,7 @@ impl Pod {
             name,
             labels,
             node_name,
-            ips: if own_addresses(object, &spec)? {
+            ips: if own_addresses(object, spec)? {
                 pod_ips(object)?
             } else {
                 Vec::new()

@@ -3,9 +3,7 @@
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
-use super::{
-    metadata, require_namespace, IpBlock, Peer, Policy, PolicyPort, PortRef, Protocol, Rule,
-};
+use super::{IpBlock, Object, Peer, Policy, PolicyPort, PortRef, Protocol, Rule};
 use crate::error::{FieldPath, ModelError};
 use crate::json;
 use crate::selector::LabelSelector;
@@ -13,9 +11,8 @@ use crate::selector::LabelSelector;
 impl Policy {
     pub fn from_json(value: &Value) -> Result<Policy, ModelError> {
         let root = FieldPath::default();
-        let object = json::object(value, &root)?;
-        let (namespace, name, _) = metadata(object)?;
-        let namespace = require_namespace(namespace)?;
+        let read = Object::read(value, true)?;
+        let (object, namespace, name) = (read.body, read.namespace, read.name);
         let path = root.field("spec");
         let spec = json::opt_object(object, "spec", &root)?
             .ok_or_else(|| ModelError::Missing { path: path.clone() })?;
