@@ -117,7 +117,11 @@ fn pod(rng: &mut StdRng, index: usize) -> Value {
         spec["nodeName"] = json!(pick(rng, &NODES).0);
     }
     json!({
-        "metadata": {"namespace": pick(rng, &NAMESPACES), "name": format!("pod{index}"), "labels": labels(rng, POD_LABELS)},
+        "metadata": {
+            "namespace": pick(rng, &NAMESPACES),
+            "name": format!("pod{index}"),
+            "labels": labels(rng, POD_LABELS)
+        },
         "spec": spec,
         "status": {"podIPs": ips}
     })
@@ -128,7 +132,8 @@ fn peer(rng: &mut StdRng) -> Value {
         0 => json!({"podSelector": selector(rng, POD_LABELS)}),
         1 => json!({"namespaceSelector": selector(rng, NS_LABELS)}),
         2 => {
-            json!({"podSelector": selector(rng, POD_LABELS), "namespaceSelector": selector(rng, NS_LABELS)})
+            let pods = selector(rng, POD_LABELS);
+            json!({"podSelector": pods, "namespaceSelector": selector(rng, NS_LABELS)})
         }
         _ => {
             let cidr = *pick(rng, &CIDRS);
@@ -209,7 +214,8 @@ fn policy(rng: &mut StdRng, index: usize) -> Value {
             json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]),
         );
     }
-    json!({"metadata": {"namespace": pick(rng, &NAMESPACES), "name": format!("pol{index}")}, "spec": spec})
+    let metadata = json!({"namespace": pick(rng, &NAMESPACES), "name": format!("pol{index}")});
+    json!({"metadata": metadata, "spec": spec})
 }
 
 struct Case {
@@ -317,7 +323,11 @@ fn compiled_rules_decide_as_the_reference() {
             }
         }
     }
-    eprintln!("{CLUSTERS} clusters, {} connections: {allowed} allowed, {denied} denied; {rejected} bad policies rejected", allowed + denied);
+    let connections = allowed + denied;
+    eprintln!(
+        "{CLUSTERS} clusters, {connections} connections: {allowed} allowed, {denied} denied; \
+         {rejected} bad policies rejected"
+    );
     // Guard against a generator that only ever produces one answer.
     assert!(
         allowed > 10_000 && denied > 10_000,

@@ -112,3 +112,8 @@ pub fn decide(cluster: &Cluster, src: &str, dst: &str, protocol: Protocol, port:
 pub fn tcp(cluster: &Cluster, src: &str, dst: &str, port: u16) -> bool {
     decide(cluster, src, dst, Protocol::Tcp, port)
 }
+
+/// A policy spec selecting the db pod, with these ingress rules.
+pub fn db_ingress(rules: Value) -> Value {
+    json!({"podSelector": {"matchLabels": {"app": "db"}}, "ingress": rules})
+}

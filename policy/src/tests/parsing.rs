@@ -69,7 +69,9 @@ fn policy_errors_name_their_field() {
             "spec.egress[0].to[0]: must set podSelector, namespaceSelector or ipBlock",
         ),
         (
-            json!({"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/24"]}}]}]}),
+            json!({"ingress": [{"from": [
+                {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/24"]}}
+            ]}]}),
             "spec.ingress[0].from[0].ipBlock.except[0]: 11.0.0.0/24 is not strictly inside 10.0.0.0/8",
         ),
         (
@@ -138,7 +140,9 @@ fn pod_and_namespace_errors_name_their_field() {
 fn pod_fields_are_read_with_defaults() {
     let value = json!({
         "metadata": {"namespace": "prod", "name": "old"},
-        "spec": {"containers": [{"ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]},
+        "spec": {"containers": [{"ports": [
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"}
+        ]}]},
         "status": {"podIP": "10.0.9.9"}
     });
     let pod = Pod::from_json(&value).expect("pod");

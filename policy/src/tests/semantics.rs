@@ -23,7 +23,8 @@ fn policy_types_default_to_ingress_plus_egress_when_egress_rules_exist() {
     assert!(tcp(&w, DB, WEB, 80));
 
     // Egress rules and no policyTypes: egress isolated too.
-    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}}, "egress": [{"ports": [{"port": 80}]}]});
+    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}},
+                      "egress": [{"ports": [{"port": 80}]}]});
     let w = world(&[policy("egress", spec)]);
     assert!(tcp(&w, DB, WEB, 80));
     assert!(!tcp(&w, DB, API, 8080));
@@ -44,12 +45,12 @@ fn policy_types_default_to_ingress_plus_egress_when_egress_rules_exist() {
 #[test]
 fn absent_or_empty_from_means_every_peer_but_no_rules_means_none() {
     for rule in [json!({}), json!({"from": []}), json!({"from": null})] {
-        let spec = json!({"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [rule]});
+        let spec = db_ingress(json!([rule]));
         let w = world(&[policy("p", spec)]);
         assert!(tcp(&w, EXTERNAL, DB, 5432));
         assert!(tcp(&w, TOOL, DB, 5432));
     }
-    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}}, "ingress": []});
+    let spec = db_ingress(json!([]));
     let w = world(&[policy("p", spec)]);
     assert!(!tcp(&w, WEB, DB, 5432));
 }
@@ -60,7 +61,8 @@ fn absent_or_empty_ports_mean_every_port_and_protocol() {
         json!({"to": [{"podSelector": {}}]}),
         json!({"to": [{"podSelector": {}}], "ports": []}),
     ] {
-        let spec = json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"], "egress": [rule]});
+        let spec = json!({"podSelector": {"matchLabels": {"app": "web"}},
+                          "policyTypes": ["Egress"], "egress": [rule]});
         let w = world(&[policy("p", spec)]);
         assert!(tcp(&w, WEB, DB, 5432));
         assert!(decide(&w, WEB, API, Udp, 53));
@@ -72,8 +74,7 @@ fn absent_or_empty_ports_mean_every_port_and_protocol() {
 fn pod_and_namespace_selector_in_one_peer_is_and_in_two_peers_is_or() {
     let one_peer = json!([{"podSelector": {"matchLabels": {"app": "web"}},
                            "namespaceSelector": {"matchLabels": {"env": "dev"}}}]);
-    let spec =
-        json!({"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [{"from": one_peer}]});
+    let spec = db_ingress(json!([{"from": one_peer}]));
     let w = world(&[policy("and", spec)]);
     assert!(tcp(&w, TOOL, DB, 5432));
     assert!(!tcp(&w, WEB, DB, 5432));
@@ -81,8 +82,7 @@ fn pod_and_namespace_selector_in_one_peer_is_and_in_two_peers_is_or() {
 
     let two_peers = json!([{"podSelector": {"matchLabels": {"app": "web"}}},
                            {"namespaceSelector": {"matchLabels": {"env": "dev"}}}]);
-    let spec =
-        json!({"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [{"from": two_peers}]});
+    let spec = db_ingress(json!([{"from": two_peers}]));
     let w = world(&[policy("or", spec)]);
     assert!(tcp(&w, TOOL, DB, 5432));
     assert!(tcp(&w, WEB, DB, 5432));
@@ -91,14 +91,12 @@ fn pod_and_namespace_selector_in_one_peer_is_and_in_two_peers_is_or() {
 
 #[test]
 fn pod_selector_alone_stays_in_the_policy_namespace_and_selectors_never_match_outsiders() {
-    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}},
-                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]});
+    let spec = db_ingress(json!([{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]));
     let w = world(&[policy("p", spec)]);
     assert!(tcp(&w, WEB, DB, 5432));
     assert!(!tcp(&w, TOOL, DB, 5432)); // app=web, but in dev
 
-    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}},
-                      "ingress": [{"from": [{"namespaceSelector": {}}]}]});
+    let spec = db_ingress(json!([{"from": [{"namespaceSelector": {}}]}]));
     let w = world(&[policy("p", spec)]);
     assert!(tcp(&w, TOOL, DB, 5432));
     assert!(!tcp(&w, EXTERNAL, DB, 5432));
@@ -106,8 +104,9 @@ fn pod_selector_alone_stays_in_the_policy_namespace_and_selectors_never_match_ou
 
 #[test]
 fn ip_block_with_except_matches_addresses_of_pods_and_outsiders() {
-    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}},
-                      "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.2.0/24"]}}]}]});
+    let spec = db_ingress(
+        json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.2.0/24"]}}]}]),
+    );
     let w = world(&[policy("p", spec)]);
     assert!(tcp(&w, WEB, DB, 5432));
     assert!(!tcp(&w, API, DB, 5432));
@@ -123,7 +122,8 @@ fn ip_block_with_except_matches_addresses_of_pods_and_outsiders() {
 #[test]
 fn named_ports_resolve_on_the_selected_pod_for_ingress() {
     // web's http is 80, api's http is 8080.
-    let spec = json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "api"]}]},
+    let web_or_api = json!({"key": "app", "operator": "In", "values": ["web", "api"]});
+    let spec = json!({"podSelector": {"matchExpressions": [web_or_api]},
                       "ingress": [{"ports": [{"port": "http"}]}]});
     let w = world(&[policy("p", spec)]);
     assert!(tcp(&w, EXTERNAL, WEB, 80));
@@ -131,7 +131,7 @@ fn named_ports_resolve_on_the_selected_pod_for_ingress() {
     assert!(tcp(&w, EXTERNAL, API, 8080));
     assert!(!tcp(&w, EXTERNAL, API, 80));
     // An unresolvable name matches nothing.
-    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [{"ports": [{"port": "http"}]}]});
+    let spec = db_ingress(json!([{"ports": [{"port": "http"}]}]));
     let w = world(&[policy("p", spec)]);
     assert!(!tcp(&w, WEB, DB, 80));
 }
@@ -157,8 +157,7 @@ fn named_ports_resolve_on_the_destination_pod_for_egress() {
 
 #[test]
 fn end_port_makes_a_range() {
-    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}},
-                      "ingress": [{"ports": [{"port": 8000, "endPort": 8100}]}]});
+    let spec = db_ingress(json!([{"ports": [{"port": 8000, "endPort": 8100}]}]));
     let w = world(&[policy("p", spec)]);
     assert!(!tcp(&w, WEB, DB, 7999));
     assert!(tcp(&w, WEB, DB, 8000));
@@ -169,8 +168,8 @@ fn end_port_makes_a_range() {
 
 #[test]
 fn protocols_udp_and_sctp() {
-    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}},
-                      "ingress": [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "SCTP"}]}]});
+    let spec =
+        db_ingress(json!([{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "SCTP"}]}]));
     let w = world(&[policy("p", spec)]);
     assert!(decide(&w, WEB, DB, Udp, 53));
     assert!(!decide(&w, WEB, DB, Udp, 54));
@@ -180,10 +179,15 @@ fn protocols_udp_and_sctp() {
 
 #[test]
 fn policies_add_up() {
-    let from_web = json!({"podSelector": {"matchLabels": {"app": "db"}},
-                          "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 5432}]}]});
-    let from_api = json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
-                          "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}]}]});
+    let from_web = db_ingress(
+        json!([{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                "ports": [{"port": 5432}]}]),
+    );
+    let has_app = json!({"key": "app", "operator": "Exists"});
+    let from_api = json!({
+        "podSelector": {"matchExpressions": [has_app]},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}]}]
+    });
     let w = world(&[policy("from-web", from_web), policy("from-api", from_api)]);
     assert!(tcp(&w, WEB, DB, 5432));
     assert!(!tcp(&w, WEB, DB, 80));
@@ -215,9 +219,10 @@ fn a_pods_own_node_is_always_allowed_other_nodes_are_not() {
 
 #[test]
 fn compiled_entries_carry_addresses_ports_and_their_policy() {
-    let spec = json!({"podSelector": {"matchLabels": {"app": "db"}},
-                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
-                                   "ports": [{"port": 5432}]}]});
+    let spec = db_ingress(
+        json!([{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                "ports": [{"port": 5432}]}]),
+    );
     let w = world(&[policy("db-in", spec)]);
     let rules = compile(&w, "n1");
     assert_eq!(rules.pods.len(), 2);
