@@ -122,14 +122,33 @@ async fn prepare(
         )
     })?;
     let alias = env.attachment.alias();
-    nl.configure_port(host.index, conf.hairpin_mode, Some(&alias))
-        .await?;
+    nl.configure_port(
+        host.index,
+        conf.hairpin_mode,
+        conf.isolate_ports,
+        Some(&alias),
+    )
+    .await?;
 
     let ifname = &env.attachment.ifname;
-    let accept_dad = format!("net/ipv6/conf/{ifname}/accept_dad");
+    let mut pod_sysctls = vec![format!("net/ipv6/conf/{ifname}/accept_dad")];
+    if conf.isolate_ports {
+        // The node forwards pod-to-pod traffic back out of the bridge and so sends ICMP
+        // redirects ("go direct"); a pod that took one would then ARP for a pod its
+        // isolated port cannot reach.
+        pod_sysctls.extend([
+            "net/ipv4/conf/all/accept_redirects".to_string(),
+            format!("net/ipv4/conf/{ifname}/accept_redirects"),
+            "net/ipv6/conf/all/accept_redirects".to_string(),
+            format!("net/ipv6/conf/{ifname}/accept_redirects"),
+        ]);
+    }
     let (pod_nl, ()) = Netlink::connect_in_here_with(netns, move || {
-        // No DAD on the pod's IPv6 link-local address either.
-        let _ = sysctl::ensure(&accept_dad, "0");
+        // No DAD on the pod's IPv6 link-local address either. Best effort: a family
+        // the pod's kernel lacks has no such keys.
+        for key in &pod_sysctls {
+            let _ = sysctl::ensure(key, "0");
+        }
     })?;
     let pod = pod_nl
         .link_by_name(ifname)
@@ -158,11 +177,23 @@ async fn finish(
         mtu,
     } = links;
     for a in addrs {
-        pod_nl.add_address(pod.index, *a).await?;
+        if conf.isolate_ports {
+            pod_nl
+                .add_address_without_prefix_route(pod.index, *a)
+                .await?;
+        } else {
+            pod_nl.add_address(pod.index, *a).await?;
+        }
     }
     let routes = pod_routes(&node.ranges, conf);
     for r in &routes {
-        pod_nl.replace_route(r.dst, r.gw, pod.index, None).await?;
+        match r.gw {
+            // Without prefix routes the gateway is reachable only as "onlink".
+            Some(gw) if conf.isolate_ports => {
+                pod_nl.replace_route_onlink(r.dst, gw, pod.index).await?;
+            }
+            _ => pod_nl.replace_route(r.dst, r.gw, pod.index, None).await?,
+        }
     }
     Ok(CniResult {
         interfaces: vec![
@@ -198,9 +229,18 @@ fn gateway_for(ranges: &[PodRange], addr: IpAddr) -> Option<IpAddr> {
         .map(|r| r.gateway)
 }
 
-/// A default route per family through that family's gateway, then the configured routes.
+/// With `isolatePorts`, first the pod subnets through their gateways (the pod's
+/// addresses have no prefix route, so even the node's other pods are reached through the
+/// node); then a default route per family through that family's gateway, then the
+/// configured routes.
 pub fn pod_routes(ranges: &[PodRange], conf: &PluginConf) -> Vec<Route> {
     let mut out: Vec<Route> = Vec::new();
+    if conf.isolate_ports {
+        out.extend(ranges.iter().map(|r| Route {
+            dst: r.subnet,
+            gw: Some(r.gateway),
+        }));
+    }
     for r in ranges {
         let any = if r.gateway.is_ipv4() {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)

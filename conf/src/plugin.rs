@@ -51,6 +51,11 @@ pub struct PluginConf {
     pub bridge: String,
     pub mtu: Option<u32>,
     pub hairpin_mode: bool,
+    /// `isolatePorts`: pod ports of the bridge are isolated from each other and pods
+    /// reach even their own node's pods through the gateway, so that traffic between
+    /// pods of one node is routed by the node and crosses its `forward` hook (where
+    /// NetworkPolicy is enforced) instead of being bridged past it.
+    pub isolate_ports: bool,
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
     /// The previous result (CHECK, DEL), kept raw: its shape depends on `cni_version`.
@@ -181,6 +186,7 @@ impl PluginConf {
             bridge,
             mtu: k.u32_in("mtu", 68..=65535)?,
             hairpin_mode: k.bool("hairpinMode")?.unwrap_or(true),
+            isolate_ports: k.bool("isolatePorts")?.unwrap_or(false),
             log_file,
             log_level,
             prev_result,
@@ -214,6 +220,9 @@ impl PluginConf {
             m.insert("mtu".into(), json!(mtu));
         }
         m.insert("hairpinMode".into(), json!(self.hairpin_mode));
+        if self.isolate_ports {
+            m.insert("isolatePorts".into(), json!(true));
+        }
         if let Some(f) = &self.log_file {
             m.insert("logFile".into(), json!(f));
         }
@@ -285,6 +294,7 @@ mod tests {
         assert_eq!(r.gateway.to_string(), "10.244.1.1");
         assert_eq!(c.bridge, "twill0");
         assert!(c.hairpin_mode);
+        assert!(!c.isolate_ports, "off unless asked for");
         assert_eq!(c.store_dir(), PathBuf::from("/var/lib/twill/pods"));
         assert_eq!(c.subnet_file, PathBuf::from(DEFAULT_SUBNET_FILE));
         assert_eq!(c.store_socket, PathBuf::from(DEFAULT_STORE_SOCKET));
@@ -361,9 +371,11 @@ mod tests {
         let c = parse(
             json!({"cniVersion": "1.1.0", "name": "pods", "type": "twill",
             "subnet": "10.244.1.0/24", "routes": [{"dst": "10.96.0.0/12"}],
-            "dataDir": "/tmp/x", "storeSocket": "/tmp/s.sock", "mtu": 1450, "hairpinMode": false}),
+            "dataDir": "/tmp/x", "storeSocket": "/tmp/s.sock", "mtu": 1450, "hairpinMode": false,
+            "isolatePorts": true}),
         )
         .unwrap();
+        assert!(c.isolate_ports);
         let mut v = c.to_json();
         v["cniVersion"] = json!("1.1.0");
         v["name"] = json!("pods");

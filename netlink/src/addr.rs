@@ -23,10 +23,18 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds an address; an address already present is not an error. IPv6 addresses skip
-    /// duplicate address detection: Twill's addresses are unique by construction, and
-    /// DAD keeps them unusable ("tentative") for a second or more.
+    /// Adds an address (replacing one that exists), with its prefix route.
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        self.put_address(index, addr, true).await
+    }
+
+    /// Adds an address without the route to its prefix (`noprefixroute`): the link
+    /// then reaches its neighbours in that prefix only through routes set apart.
+    pub async fn add_address_without_prefix_route(&self, index: u32, addr: IpNet) -> Result<()> {
+        self.put_address(index, addr, false).await
+    }
+
+    async fn put_address(&self, index: u32, addr: IpNet, prefix_route: bool) -> Result<()> {
         let mut msg = match addr.addr() {
             IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
                 .index(index)
@@ -37,9 +45,15 @@ impl Netlink {
                 .address(a, addr.prefix_len())
                 .build(),
         };
+        let mut flags = AddressFlags::empty();
         if addr.addr().is_ipv6() {
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            flags |= AddressFlags::Nodad;
+        }
+        if !prefix_route {
+            flags |= AddressFlags::Noprefixroute;
+        }
+        if !flags.is_empty() {
+            msg.attributes.push(AddressAttribute::Flags(flags));
         }
         let op = || format!("add address {addr} to link {index}");
         self.change(Ask::Replace, RouteNetlinkMessage::NewAddress(msg), op)

@@ -257,15 +257,19 @@ impl Netlink {
             .await
     }
 
-    /// Sets a bridge port's hairpin mode and, optionally, the link's alias, in one
-    /// request (the kernel ignores an alias given when a link is created).
+    /// Sets a bridge port's hairpin mode and isolation (an isolated port exchanges
+    /// frames with the bridge and non-isolated ports only) and, optionally, the link's
+    /// alias, in one request (the kernel ignores an alias given when a link is created).
     pub async fn configure_port(
         &self,
         index: u32,
         hairpin: bool,
+        isolated: bool,
         alias: Option<&str>,
     ) -> Result<()> {
-        let mut msg = LinkBridgePort::new(index).hairpin(hairpin);
+        let mut msg = LinkBridgePort::new(index)
+            .hairpin(hairpin)
+            .isolated(isolated);
         if let Some(alias) = alias {
             msg = msg.alias(truncate(alias, MAX_ALIAS_LEN));
         }

@@ -68,6 +68,15 @@ impl Netlink {
         self.change(Ask::Replace, msg, op).await
     }
 
+    /// `ip route replace <dst> via <gw> dev <oif> onlink` in the main table: the gateway
+    /// is on the link even where no route to its prefix exists.
+    pub async fn replace_route_onlink(&self, dst: IpNet, gw: IpAddr, oif: u32) -> Result<()> {
+        let builder = route_via(dst, Some(gw), oif)?.onlink();
+        let op = || format!("add route {dst} via {gw} (link {oif}, onlink)");
+        let msg = RouteNetlinkMessage::NewRoute(builder.build());
+        self.change(Ask::Replace, msg, op).await
+    }
+
     /// `ip route replace <dst> via <via> dev <oif> [onlink] proto <protocol>` in the
     /// main table. `dst` is truncated to its network address.
     pub async fn replace_route_via(

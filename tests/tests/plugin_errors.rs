@@ -251,6 +251,7 @@ fn bad_config_is_rejected_and_changes_nothing() {
         bad_key("mtu too large", "mtu", json!(70000)),
         bad_key("negative mtu", "mtu", json!(-1)),
         bad_key("hairpinMode as a string", "hairpinMode", json!("yes")),
+        bad_key("isolatePorts as a string", "isolatePorts", json!("true")),
         bad_key("subnet as a number", "subnet", json!(42)),
         bad_key("subnet /33", "subnet", json!("10.244.1.0/33")),
         bad_key("subnet not a CIDR", "subnet", json!("10.244.1.0")),
