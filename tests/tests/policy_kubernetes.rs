@@ -200,20 +200,26 @@ fn pod_object(namespace: &str, name: &str, app: &str) -> String {
 /// Sets the pod's IP through the status subresource, as the kubelet does.
 fn set_pod_ip(cp: &ControlPlane, namespace: &str, name: &str, ip: &str) {
     let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
-    cp.kubectl_ok(
-        &[
-            "-n",
-            namespace,
-            "patch",
-            "pod",
-            name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ],
-        None,
-    );
+    let patch = status.to_string();
+    let args = [
+        "patch",
+        "pod",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ];
+    cp.kubectl_ok(&[&["-n", namespace][..], &args].concat(), None);
+}
+
+/// API writes that must succeed.
+fn create(cp: &ControlPlane, doc: &str) {
+    cp.kubectl_ok(&["create", "-f", "-"], Some(doc));
+}
+
+fn kubectl(cp: &ControlPlane, args: &[&str]) {
+    cp.kubectl_ok(args, None);
 }
 
 #[test]
@@ -230,7 +236,7 @@ fn policy_source_follows_a_real_api_server() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
-        ],
+        ][..],
     );
     cp.kubectl_ok(&["apply", "-f", "-"], Some(&rbac));
     let dir = TempDir::new("policy-kube");
@@ -241,16 +247,10 @@ fn policy_source_follows_a_real_api_server() {
     // 1. What exists before the source starts arrives with its first, synced snapshot.
     let ns_doc = json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "team-a", "labels": {"team": "red"}}});
-    cp.kubectl_ok(&["create", "-f", "-"], Some(&ns_doc.to_string()));
-    cp.kubectl_ok(
-        &["create", "-f", "-"],
-        Some(&pod_object("team-a", "web", "web")),
-    );
+    create(&cp, &ns_doc.to_string());
+    create(&cp, &pod_object("team-a", "web", "web"));
     set_pod_ip(&cp, "team-a", "web", "10.244.1.5");
-    cp.kubectl_ok(
-        &["create", "-f", "-"],
-        Some(&allow_from("team-a", "allow", "10.0.0.0/8")),
-    );
+    create(&cp, &allow_from("team-a", "allow", "10.0.0.0/8"));
 
     let mut source = RunningSource::start(&ns, kubeconfig);
     let synced = source.wait(Duration::from_secs(30), |v| v.synced);
@@ -283,35 +283,27 @@ fn policy_source_follows_a_real_api_server() {
     // 2. Each kind of change, timed from the API write to the snapshot.
     source.step(
         "policy added",
-        || {
-            cp.kubectl_ok(
-                &["create", "-f", "-"],
-                Some(&allow_from("team-a", "second", "192.168.0.0/16")),
-            );
-        },
+        || create(&cp, &allow_from("team-a", "second", "192.168.0.0/16")),
         |v| policy(v, "team-a", "second").is_some(),
     );
     source.step(
         "policy updated",
         || {
-            cp.kubectl_ok(
-                &["apply", "-f", "-"],
-                Some(&allow_from("team-a", "second", "172.16.0.0/12")),
-            );
+            let doc = allow_from("team-a", "second", "172.16.0.0/12");
+            cp.kubectl_ok(&["apply", "-f", "-"], Some(&doc));
         },
         |v| policy(v, "team-a", "second").is_some_and(|p| p.contains("172.16.0.0/12")),
     );
     source.step(
         "policy deleted",
-        || {
-            cp.kubectl_ok(&["-n", "team-a", "delete", "networkpolicy", "second"], None);
-        },
+        || kubectl(&cp, &["-n", "team-a", "delete", "networkpolicy", "second"]),
         |v| policy(v, "team-a", "second").is_none(),
     );
     source.step(
         "pod label changed",
         || {
-            cp.kubectl_ok(
+            kubectl(
+                &cp,
                 &[
                     "-n",
                     "team-a",
@@ -321,19 +313,13 @@ fn policy_source_follows_a_real_api_server() {
                     "app=db",
                     "--overwrite",
                 ],
-                None,
-            );
+            )
         },
         |v| pod(v, "team-a", "web").is_some_and(|(l, _)| l == labels(&[("app", "db")])),
     );
     source.step(
         "pod created",
-        || {
-            cp.kubectl_ok(
-                &["create", "-f", "-"],
-                Some(&pod_object("team-a", "late", "web")),
-            );
-        },
+        || create(&cp, &pod_object("team-a", "late", "web")),
         |v| pod(v, "team-a", "late").is_some_and(|(_, ips)| ips.is_empty()),
     );
     source.step(
@@ -347,18 +333,19 @@ fn policy_source_follows_a_real_api_server() {
     source.step(
         "namespace label changed",
         || {
-            cp.kubectl_ok(
+            kubectl(
+                &cp,
                 &["label", "namespace", "team-a", "team=blue", "--overwrite"],
-                None,
-            );
+            )
         },
         |v| namespace_labels(v, "team-a") == Some(labels(&[("team", "blue")])),
     );
     source.step(
         "pod deleted",
+        // No kubelet here to confirm a graceful deletion.
         || {
-            cp.kubectl_ok(
-                // No kubelet here to confirm a graceful deletion.
+            kubectl(
+                &cp,
                 &[
                     "-n",
                     "team-a",
@@ -368,8 +355,7 @@ fn policy_source_follows_a_real_api_server() {
                     "--grace-period=0",
                     "--force",
                 ],
-                None,
-            );
+            )
         },
         |v| pod(v, "team-a", "late").is_none(),
     );
@@ -404,12 +390,7 @@ fn policy_source_follows_a_real_api_server() {
         );
         source.step(
             "a policy after the rejected one",
-            || {
-                cp.kubectl_ok(
-                    &["create", "-f", "-"],
-                    Some(&allow_from("team-a", "third", "10.1.0.0/16")),
-                );
-            },
+            || create(&cp, &allow_from("team-a", "third", "10.1.0.0/16")),
             |v| rejected(v, "mapped") && policy(v, "team-a", "third").is_some(),
         );
     } else {
