@@ -10,6 +10,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod peers;
+pub mod policy;
 pub mod record;
 pub mod registry;
 pub mod status;

@@ -141,7 +141,15 @@ fn kubernetes_registry_against_a_real_api_server() {
         ("patch", "nodes", false),
         ("update", "nodes", false),
         ("delete", "nodes", false),
-        ("list", "pods", false),
+        ("get", "pods", true),
+        ("list", "pods", true),
+        ("watch", "pods", true),
+        ("patch", "pods", false),
+        ("watch", "namespaces", true),
+        ("update", "namespaces", false),
+        ("list", "networkpolicies.networking.k8s.io", true),
+        ("watch", "networkpolicies.networking.k8s.io", true),
+        ("create", "networkpolicies.networking.k8s.io", false),
         ("get", "secrets", false),
     ] {
         let mut args = vec!["auth", "can-i", verb];
