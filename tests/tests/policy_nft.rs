@@ -30,6 +30,14 @@ const TABLE: &str = "twill-policy";
 /// A denied connect just times out; an allowed one answers well within this.
 const ATTEMPT: Duration = Duration::from_millis(300);
 const PORTS: [u16; 3] = [5432, 8000, 8008];
+const UDP_PORTS: [u16; 2] = [53, 54];
+
+#[path = "policy_nft/cluster.rs"]
+mod cluster;
+#[path = "policy_nft/udp.rs"]
+mod udp;
+use cluster::{pod, policies, policy};
+use udp::{udp_echoed, UdpEcho};
 
 struct Topology {
     node: Netns,
@@ -130,56 +138,6 @@ impl Topology {
     }
 }
 
-fn pod(name: &str, app: &str, namespace: &str, v4: IpAddr, v6: IpAddr) -> Value {
-    json!({
-        "metadata": {"namespace": namespace, "name": name, "labels": {"app": app}},
-        "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
-        "status": {"podIPs": [{"ip": v4.to_string()}, {"ip": v6.to_string()}]}
-    })
-}
-
-fn policy(namespace: &str, name: &str, spec: Value) -> Value {
-    json!({"metadata": {"namespace": namespace, "name": name}, "spec": spec})
-}
-
-/// Default-deny ingress in prod; db admits web on 5432; web admits 10.0.0.0/16 except
-/// db's subnet on 8000-8010; tool (dev) may only send to web's subnet on 8000-8005.
-fn policies() -> Vec<Value> {
-    vec![
-        policy("prod", "default-deny", json!({"podSelector": {}})),
-        policy(
-            "prod",
-            "db-from-web",
-            json!({
-                "podSelector": {"matchLabels": {"app": "db"}},
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
-                             "ports": [{"port": 5432}]}]
-            }),
-        ),
-        policy(
-            "prod",
-            "web-from-block",
-            json!({
-                "podSelector": {"matchLabels": {"app": "web"}},
-                "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.2.0/24"]}},
-                                      {"ipBlock": {"cidr": "fd00::/16", "except": ["fd00:2::/64"]}}],
-                             "ports": [{"port": 8000, "endPort": 8010}]}]
-            }),
-        ),
-        policy(
-            "dev",
-            "tool-egress",
-            json!({
-                "podSelector": {"matchLabels": {"app": "tool"}},
-                "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": "10.0.1.0/24"}},
-                                   {"ipBlock": {"cidr": "fd00:1::/64"}}],
-                            "ports": [{"port": 8000, "endPort": 8005}]}]
-            }),
-        ),
-    ]
-}
-
 fn compile_for(t: &Topology, policies: &[Value]) -> RuleSet {
     let namespaces = [
         json!({"metadata": {"name": "prod"}}),
@@ -198,8 +156,9 @@ fn compile_for(t: &Topology, policies: &[Value]) -> RuleSet {
     compile(&cluster, "n1")
 }
 
-/// Every (src, dst, port) of both families, tried in parallel: (connection, connected).
-/// A connection that connects must also bring the server's reply back.
+/// Every (src, dst, protocol, port) of both families, tried in parallel: (connection,
+/// label, connected). A TCP connection that connects must also bring the server's reply
+/// back; UDP counts as connected when the echo comes back.
 fn matrix(t: &Topology) -> Vec<(Connection, String, bool)> {
     let mut cells = Vec::new();
     for (src_name, src, src4, src6) in &t.pods {
@@ -210,7 +169,11 @@ fn matrix(t: &Topology) -> Vec<(Connection, String, bool)> {
             for (s, d) in [(*src4, *dst4), (*src6, *dst6)] {
                 for port in PORTS {
                     let label = format!("{src_name} → {dst_name} {d}:{port}");
-                    cells.push((src, s, d, port, label));
+                    cells.push((src, s, d, Protocol::Tcp, port, label));
+                }
+                for port in UDP_PORTS {
+                    let label = format!("{src_name} → {dst_name} {d}:{port}/udp");
+                    cells.push((src, s, d, Protocol::Udp, port, label));
                 }
             }
         }
@@ -218,9 +181,18 @@ fn matrix(t: &Topology) -> Vec<(Connection, String, bool)> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = cells
             .into_iter()
-            .map(|(ns, s, d, port, label)| {
+            .map(|(ns, s, d, protocol, port, label)| {
                 scope.spawn(move || {
                     let to = SocketAddr::new(d, port);
+                    if protocol == Protocol::Udp {
+                        let connection = Connection {
+                            src: s,
+                            dst: d,
+                            protocol,
+                            port,
+                        };
+                        return (connection, label, udp_echoed(ns, to, ATTEMPT));
+                    }
                     let connected = tcp_connect_within(ns, to, ATTEMPT).is_ok();
                     if connected {
                         let reply = tcp_ask_once(ns, to).expect("an allowed connection answers");
@@ -229,7 +201,7 @@ fn matrix(t: &Topology) -> Vec<(Connection, String, bool)> {
                     let connection = Connection {
                         src: s,
                         dst: d,
-                        protocol: Protocol::Tcp,
+                        protocol,
                         port,
                     };
                     (connection, label, connected)
@@ -263,17 +235,20 @@ fn assert_matches(t: &Topology, rules: &RuleSet) -> Vec<String> {
     passed
 }
 
-fn servers(t: &Topology) -> Vec<TcpServer> {
-    let mut all = Vec::new();
+fn servers(t: &Topology) -> (Vec<TcpServer>, Vec<UdpEcho>) {
+    let (mut tcp, mut udp) = (Vec::new(), Vec::new());
     for (name, ns, v4, v6) in &t.pods {
         for addr in [v4, v6] {
             for port in PORTS {
                 let bind = SocketAddr::new(*addr, port);
-                all.push(TcpServer::start(ns, name, bind).expect("server"));
+                tcp.push(TcpServer::start(ns, name, bind).expect("server"));
+            }
+            for port in UDP_PORTS {
+                udp.push(UdpEcho::start(ns, SocketAddr::new(*addr, port)));
             }
         }
     }
-    all
+    (tcp, udp)
 }
 
 #[test]
@@ -282,7 +257,7 @@ fn kernel_verdicts_match_the_rule_set() {
     let _servers = servers(&t);
     // Without a table everything passes: the matrix can fail.
     let open = assert_matches(&t, &compile_for(&t, &[]));
-    assert_eq!(open.len(), 36);
+    assert_eq!(open.len(), 60);
 
     let rules = compile_for(&t, &policies());
     t.load(&rules, &PolicyRenderOptions::default());
@@ -293,6 +268,8 @@ fn kernel_verdicts_match_the_rule_set() {
         "tool → web 10.0.1.2:8000", // ipBlock, inside the range, egress allowed
         "db → tool 10.0.3.2:8008",  // tool is not isolated for ingress
         "web → tool fd00:3::2:5432",
+        "tool → db 10.0.2.2:53/udp", // egress and ingress both admit UDP 53; the echo returns
+        "web → db fd00:2::2:53/udp",
     ] {
         assert!(
             passed.iter().any(|p| p == must),
@@ -306,6 +283,8 @@ fn kernel_verdicts_match_the_rule_set() {
         "tool → web 10.0.1.2:8008", // ingress allows 8008, tool's egress does not
         "web → db 10.0.2.2:8000",   // port outside the allowed one
         "tool → db 10.0.2.2:8000",  // egress deny (not to web's subnet)
+        "db → web 10.0.1.2:53/udp", // web admits no UDP
+        "tool → db fd00:2::2:54/udp", // db admits UDP 53 only
     ] {
         assert!(
             !passed.iter().any(|p| p == denied),
@@ -354,9 +333,24 @@ fn kernel_verdicts_match_the_rule_set() {
     assert!(passed.iter().any(|p| p == "web → db 10.0.2.2:8000"));
     assert!(!passed.iter().any(|p| p == "db → web 10.0.1.2:8000"));
 
+    // Policies add up: one admitting anyone on any port opens web to db, UDP included;
+    // tool's egress still limits tool.
+    let mut more = fewer.clone();
+    more.push(policy(
+        "prod",
+        "web-from-anyone",
+        json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}),
+    ));
+    let open_web = compile_for(&t, &more);
+    t.load(&open_web, &PolicyRenderOptions::default());
+    let passed = assert_matches(&t, &open_web);
+    assert!(passed.iter().any(|p| p == "db → web 10.0.1.2:8000"));
+    assert!(passed.iter().any(|p| p == "db → web fd00:1::2:54/udp"));
+    assert!(!passed.iter().any(|p| p == "tool → web 10.0.1.2:8008"));
+
     // Deleting leaves nothing behind, twice over.
     t.nft(&render_delete_policy_table(TABLE));
     t.nft(&render_delete_policy_table(TABLE));
     assert_eq!(t.node.sh(&["nft", "list", "ruleset"]).trim(), "");
-    assert_eq!(assert_matches(&t, &compile_for(&t, &[])).len(), 36);
+    assert_eq!(assert_matches(&t, &compile_for(&t, &[])).len(), 60);
 }
