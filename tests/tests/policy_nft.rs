@@ -255,9 +255,10 @@ fn servers(t: &Topology) -> (Vec<TcpServer>, Vec<UdpEcho>) {
 fn kernel_verdicts_match_the_rule_set() {
     let t = Topology::new();
     let _servers = servers(&t);
-    // Without a table everything passes: the matrix can fail.
-    let open = assert_matches(&t, &compile_for(&t, &[]));
-    assert_eq!(open.len(), 60);
+    // Without policies there is no table and everything passes: the matrix can fail.
+    let none = compile_for(&t, &[]);
+    t.load(&none, &PolicyRenderOptions::default());
+    assert_eq!(assert_matches(&t, &none).len(), 60);
 
     let rules = compile_for(&t, &policies());
     t.load(&rules, &PolicyRenderOptions::default());
@@ -334,23 +335,32 @@ fn kernel_verdicts_match_the_rule_set() {
     assert!(!passed.iter().any(|p| p == "db → web 10.0.1.2:8000"));
 
     // Policies add up: one admitting anyone on any port opens web to db, UDP included;
-    // tool's egress still limits tool.
+    // tool's egress still limits tool. db's new policy has nested peers with overlapping
+    // port ranges, which the interval sets take only once made disjoint.
     let mut more = fewer.clone();
     more.push(policy(
         "prod",
         "web-from-anyone",
         json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}),
     ));
+    more.push(policy("prod", "db-nested", cluster::nested_peers()));
     let open_web = compile_for(&t, &more);
     t.load(&open_web, &PolicyRenderOptions::default());
     let passed = assert_matches(&t, &open_web);
     assert!(passed.iter().any(|p| p == "db → web 10.0.1.2:8000"));
     assert!(passed.iter().any(|p| p == "db → web fd00:1::2:54/udp"));
     assert!(!passed.iter().any(|p| p == "tool → web 10.0.1.2:8008"));
+    assert!(passed.iter().any(|p| p == "web → db 10.0.2.2:8008"));
+    assert!(passed.iter().any(|p| p == "web → db fd00:2::2:8000"));
+    assert!(!passed.iter().any(|p| p == "web → db fd00:2::2:5432"));
+    assert!(passed.iter().any(|p| p == "tool → db 10.0.2.2:53/udp"));
 
-    // Deleting leaves nothing behind, twice over.
-    t.nft(&render_delete_policy_table(TABLE));
+    // Removing every policy leaves nothing behind; so does the delete script, again.
+    t.load(&none, &PolicyRenderOptions::default());
+    assert_eq!(t.node.sh(&["nft", "list", "ruleset"]).trim(), "");
+    assert_eq!(assert_matches(&t, &none).len(), 60);
+    t.load(&open_web, &PolicyRenderOptions::default());
     t.nft(&render_delete_policy_table(TABLE));
     assert_eq!(t.node.sh(&["nft", "list", "ruleset"]).trim(), "");
-    assert_eq!(assert_matches(&t, &compile_for(&t, &[])).len(), 60);
+    t.nft(&render_delete_policy_table(TABLE));
 }

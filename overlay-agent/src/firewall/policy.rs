@@ -186,9 +186,14 @@ fn log_prefix(direction: PolicyDirection, namespace: &str, name: &str) -> String
 }
 
 /// The transaction that replaces table `inet <table>` with the enforcement of `rules`
-/// (input of `nft -f -`).
+/// (input of `nft -f -`). When no pod is isolated the table is only deleted: no policy,
+/// nothing left behind.
 pub fn render_policy_table(table: &str, rules: &RuleSet, opts: &PolicyRenderOptions) -> String {
     let counters = deny_counters(rules);
+    // Every isolated pod has a counter, so no counter means no isolated pod.
+    if counters.is_empty() {
+        return render_delete_policy_table(table);
+    }
     let counter_of = |direction: PolicyDirection, policy: &Option<PolicyRef>| {
         counters
             .iter()

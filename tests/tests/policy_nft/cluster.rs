@@ -56,3 +56,20 @@ pub fn policies() -> Vec<Value> {
         ),
     ]
 }
+
+/// A spec for db whose peers nest: 10/8 but tool's subnet on 8000, web's subnet on
+/// 7000-8008 (overlapping), tool's subnet and tool's address on every port.
+pub fn nested_peers() -> Value {
+    let block = |cidr: &str, except: &[&str]| json!({"ipBlock": {"cidr": cidr, "except": except}});
+    json!({
+        "podSelector": {"matchLabels": {"app": "db"}},
+        "ingress": [
+            {"from": [block("10.0.0.0/8", &["10.0.3.0/24"]), block("fd00::/8", &["fd00:3::/64"])],
+             "ports": [{"port": 8000}]},
+            {"from": [block("10.0.1.0/24", &[]), block("fd00:1::/64", &[])],
+             "ports": [{"port": 7000, "endPort": 8008}]},
+            {"from": [block("10.0.3.0/24", &[]), block("fd00:3::/64", &[])]},
+            {"from": [block("10.0.3.2/32", &[]), block("fd00:3::2/128", &[])]}
+        ]
+    })
+}

@@ -296,6 +296,17 @@ fn rendering_is_deterministic_and_log_prefix_bounded() {
 }
 
 #[test]
+fn no_isolated_pod_means_no_table() {
+    let open = rules(vec![(
+        "10.0.1.2",
+        pod("db", Isolation::NotIsolated, Isolation::NotIsolated),
+    )]);
+    let script = render_policy_table("twp", &open, &PolicyRenderOptions::default());
+    assert_eq!(script, render_delete_policy_table("twp"));
+    assert!(deny_counters(&open).is_empty());
+}
+
+#[test]
 fn delete_script_tolerates_absent_table() {
     assert_eq!(
         render_delete_policy_table("twp"),
