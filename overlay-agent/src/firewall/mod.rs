@@ -64,6 +64,7 @@
 //! its JSON listings back into the model.
 
 mod nft;
+pub mod policy;
 mod script;
 
 pub use ipnet::IpNet;

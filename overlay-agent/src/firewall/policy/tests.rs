@@ -1,0 +1,315 @@
+use super::elements::PortsElement;
+use super::*;
+use ipnet::IpNet;
+use twill_policy::ruleset::{AllowEntry, PeerMatch, PodRules, PortMatch, PortRange};
+
+fn net(text: &str) -> IpNet {
+    text.parse().expect("test network")
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+fn nets(texts: &[&str]) -> Vec<IpNet> {
+    texts.iter().map(|t| net(t)).collect()
+}
+
+fn policy(name: &str) -> PolicyRef {
+    PolicyRef {
+        namespace: "prod".to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn entry(peer: PeerMatch, ports: &[(Protocol, u16, u16)], from: &str) -> AllowEntry {
+    AllowEntry {
+        peer,
+        ports: if ports.is_empty() {
+            PortMatch::Any
+        } else {
+            PortMatch::List(
+                ports
+                    .iter()
+                    .map(|&(protocol, start, end)| PortRange {
+                        protocol,
+                        start,
+                        end,
+                    })
+                    .collect(),
+            )
+        },
+        policy: policy(from),
+    }
+}
+
+fn pod(name: &str, ingress: Isolation, egress: Isolation) -> PodRules {
+    PodRules {
+        namespace: "prod".to_string(),
+        name: name.to_string(),
+        ingress,
+        egress,
+    }
+}
+
+fn isolated(entries: Vec<AllowEntry>) -> Isolation {
+    Isolation::Isolated(entries.into_iter().collect())
+}
+
+fn rules(pods: Vec<(&str, PodRules)>) -> RuleSet {
+    RuleSet {
+        node: "n1".to_string(),
+        node_ips: BTreeSet::from([ip("192.168.0.1")]),
+        pods: pods.into_iter().map(|(a, p)| (ip(a), p)).collect(),
+        rejected: Vec::new(),
+    }
+}
+
+#[test]
+fn cidr_minus_except() {
+    let none = BTreeSet::new();
+    assert_eq!(cidr_minus(net("10.0.0.7/8"), &none), nets(&["10.0.0.0/8"]));
+    let except = BTreeSet::from([net("10.1.0.0/16")]);
+    assert_eq!(
+        cidr_minus(net("10.0.0.0/14"), &except),
+        nets(&["10.0.0.0/16", "10.2.0.0/15"])
+    );
+    // Excepts outside the CIDR do nothing; one covering it leaves nothing.
+    let outside = BTreeSet::from([net("192.168.0.0/16")]);
+    assert_eq!(
+        cidr_minus(net("10.0.0.0/8"), &outside),
+        nets(&["10.0.0.0/8"])
+    );
+    let covering = BTreeSet::from([net("0.0.0.0/0")]);
+    assert_eq!(
+        cidr_minus(net("10.0.0.0/8"), &covering),
+        Vec::<IpNet>::new()
+    );
+    // Two holes, one inside the other's remainder, and a single address.
+    let two = BTreeSet::from([net("10.0.0.0/26"), net("10.0.0.128/32")]);
+    let left = cidr_minus(net("10.0.0.0/24"), &two);
+    assert_eq!(
+        left,
+        nets(&[
+            "10.0.0.64/26",
+            "10.0.0.129/32",
+            "10.0.0.130/31",
+            "10.0.0.132/30",
+            "10.0.0.136/29",
+            "10.0.0.144/28",
+            "10.0.0.160/27",
+            "10.0.0.192/26",
+        ])
+    );
+    let v6 = BTreeSet::from([net("fd00::/65")]);
+    assert_eq!(
+        cidr_minus(net("fd00::/64"), &v6),
+        nets(&["fd00::8000:0:0:0/65"])
+    );
+}
+
+#[test]
+fn cidr_minus_matches_membership() {
+    let cidr = net("10.0.0.0/24");
+    let except = BTreeSet::from([
+        net("10.0.0.16/28"),
+        net("10.0.0.200/29"),
+        net("10.0.0.5/32"),
+    ]);
+    let parts = cidr_minus(cidr, &except);
+    for last in 0..=255u8 {
+        let addr = ip(&format!("10.0.0.{last}"));
+        let expected = !except.iter().any(|e| e.contains(&addr));
+        let covered = parts.iter().filter(|p| p.contains(&addr)).count();
+        assert_eq!(covered, usize::from(expected), "{addr}");
+    }
+}
+
+#[test]
+fn default_deny_pod_renders_exactly() {
+    let set = rules(vec![(
+        "10.0.1.2",
+        pod("db", isolated(vec![]), Isolation::NotIsolated),
+    )]);
+    let script = render_policy_table("twp", &set, &PolicyRenderOptions::default());
+    assert!(script.starts_with("add table inet twp\ndelete table inet twp\ntable inet twp {\n"));
+    for part in [
+        "    counter deny_ingress_unattributed {\n    }\n",
+        "    set node_v4 {\n        type ipv4_addr\n        elements = { 192.168.0.1 }\n    }\n",
+        "    set ingress_isolated_v4 {\n        type ipv4_addr\n        elements = { 10.0.1.2 }\n    }\n",
+        "    map ingress_deny_v4 {\n        type ipv4_addr : verdict\n        elements = { 10.0.1.2 : jump deny_ingress_pod_0 }\n    }\n",
+        "    chain deny_ingress_pod_0 {\n        counter name \"deny_ingress_unattributed\" drop\n    }\n",
+        "    chain ingress_v4 {\n        ip daddr . ip saddr @ingress_any_v4 return\n        ip daddr . ip saddr . meta l4proto . th dport @ingress_ports_v4 return\n        ip daddr vmap @ingress_deny_v4\n        drop\n    }\n",
+        "        ct state established,related accept\n        ip saddr @node_v4 accept\n        ip daddr @node_v4 accept\n",
+        "        ip daddr @ingress_isolated_v4 jump ingress_v4\n",
+    ] {
+        assert!(script.contains(part), "missing {part:?} in\n{script}");
+    }
+    assert!(!script.contains("log"), "{script}");
+    // Egress checks come before ingress checks.
+    let egress = script
+        .find("saddr @egress_isolated_v4 jump")
+        .unwrap_or(usize::MAX);
+    let ingress = script.find("daddr @ingress_isolated_v4 jump").unwrap_or(0);
+    assert!(egress < ingress, "{script}");
+    assert!(script.ends_with("    }\n}\n"));
+}
+
+#[test]
+fn entries_become_disjoint_interval_elements() {
+    let ingress = isolated(vec![
+        entry(PeerMatch::Any, &[(Protocol::Tcp, 80, 90)], "a"),
+        entry(
+            PeerMatch::Cidr {
+                cidr: net("10.0.0.0/8"),
+                except: BTreeSet::from([net("10.9.0.0/16")]),
+            },
+            &[(Protocol::Tcp, 85, 100), (Protocol::Udp, 53, 53)],
+            "b",
+        ),
+        entry(PeerMatch::Addrs(BTreeSet::from([ip("10.0.2.1")])), &[], "b"),
+        entry(PeerMatch::Addrs(BTreeSet::new()), &[], "c"),
+        entry(PeerMatch::Addrs(BTreeSet::from([ip("fd00::1")])), &[], "c"),
+    ]);
+    let (any, ports) = pod_elements(ip("10.0.1.2"), &ingress);
+    assert_eq!(any, nets(&["10.0.2.1/32"]));
+    // Outside 10/8 only 80-90; inside it (but the except) 80-100 merged, and UDP 53.
+    let expected: Vec<PortsElement> = vec![
+        (net("0.0.0.0/5"), Protocol::Tcp, 80, 90),
+        (net("8.0.0.0/7"), Protocol::Tcp, 80, 90),
+        (net("10.0.0.0/13"), Protocol::Tcp, 80, 100),
+        (net("10.0.0.0/13"), Protocol::Udp, 53, 53),
+    ];
+    assert_eq!(&ports[..4], &expected[..]);
+    // Every pair of elements of one protocol has disjoint prefixes.
+    for (i, a) in ports.iter().enumerate() {
+        for b in &ports[i + 1..] {
+            if a.1 == b.1 {
+                assert!(!a.0.contains(&b.0) && !b.0.contains(&a.0), "{a:?} {b:?}");
+            }
+        }
+    }
+    // And together they decide like the entries do.
+    let allows = |peer: &str, protocol, port| {
+        let peer = ip(peer);
+        any.iter().any(|n| n.contains(&peer))
+            || ports.iter().any(|(n, p, s, e)| {
+                n.contains(&peer) && *p == protocol && (*s..=*e).contains(&port)
+            })
+    };
+    assert!(allows("10.3.0.1", Protocol::Tcp, 100));
+    assert!(!allows("10.9.0.1", Protocol::Tcp, 100));
+    assert!(allows("10.9.0.1", Protocol::Tcp, 90));
+    assert!(allows("192.168.1.1", Protocol::Tcp, 80));
+    assert!(!allows("192.168.1.1", Protocol::Udp, 53));
+    assert!(allows("10.0.2.1", Protocol::Sctp, 9));
+}
+
+#[test]
+fn ipv6_and_counters_per_policy() {
+    let egress = isolated(vec![
+        entry(PeerMatch::Any, &[(Protocol::Udp, 53, 53)], "dns"),
+        entry(
+            PeerMatch::Addrs(BTreeSet::from([ip("fd00::9")])),
+            &[],
+            "api",
+        ),
+    ]);
+    let set = rules(vec![
+        (
+            "10.0.1.3",
+            pod("web", Isolation::NotIsolated, egress.clone()),
+        ),
+        ("fd00::3", pod("web", Isolation::NotIsolated, egress)),
+    ]);
+    let opts = PolicyRenderOptions {
+        log_denied: Some(LogSettings {
+            group: Some(5),
+            per_second: 10,
+        }),
+    };
+    let script = render_policy_table("twp", &set, &opts);
+    for part in [
+        "elements = { 10.0.1.3 . 0.0.0.0/0 . udp . 53 }",
+        "elements = { fd00::3 . ::/0 . udp . 53 }",
+        "elements = { fd00::3 . fd00::9/128 }",
+        "elements = { fd00::3 : jump deny_egress_pod_0 }",
+        "    limit log_denied {\n        rate 10/second\n    }\n",
+        "limit name \"log_denied\" log prefix \"twill-policy deny egress prod/web: \" group 5\n",
+        "counter name \"deny_egress_0\" drop",
+        "        ip6 saddr @egress_isolated_v6 jump egress_v6\n",
+        "        ip6 saddr . ip6 daddr @egress_any_v6 return\n",
+    ] {
+        assert!(script.contains(part), "missing {part:?} in\n{script}");
+    }
+    // One pod, one chain for both its addresses; counted against the first policy.
+    assert_eq!(script.matches("chain deny_egress_pod_").count(), 1);
+    assert_eq!(
+        deny_counters(&set),
+        vec![DenyCounter {
+            name: "deny_egress_0".to_string(),
+            direction: PolicyDirection::Egress,
+            policy: Some(policy("api")),
+        }]
+    );
+}
+
+#[test]
+fn rendering_is_deterministic_and_log_prefix_bounded() {
+    let long = "x".repeat(300);
+    let make = || {
+        rules(vec![
+            ("10.0.1.5", pod(&long, isolated(vec![]), isolated(vec![]))),
+            (
+                "10.0.1.4",
+                pod(
+                    "b",
+                    isolated(vec![entry(PeerMatch::Any, &[], "p")]),
+                    Isolation::NotIsolated,
+                ),
+            ),
+        ])
+    };
+    let opts = PolicyRenderOptions {
+        log_denied: Some(LogSettings {
+            group: None,
+            per_second: 1,
+        }),
+    };
+    let first = render_policy_table("twp", &make(), &opts);
+    assert_eq!(first, render_policy_table("twp", &make(), &opts));
+    for line in first.lines().filter(|l| l.contains("log prefix")) {
+        let prefix = line.split('"').nth(3).unwrap_or_default();
+        assert!(prefix.len() <= 127 && prefix.ends_with(": "), "{line}");
+    }
+    assert!(!first.contains(" group "), "{first}");
+    // Per direction, the unattributed counter first, then by policy.
+    let names: Vec<String> = deny_counters(&make()).into_iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "deny_ingress_unattributed",
+            "deny_ingress_0",
+            "deny_egress_unattributed"
+        ]
+    );
+}
+
+#[test]
+fn no_isolated_pod_means_no_table() {
+    let open = rules(vec![(
+        "10.0.1.2",
+        pod("db", Isolation::NotIsolated, Isolation::NotIsolated),
+    )]);
+    let script = render_policy_table("twp", &open, &PolicyRenderOptions::default());
+    assert_eq!(script, render_delete_policy_table("twp"));
+    assert!(deny_counters(&open).is_empty());
+}
+
+#[test]
+fn delete_script_tolerates_absent_table() {
+    assert_eq!(
+        render_delete_policy_table("twp"),
+        "add table inet twp\ndelete table inet twp\n"
+    );
+}
