@@ -130,7 +130,7 @@ fn selects(policy: &Policy, pod: &Pod) -> bool {
 }
 
 fn direction(policies: &[Prepared], pod: &Pod, way: Way) -> Direction {
-    let mut isolated = false;
+    let mut by = BTreeSet::new();
     let mut entries = BTreeSet::new();
     for prepared in policies {
         let policy = prepared.policy;
@@ -141,13 +141,13 @@ fn direction(policies: &[Prepared], pod: &Pod, way: Way) -> Direction {
         if !isolates || !selects(policy, pod) {
             continue;
         }
-        isolated = true;
+        by.insert(prepared.policy_ref.clone());
         for rule in rules {
             entries.extend(rule_entries(&prepared.policy_ref, rule, pod, way));
         }
     }
-    if isolated {
-        Direction::Isolated(entries)
+    if !by.is_empty() {
+        Direction::Isolated { by, entries }
     } else {
         Direction::NotIsolated
     }

@@ -103,15 +103,20 @@ pub struct AllowEntry {
 pub enum Direction {
     /// No policy isolates the pod this way: everything passes.
     NotIsolated,
-    /// Only what some entry allows passes (no entry: nothing).
-    Isolated(BTreeSet<AllowEntry>),
+    /// Only what some entry allows passes (no entry: nothing). `by`: the policies that
+    /// isolate the pod this way, those without allow entries too (a default deny), so
+    /// that a denial can be told against them.
+    Isolated {
+        by: BTreeSet<PolicyRef>,
+        entries: BTreeSet<AllowEntry>,
+    },
 }
 
 impl Direction {
     fn allows(&self, peer: IpAddr, connection: &Connection) -> bool {
         match self {
             Direction::NotIsolated => true,
-            Direction::Isolated(entries) => entries.iter().any(|entry| {
+            Direction::Isolated { entries, .. } => entries.iter().any(|entry| {
                 entry.peer.matches(peer)
                     && entry.ports.matches(connection.protocol, connection.port)
             }),

@@ -89,7 +89,8 @@ const DIRECTIONS: [PolicyDirection; 2] = [PolicyDirection::Ingress, PolicyDirect
 pub struct DenyCounter {
     pub name: String,
     pub direction: PolicyDirection,
-    /// `None`: pods isolated only by policies without allow entries.
+    /// `None` only for a rule set that names no isolating policy (not one `compile`
+    /// makes).
     pub policy: Option<PolicyRef>,
 }
 
@@ -105,7 +106,7 @@ struct IsolatedPod<'a> {
 fn isolated_pods(rules: &RuleSet, direction: PolicyDirection) -> Vec<IsolatedPod<'_>> {
     let mut pods: BTreeMap<(&str, &str), IsolatedPod> = BTreeMap::new();
     for (ip, pod) in &rules.pods {
-        let Isolation::Isolated(entries) = direction.isolation(pod) else {
+        let Isolation::Isolated { by, entries } = direction.isolation(pod) else {
             continue;
         };
         let key = (pod.namespace.as_str(), pod.name.as_str());
@@ -114,7 +115,13 @@ fn isolated_pods(rules: &RuleSet, direction: PolicyDirection) -> Vec<IsolatedPod
                 namespace: &pod.namespace,
                 name: &pod.name,
                 ips: Vec::new(),
-                counter: entries.iter().map(|e| &e.policy).min().cloned(),
+                // One counter per pod: the first isolating policy's. A rule set made by
+                // hand may name none; then an allowing policy, else "unattributed".
+                counter: by
+                    .iter()
+                    .min()
+                    .or_else(|| entries.iter().map(|e| &e.policy).min())
+                    .cloned(),
             })
             .ips
             .push(*ip);

@@ -243,7 +243,14 @@ fn compiled_entries_carry_addresses_ports_and_their_policy() {
             name: "db-in".into(),
         },
     };
-    assert_eq!(db.ingress, Direction::Isolated([expected].into()));
+    let by = [expected.policy.clone()].into();
+    assert_eq!(
+        db.ingress,
+        Direction::Isolated {
+            by,
+            entries: [expected].into()
+        }
+    );
     assert_eq!(rules.pods[&ip(WEB)].ingress, Direction::NotIsolated);
 }
 
@@ -261,4 +268,23 @@ fn compiles_are_deterministic_whatever_the_input_order() {
     let backward = world(&[b, a]);
     assert_eq!(compile(&forward, "n1"), compile(&forward, "n1"));
     assert_eq!(compile(&forward, "n1"), compile(&backward, "n1"));
+}
+
+#[test]
+fn an_isolated_direction_names_every_policy_that_isolates_it_allowing_or_not() {
+    let deny_all = json!({"podSelector": {}, "policyTypes": ["Ingress"]});
+    let db_in = db_ingress(json!([{"from": [{"podSelector": {}}]}]));
+    let w = world(&[policy("deny-all", deny_all), policy("db-in", db_in)]);
+    let rules = compile(&w, "n1");
+    let by = |ip_: &str| match &rules.pods[&ip(ip_)].ingress {
+        Direction::Isolated { by, .. } => by.iter().map(|p| p.name.clone()).collect(),
+        Direction::NotIsolated => Vec::new(),
+    };
+    assert_eq!(by(DB), ["db-in", "deny-all"]);
+    // The default deny alone: isolated, no entry, but still told which policy.
+    assert_eq!(by(WEB), ["deny-all"]);
+    assert!(matches!(
+        &rules.pods[&ip(WEB)].ingress,
+        Direction::Isolated { entries, .. } if entries.is_empty()
+    ));
 }

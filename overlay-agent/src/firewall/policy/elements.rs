@@ -65,7 +65,7 @@ pub(super) type PortsElement = (IpNet, Protocol, u16, u16);
 /// A pod's allow elements in one direction, disjoint as interval sets need:
 /// (any-port prefixes, port-restricted elements).
 pub(super) fn pod_elements(pod: IpAddr, isolation: &Isolation) -> (Vec<IpNet>, Vec<PortsElement>) {
-    let Isolation::Isolated(entries) = isolation else {
+    let Isolation::Isolated { entries, .. } = isolation else {
         return (Vec::new(), Vec::new());
     };
     let mut any = Vec::new();

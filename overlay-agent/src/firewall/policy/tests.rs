@@ -52,8 +52,16 @@ fn pod(name: &str, ingress: Isolation, egress: Isolation) -> PodRules {
     }
 }
 
+/// Isolated by the entries' policies, or by a default-deny `deny-all` when none allow.
 fn isolated(entries: Vec<AllowEntry>) -> Isolation {
-    Isolation::Isolated(entries.into_iter().collect())
+    let mut by: BTreeSet<PolicyRef> = entries.iter().map(|e| e.policy.clone()).collect();
+    if by.is_empty() {
+        by.insert(policy("deny-all"));
+    }
+    Isolation::Isolated {
+        by,
+        entries: entries.into_iter().collect(),
+    }
 }
 
 fn rules(pods: Vec<(&str, PodRules)>) -> RuleSet {
@@ -134,11 +142,11 @@ fn default_deny_pod_renders_exactly() {
     let script = render_policy_table("twp", &set, &PolicyRenderOptions::default());
     assert!(script.starts_with("add table inet twp\ndelete table inet twp\ntable inet twp {\n"));
     for part in [
-        "    counter deny_ingress_unattributed {\n    }\n",
+        "    counter deny_ingress_0 {\n    }\n",
         "    set node_v4 {\n        type ipv4_addr\n        elements = { 192.168.0.1 }\n    }\n",
         "    set ingress_isolated_v4 {\n        type ipv4_addr\n        elements = { 10.0.1.2 }\n    }\n",
         "    map ingress_deny_v4 {\n        type ipv4_addr : verdict\n        elements = { 10.0.1.2 : jump deny_ingress_pod_0 }\n    }\n",
-        "    chain deny_ingress_pod_0 {\n        counter name \"deny_ingress_unattributed\" drop\n    }\n",
+        "    chain deny_ingress_pod_0 {\n        counter name \"deny_ingress_0\" drop\n    }\n",
         "    chain ingress_v4 {\n        ip daddr . ip saddr @ingress_any_v4 return\n        ip daddr . ip saddr . meta l4proto . th dport @ingress_ports_v4 return\n        ip daddr vmap @ingress_deny_v4\n        drop\n    }\n",
         "        ct state established,related accept\n        ip saddr @node_v4 accept\n        ip daddr @node_v4 accept\n",
         "        ip daddr @ingress_isolated_v4 jump ingress_v4\n",
@@ -283,14 +291,19 @@ fn rendering_is_deterministic_and_log_prefix_bounded() {
         assert!(prefix.len() <= 127 && prefix.ends_with(": "), "{line}");
     }
     assert!(!first.contains(" group "), "{first}");
-    // Per direction, the unattributed counter first, then by policy.
-    let names: Vec<String> = deny_counters(&make()).into_iter().map(|c| c.name).collect();
+    // Per direction, one counter per isolating policy, by namespace/name; the default
+    // deny has one of its own.
+    let counters: Vec<(String, Option<String>)> = deny_counters(&make())
+        .into_iter()
+        .map(|c| (c.name, c.policy.map(|p| p.name)))
+        .collect();
+    let named = |n: &str, p: &str| (n.to_string(), Some(p.to_string()));
     assert_eq!(
-        names,
+        counters,
         [
-            "deny_ingress_unattributed",
-            "deny_ingress_0",
-            "deny_egress_unattributed"
+            named("deny_ingress_0", "deny-all"),
+            named("deny_ingress_1", "p"),
+            named("deny_egress_0", "deny-all"),
         ]
     );
 }
