@@ -284,3 +284,22 @@ impl ApplyState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_follows_the_registry_and_on_needs_kubernetes() {
+        let kube = RegistryConf::Kubernetes { kubeconfig: None };
+        let file = RegistryConf::File {
+            dir: "/tmp/r".into(),
+        };
+        assert_eq!(PolicyMode::Auto.enabled(&kube), Ok(true));
+        assert_eq!(PolicyMode::Auto.enabled(&file), Ok(false));
+        assert_eq!(PolicyMode::Off.enabled(&kube), Ok(false));
+        assert_eq!(PolicyMode::On.enabled(&kube), Ok(true));
+        let e = PolicyMode::On.enabled(&file).unwrap_err();
+        assert!(e.contains("--network-policy"), "{e}");
+    }
+}
