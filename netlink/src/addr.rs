@@ -23,6 +23,14 @@ impl Netlink {
             .collect())
     }
 
+    /// Every address of every link (all families).
+    pub async fn all_addresses(&self) -> Result<Vec<IpNet>> {
+        let query = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        let op = || "list addresses".to_string();
+        let msgs: Vec<AddressMessage> = self.dump(query, op).await?;
+        Ok(msgs.iter().filter_map(address_of).collect())
+    }
+
     /// Adds an address (replacing one that exists), with its prefix route.
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
         self.put_address(index, addr, true).await

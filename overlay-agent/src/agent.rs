@@ -105,7 +105,7 @@ pub async fn run(
         s.vtep_mac = ann.vtep_mac.to_string();
         s.mtu = mtu;
         s.registry = conf.registry_name.clone();
-        s.not_ready = vec!["joining the registry".into()];
+        s.set_overlay_reasons(vec!["joining the registry".into()], false);
     });
     tracing::info!(node = %conf.node, underlay = %underlay.name, ip = %underlay.ip, mtu,
         "starting");
@@ -118,7 +118,7 @@ pub async fn run(
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot join the registry yet; retrying");
                     let msg = format!("no subnet yet: {e}");
-                    board.update(|s| s.not_ready = vec![msg]);
+                    board.update(|s| s.set_overlay_reasons(vec![msg], false));
                     board.beat();
                 }
             },

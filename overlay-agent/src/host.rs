@@ -24,6 +24,9 @@ pub struct HostPaths {
     /// Where the agent serves that store to the plugin (`storeSocket`).
     pub store_socket: PathBuf,
     pub bridge: String,
+    /// `isolatePorts` in the conflist: same-node pod traffic is routed through the
+    /// node's forward hook, where NetworkPolicy is enforced.
+    pub isolate_ports: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,7 @@ impl HostPaths {
     /// The conflist runtimes read: one `twill` entry that takes its subnet from the
     /// subnet file, so the conflist never changes when the node's subnet does.
     pub fn conflist(&self) -> Value {
-        json!({
+        let mut list = json!({
             "cniVersion": "1.0.0",
             "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
             "name": NETWORK_NAME,
@@ -69,7 +72,12 @@ impl HostPaths {
                 "bridge": self.bridge,
                 "hairpinMode": true,
             }],
-        })
+        });
+        // Only when on, so that without NetworkPolicy the conflist stays as it was.
+        if self.isolate_ports {
+            list["plugins"][0]["isolatePorts"] = Value::Bool(true);
+        }
+        list
     }
 
     /// Writes the conflist; returns whether it changed.
@@ -107,6 +115,27 @@ impl HostPaths {
         Ok(())
     }
 
+    /// Holds the plugin's address store open and serves it on the store socket, so a
+    /// plugin call does not pay for opening sled. On its own thread: opening waits for
+    /// plugin processes that hold the store. Without it the plugin opens the store itself.
+    pub fn serve_address_store(&self) {
+        let (dir, socket) = (self.store_dir(), self.store_socket.clone());
+        let spawned = std::thread::Builder::new()
+            .name("store-service".into())
+            .spawn(move || match twill_ipam::StoreService::start(&dir, &socket) {
+                Ok(service) => {
+                    let e = service.serve();
+                    tracing::error!(error = %e, socket = %socket.display(), "address store service stopped; the plugin opens the store itself");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve the address store; the plugin opens it itself")
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the address store service");
+        }
+    }
+
     /// Removes what the agent wrote; missing files are fine.
     pub fn remove_all(&self) -> Result<Vec<PathBuf>, HostError> {
         let mut removed = Vec::new();
@@ -139,6 +168,7 @@ mod tests {
             data_dir: dir.join("data"),
             store_socket: dir.join("run/store.sock"),
             bridge: "tw0".into(),
+            isolate_ports: false,
         }
     }
 
@@ -153,6 +183,18 @@ mod tests {
         let conf = PluginConf::parse(entry.to_string().as_bytes()).unwrap();
         assert_eq!(conf.bridge, "tw0");
         assert_eq!(conf.subnet_file, p.subnet_file);
+        assert!(!conf.isolate_ports);
+        assert!(list["plugins"][0].get("isolatePorts").is_none());
+        let list = HostPaths {
+            isolate_ports: true,
+            ..p
+        }
+        .conflist();
+        let mut entry = list["plugins"][0].clone();
+        entry["cniVersion"] = list["cniVersion"].clone();
+        entry["name"] = list["name"].clone();
+        let conf = PluginConf::parse(entry.to_string().as_bytes()).unwrap();
+        assert!(conf.isolate_ports);
     }
 
     #[test]

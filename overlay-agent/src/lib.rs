@@ -8,6 +8,7 @@ pub mod desired;
 pub mod firewall;
 pub mod host;
 pub mod http;
+pub mod kube_client;
 pub mod metrics;
 pub mod peers;
 pub mod policy;

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use twill_agent::agent::{self, AgentConf};
 use twill_agent::datapath::{device_name, Datapath, DeviceConf};
+use twill_agent::firewall::policy::render_delete_policy_table;
 use twill_agent::firewall::{Firewall, Nft};
 use twill_agent::host::{HostPaths, CONFLIST_NAME};
 use twill_agent::http;
+use twill_agent::policy::enforce::{self, PolicyMode};
 use twill_agent::record::Mac;
 use twill_agent::registry::{
     etcd::EtcdRegistry, file::FileRegistry, kubernetes::KubeRegistry, Registry,
@@ -76,10 +78,14 @@ struct HostArgs {
     /// The pod bridge the plugin creates.
     #[arg(long, env = "TWILL_BRIDGE", default_value = "twill0")]
     bridge: String,
+    /// Enforce NetworkPolicy: `auto` is on with the kubernetes registry, else off
+    /// (`install-cni` takes `auto` as off). On, the conflist sets `isolatePorts`.
+    #[arg(long, env = "TWILL_NETWORK_POLICY", value_enum, default_value_t = PolicyMode::Auto)]
+    network_policy: PolicyMode,
 }
 
 impl HostArgs {
-    fn paths(&self) -> HostPaths {
+    fn paths(&self, isolate_ports: bool) -> HostPaths {
         HostPaths {
             cni_conf_dir: self.cni_conf_dir.clone(),
             conflist_name: self.conflist_name.clone(),
@@ -88,6 +94,7 @@ impl HostArgs {
             data_dir: self.data_dir.clone(),
             store_socket: self.store_socket.clone(),
             bridge: self.bridge.clone(),
+            isolate_ports,
         }
     }
 }
@@ -206,16 +213,20 @@ fn listen_addr(s: &str) -> Result<Option<SocketAddr>> {
         .with_context(|| format!("--listen {s:?} is not an address:port or \"off\""))
 }
 
+/// The registry, its name for status output, and its API client (kubernetes only).
+type RegistryParts = (Arc<dyn Registry>, String, Option<kube::Client>);
+
 async fn registry_for(
     cluster: &ClusterConf,
     node: &str,
     kube_args: &KubeArgs,
-) -> Result<(Arc<dyn Registry>, String)> {
+) -> Result<RegistryParts> {
     let nets = cluster.networks.clone();
     Ok(match &cluster.registry {
         RegistryConf::File { dir } => (
             Arc::new(FileRegistry::new(dir.clone(), nets)),
             format!("file {}", dir.display()),
+            None,
         ),
         RegistryConf::Etcd {
             endpoints,
@@ -224,12 +235,14 @@ async fn registry_for(
         } => (
             Arc::new(EtcdRegistry::connect(endpoints, prefix, *lease_ttl_secs, nets).await?),
             format!("etcd {}", endpoints.join(",")),
+            None,
         ),
         RegistryConf::Kubernetes { kubeconfig } => {
             let path = kube_args.kubeconfig.as_ref().or(kubeconfig.as_ref());
             let r = KubeRegistry::connect(path.map(|p| p.as_path()), node, nets).await?;
             let name = format!("kubernetes {}", r.server);
-            (Arc::new(r), name)
+            let client = r.client();
+            (Arc::new(r), name, Some(client))
         }
     })
 }
@@ -242,7 +255,12 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
         bail!("--resync must be at least 0.1 seconds");
     }
     let resync = Duration::from_secs_f64(a.resync);
-    serve_address_store(&a.host.paths());
+    let enforce_policy = a
+        .host
+        .network_policy
+        .enabled(&cluster.registry)
+        .map_err(anyhow::Error::msg)?;
+    a.host.paths(enforce_policy).serve_address_store();
     let board = Arc::new(Board::new(resync * 3 + Duration::from_secs(30)));
     if let Some(addr) = listen_addr(&a.listen)? {
         let listener = http::bind(addr)
@@ -250,23 +268,34 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
             .with_context(|| format!("listening on {addr}"))?;
         tokio::spawn(http::serve(listener, board.clone()));
     }
-    let (registry, registry_name) = loop {
+    let (registry, registry_name, client) = loop {
         match registry_for(&cluster, &node, &a.kube).await {
             Ok(r) => break r,
             Err(e) if matches!(cluster.registry, RegistryConf::Etcd { .. }) => {
                 tracing::warn!(error = %e, "registry unreachable; retrying");
-                board.update(|s| s.not_ready = vec![format!("registry unreachable: {e:#}")]);
+                board.update(|s| {
+                    s.set_overlay_reasons(vec![format!("registry unreachable: {e:#}")], false)
+                });
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             Err(e) => return Err(e),
         }
     };
+    if let (true, Some(client)) = (enforce_policy, client) {
+        let conf = enforce::PolicyEnforcement {
+            node: node.clone(),
+            table: enforce::policy_table(Nft::new().table()),
+            resync,
+            render: Default::default(),
+        };
+        enforce::start(conf, client, board.clone());
+    }
     let conf = AgentConf {
         node,
         cluster,
         iface: a.iface.clone(),
         public_ip: a.public_ip,
-        host: a.host.paths(),
+        host: a.host.paths(enforce_policy),
         resync,
         registry_name,
     };
@@ -290,27 +319,6 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Holds the plugin's address store open and serves it on the store socket, so a
-/// plugin call does not pay for opening sled. On its own thread: opening waits for
-/// plugin processes that hold the store. Without it the plugin opens the store itself.
-fn serve_address_store(paths: &HostPaths) {
-    let (dir, socket) = (paths.store_dir(), paths.store_socket.clone());
-    let spawned = std::thread::Builder::new()
-        .name("store-service".into())
-        .spawn(move || match twill_ipam::StoreService::start(&dir, &socket) {
-            Ok(service) => {
-                let e = service.serve();
-                tracing::error!(error = %e, socket = %socket.display(), "address store service stopped; the plugin opens the store itself");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serve the address store; the plugin opens it itself")
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the address store service");
-    }
-}
-
 fn install_cni(a: InstallArgs) -> Result<std::process::ExitCode> {
     let plugin = match a.plugin {
         Some(p) => p,
@@ -318,7 +326,8 @@ fn install_cni(a: InstallArgs) -> Result<std::process::ExitCode> {
             .context("locating this executable")?
             .with_file_name("twill"),
     };
-    let paths = a.host.paths();
+    // `auto` needs the cluster configuration, which install-cni does not read: off.
+    let paths = a.host.paths(a.host.network_policy == PolicyMode::On);
     paths
         .install_plugin(&plugin)
         .context("installing the plugin")?;
@@ -355,13 +364,18 @@ async fn uninstall(a: RunArgs) -> Result<std::process::ExitCode> {
     dp.remove_all()
         .await
         .context("removing the VXLAN device and routes")?;
-    Nft::new().remove().context("removing the firewall rules")?;
-    let removed = a.host.paths().remove_all()?;
+    let nft = Nft::new();
+    nft.remove().context("removing the firewall rules")?;
+    let policy_table = enforce::policy_table(nft.table());
+    Nft::with_table(&policy_table)
+        .run_script(&render_delete_policy_table(&policy_table))
+        .context("removing the NetworkPolicy table")?;
+    let removed = a.host.paths(false).remove_all()?;
     for p in &removed {
         println!("removed {}", p.display());
     }
     match registry_for(&cluster, &node, &a.kube).await {
-        Ok((r, _)) => r
+        Ok((r, _, _)) => r
             .leave(&node)
             .await
             .context("removing this node's record")?,

@@ -18,6 +18,19 @@ pub struct ChangeLabel {
     pub op: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+/// A policy's denials in one direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenyLabel {
+    pub namespace: String,
+    pub policy: String,
+    pub direction: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Peers by state: programmed, pending, rejected.
@@ -30,6 +43,17 @@ pub struct Metrics {
     pub kernel_changes: Family<ChangeLabel, Counter>,
     pub resyncs: Counter,
     pub ready: Gauge,
+    /// NetworkPolicies in the last snapshot.
+    pub policies: Gauge,
+    /// Allow entries compiled for this node's pods.
+    pub policy_rules: Gauge,
+    /// Compile and render of one snapshot.
+    pub policy_compile_seconds: Histogram,
+    /// Policies, pods and namespaces the compile left out.
+    pub policy_rejected_objects: Gauge,
+    pub policy_applies: Family<ResultLabel, Counter>,
+    /// Packets of new connections dropped, per isolating policy and direction.
+    pub policy_denied: Family<DenyLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -50,6 +74,13 @@ impl Metrics {
             kernel_changes: Family::default(),
             resyncs: Counter::default(),
             ready: Gauge::default(),
+            policies: Gauge::default(),
+            policy_rules: Gauge::default(),
+            // 0.1 ms .. ~3 s
+            policy_compile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            policy_rejected_objects: Gauge::default(),
+            policy_applies: Family::default(),
+            policy_denied: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -83,6 +114,36 @@ impl Metrics {
             m.resyncs.clone(),
         );
         registry.register("ready", "1 when the agent is ready", m.ready.clone());
+        registry.register(
+            "policies",
+            "NetworkPolicies in the cluster",
+            m.policies.clone(),
+        );
+        registry.register(
+            "policy_rules",
+            "Allow entries compiled for this node's pods",
+            m.policy_rules.clone(),
+        );
+        registry.register(
+            "policy_compile_seconds",
+            "Compiling and rendering the policy table of one snapshot",
+            m.policy_compile_seconds.clone(),
+        );
+        registry.register(
+            "policy_rejected_objects",
+            "Policies, pods and namespaces the policy compile left out",
+            m.policy_rejected_objects.clone(),
+        );
+        registry.register(
+            "policy_applies",
+            "Policy table transactions, by result (ok, error)",
+            m.policy_applies.clone(),
+        );
+        registry.register(
+            "policy_denied_packets",
+            "Packets dropped by NetworkPolicy, per isolating policy and direction",
+            m.policy_denied.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -113,6 +174,15 @@ impl Metrics {
         }
     }
 
+    pub fn count_policy_apply(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.policy_applies
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -132,6 +202,8 @@ mod tests {
         m.programming_latency.observe(0.002);
         m.rejected_records.inc();
         m.count_changes("route", 2, 0);
+        m.count_policy_apply(true);
+        m.policy_compile_seconds.observe(0.001);
         let t = m.encode();
         for needle in [
             "twill_peers{state=\"rejected\"} 3",
@@ -140,6 +212,11 @@ mod tests {
             "twill_rejected_records_total 1",
             "twill_kernel_changes_total{table=\"route\",op=\"put\"} 2",
             "twill_ready 0",
+            "twill_policies 0",
+            "twill_policy_rules 0",
+            "twill_policy_compile_seconds_count 1",
+            "twill_policy_rejected_objects 0",
+            "twill_policy_applies_total{result=\"ok\"} 1",
         ] {
             assert!(t.contains(needle), "{needle} missing in\n{t}");
         }

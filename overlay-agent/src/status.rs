@@ -42,6 +42,39 @@ pub struct AgentStatus {
     /// Empty when ready.
     pub not_ready: Vec<String>,
     pub peers: Vec<PeerStatus>,
+    /// NetworkPolicy enforcement; `None` when it is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<crate::policy::report::PolicyStatus>,
+    /// The overlay's reasons, apart from the policy's.
+    #[serde(skip)]
+    overlay_reasons: Vec<String>,
+    /// A reconcile pass has run (before that the agent is never ready).
+    #[serde(skip)]
+    passed: bool,
+    #[serde(skip)]
+    policy_reason: Option<String>,
+}
+
+impl AgentStatus {
+    /// The overlay's reasons; `pass`: they come from a reconcile pass.
+    pub fn set_overlay_reasons(&mut self, reasons: Vec<String>, pass: bool) {
+        self.overlay_reasons = reasons;
+        self.passed |= pass;
+        self.refresh_ready();
+    }
+
+    /// Why NetworkPolicy enforcement is not ready; `None`: it is.
+    pub fn set_policy_reason(&mut self, reason: Option<String>) {
+        self.policy_reason = reason.map(|r| format!("network policy: {r}"));
+        self.refresh_ready();
+    }
+
+    fn refresh_ready(&mut self) {
+        let mut reasons = self.overlay_reasons.clone();
+        reasons.extend(self.policy_reason.clone());
+        self.ready = self.passed && reasons.is_empty();
+        self.not_ready = reasons;
+    }
 }
 
 impl AgentStatus {
@@ -68,6 +101,7 @@ impl AgentStatus {
         } else {
             out.push_str(&format!("NOT READY: {}\n", self.not_ready.join("; ")));
         }
+        let policy = self.network_policy.as_ref().map(|p| p.render());
         let mut rows = vec![[
             "NODE".to_string(),
             "SUBNET".into(),
@@ -100,6 +134,10 @@ impl AgentStatus {
                 .collect();
             out.push_str(line.join("  ").trim_end());
             out.push('\n');
+        }
+        if let Some(p) = policy {
+            out.push('\n');
+            out.push_str(&p);
         }
         out
     }
@@ -204,6 +242,7 @@ mod tests {
                     reason: Some("bad MAC".into()),
                 },
             ],
+            ..AgentStatus::default()
         };
         let t = s.render();
         assert!(t.contains("NOT READY: 1 peer not programmed"), "{t}");
@@ -219,5 +258,25 @@ mod tests {
         );
         let back: AgentStatus = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn policy_reason_keeps_the_agent_not_ready() {
+        let mut s = AgentStatus::default();
+        s.set_overlay_reasons(vec!["joining the registry".into()], false);
+        s.set_policy_reason(Some("not listed yet".into()));
+        assert!(!s.ready);
+        assert_eq!(s.not_ready.len(), 2, "{:?}", s.not_ready);
+        s.set_overlay_reasons(vec![], true);
+        assert!(!s.ready);
+        assert_eq!(s.not_ready, vec!["network policy: not listed yet"]);
+        s.set_policy_reason(None);
+        assert!(s.ready && s.not_ready.is_empty());
+        s.set_overlay_reasons(vec!["1 peer(s) not programmed".into()], true);
+        assert!(!s.ready);
+        // Without a pass the policy alone never makes the agent ready.
+        let mut fresh = AgentStatus::default();
+        fresh.set_policy_reason(None);
+        assert!(!fresh.ready);
     }
 }

@@ -230,8 +230,7 @@ impl LoopState<'_> {
         }
         self.board.update(|s| {
             s.peers = table.rows;
-            s.ready = not_ready.is_empty();
-            s.not_ready = not_ready;
+            s.set_overlay_reasons(not_ready, true);
         });
     }
 }

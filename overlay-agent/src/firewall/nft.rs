@@ -110,6 +110,30 @@ impl Nft {
         })
     }
 
+    /// Runs `script` as one `nft -f -` transaction: all of it or nothing.
+    pub fn run_script(&self, script: &str) -> Result<(), FirewallError> {
+        self.check_table()?;
+        self.nft(&["-f", "-"], Some(script)).map(drop)
+    }
+
+    /// The named counters of table `inet <table>`: (name, packets).
+    pub fn counters(&self) -> Result<Vec<(String, u64)>, FirewallError> {
+        self.check_table()?;
+        let args = [
+            "-j",
+            "list",
+            "counters",
+            "table",
+            "inet",
+            self.table.as_str(),
+        ];
+        let json = self.nft(&args, None)?;
+        parse_counters(&json).map_err(|reason| FirewallError::Output {
+            command: format!("nft {}", args.join(" ")),
+            reason,
+        })
+    }
+
     /// The families among `ip`, `ip6` that have a chain `FORWARD` in table `filter`.
     fn foreign_forward_chains(&self) -> Result<Vec<Family>, FirewallError> {
         let args = ["-j", "list", "chains"];
@@ -197,6 +221,23 @@ fn nft_entries(json: &str) -> Result<Vec<serde_json::Value>, String> {
         Some(serde_json::Value::Array(entries)) => Ok(entries),
         _ => Err("no \"nftables\" array".to_string()),
     }
+}
+
+/// From `nft -j list counters …`: each named counter's (name, packets).
+pub fn parse_counters(json: &str) -> Result<Vec<(String, u64)>, String> {
+    let mut out = Vec::new();
+    for entry in nft_entries(json)? {
+        let Some(counter) = entry.get("counter") else {
+            continue;
+        };
+        let name = counter.get("name").and_then(serde_json::Value::as_str);
+        let packets = counter.get("packets").and_then(serde_json::Value::as_u64);
+        match (name, packets) {
+            (Some(name), Some(packets)) => out.push((name.to_string(), packets)),
+            _ => return Err(format!("a counter without name or packets: {counter}")),
+        }
+    }
+    Ok(out)
 }
 
 /// From `nft -j list chains`: the families among `ip`, `ip6` with a chain `FORWARD` in
@@ -317,6 +358,16 @@ mod tests {
         assert!(parse_tagged_rules("not json", "twill").is_err());
         assert!(parse_tagged_rules("{}", "twill").is_err());
         assert_eq!(parse_tagged_rules("", "twill"), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn parses_counters() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"counter": {"family": "inet", "name": "deny_ingress_0", "table": "t", "handle": 3, "packets": 7, "bytes": 420}}]}"#;
+        assert_eq!(
+            parse_counters(json),
+            Ok(vec![("deny_ingress_0".to_string(), 7)])
+        );
+        assert!(parse_counters(r#"{"nftables": [{"counter": {"name": "x"}}]}"#).is_err());
     }
 
     #[test]

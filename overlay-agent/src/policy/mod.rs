@@ -14,6 +14,8 @@
 //! The ClusterRole needs get, list, watch on `pods`, `namespaces` and
 //! `networking.k8s.io` `networkpolicies`.
 
+pub mod enforce;
+pub mod report;
 pub mod source;
 pub mod store;
 

@@ -4,7 +4,6 @@
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt};
@@ -28,12 +27,8 @@ const MAX_BATCH: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicySourceError {
-    #[error("kubeconfig {path}: {message}")]
-    Kubeconfig { path: String, message: String },
-    #[error("no in-cluster service account and no kubeconfig: {0}")]
-    NoConfig(String),
-    #[error("Kubernetes client: {0}")]
-    Client(String),
+    #[error(transparent)]
+    Connect(#[from] crate::kube_client::KubeConnectError),
     #[error("the policy watches ended")]
     WatchEnded,
 }
@@ -53,24 +48,7 @@ impl PolicySource {
 
     /// A client from `kubeconfig`, else `KUBECONFIG`, else the in-cluster service account.
     pub async fn connect(kubeconfig: Option<&Path>) -> Result<Self, PolicySourceError> {
-        let mut config = match kubeconfig {
-            Some(path) => {
-                let bad = |e: &dyn std::fmt::Display| PolicySourceError::Kubeconfig {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                };
-                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(&e))?;
-                kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .map_err(|e| bad(&e))?
-            }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| PolicySourceError::NoConfig(e.to_string()))?,
-        };
-        config.connect_timeout = Some(Duration::from_secs(5));
-        let client =
-            kube::Client::try_from(config).map_err(|e| PolicySourceError::Client(e.to_string()))?;
+        let (client, _) = crate::kube_client::connect(kubeconfig).await?;
         Ok(PolicySource::new(client))
     }
 

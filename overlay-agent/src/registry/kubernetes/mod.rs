@@ -2,8 +2,10 @@
 //! `spec.podCIDRs`, assigned by kube-controller-manager (`--allocate-node-cidrs`); the
 //! agent adds its tunnel endpoint as annotations on its own Node and watches every Node.
 //!
-//! What the agent calls, and so all its ClusterRole grants: `nodes` get, list, watch;
-//! `nodes/status` patch. Annotations are written through the status subresource (the
+//! What this registry calls: `nodes` get, list, watch; `nodes/status` patch. The
+//! ClusterRole also grants get, list, watch on `pods`, `namespaces` and
+//! `networking.k8s.io` `networkpolicies`, for the NetworkPolicy source (`crate::policy`),
+//! which shares this registry's client; nothing more. Annotations are written through the status subresource (the
 //! API server keeps metadata changes there and drops only spec changes), so the agent
 //! cannot change any Node's spec or labels.
 //!
@@ -64,29 +66,9 @@ impl KubeRegistry {
         node: &str,
         networks: Vec<PodNetwork>,
     ) -> Result<Self, RegistryError> {
-        let mut config = match kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                    RegistryError::Invalid(format!("kubeconfig {}: {e}", path.display()))
-                })?;
-                kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .map_err(|e| {
-                        RegistryError::Invalid(format!("kubeconfig {}: {e}", path.display()))
-                    })?
-            }
-            None => kube::Config::infer().await.map_err(|e| {
-                RegistryError::Invalid(format!(
-                    "no in-cluster service account and no kubeconfig: {e}"
-                ))
-            })?,
-        };
-        // A partitioned API server must not stall a patch for long; watches carry
-        // their own server-side timeout below the read timeout.
-        config.connect_timeout = Some(std::time::Duration::from_secs(5));
-        let server = config.cluster_url.to_string();
-        let client = kube::Client::try_from(config)
-            .map_err(|e| RegistryError::Invalid(format!("Kubernetes client: {e}")))?;
+        let (client, server) = crate::kube_client::connect(kubeconfig)
+            .await
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         Ok(KubeRegistry {
             nodes: Api::all(client),
             node: node.to_string(),
@@ -95,6 +77,11 @@ impl KubeRegistry {
             ready: AtomicBool::new(false),
             server,
         })
+    }
+
+    /// The client, to share with the NetworkPolicy source.
+    pub fn client(&self) -> kube::Client {
+        self.nodes.clone().into_client()
     }
 
     async fn own_node(&self) -> Result<Node, RegistryError> {
