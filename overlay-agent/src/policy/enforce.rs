@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use twill_conf::RegistryConf;
 
-use super::report::{pod_rows, rule_count, PolicyStatus};
+use super::report::{pod_rows, rule_count};
 use super::{NodeIps, PolicySource, PolicyView};
 use crate::firewall::policy::{deny_counters, render_policy_table, PolicyRenderOptions};
 use crate::firewall::Nft;
 use crate::metrics::DenyLabel;
+use crate::status::policy::PolicyStatus;
 use crate::status::Board;
 
 /// `--network-policy`.

@@ -1,42 +1,10 @@
-//! What `/status` and `twill-agent status` say about NetworkPolicy: per local pod IP,
-//! whether each direction is isolated and by which policies. Pure.
+//! What `/status` and `twill-agent status` say about NetworkPolicy, built from a
+//! compiled rule set. Pure; the document's types are in `crate::status::policy`.
 
-use serde::{Deserialize, Serialize};
+use crate::status::policy::PodPolicyStatus;
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
-use std::net::IpAddr;
 use twill_policy::ruleset::Direction;
 use twill_policy::RuleSet;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyStatus {
-    /// The nftables table, `inet <table>`.
-    pub table: String,
-    /// NetworkPolicies, Pods and Namespaces have been listed.
-    pub synced: bool,
-    /// The last snapshot's table is in the kernel.
-    pub applied: bool,
-    pub policies: usize,
-    /// Allow entries compiled for this node's pods.
-    pub rules: usize,
-    /// Objects the compile left out, and why.
-    pub rejected: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    pub pods: Vec<PodPolicyStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodPolicyStatus {
-    pub ip: IpAddr,
-    pub namespace: String,
-    pub name: String,
-    /// The policies isolating the pod's ingress (`namespace/name`); `None`: not isolated.
-    pub ingress: Option<Vec<String>>,
-    pub egress: Option<Vec<String>>,
-}
 
 /// The isolating policies of one direction: the compile's `by`, plus the policies of
 /// the allow entries.
@@ -82,63 +50,10 @@ pub fn pod_rows(rules: &RuleSet) -> Vec<PodPolicyStatus> {
         .collect()
 }
 
-impl PolicyStatus {
-    /// The NetworkPolicy part of `twill-agent status`.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let state = match (self.synced, self.applied) {
-            (false, _) => "not listed yet",
-            (true, false) => "NOT APPLIED",
-            (true, true) => "applied",
-        };
-        let _ = writeln!(
-            out,
-            "network policy: table inet {}, {} policies, {} allow entries, {state}",
-            self.table, self.policies, self.rules
-        );
-        if let Some(e) = &self.last_error {
-            let _ = writeln!(out, "last error: {e}");
-        }
-        for r in &self.rejected {
-            let _ = writeln!(out, "rejected: {r}");
-        }
-        let side = |d: &Option<Vec<String>>| match d {
-            None => "open".to_string(),
-            Some(by) => format!("isolated by {}", by.join(",")),
-        };
-        let mut rows = vec![[
-            "POD IP".to_string(),
-            "POD".into(),
-            "INGRESS".into(),
-            "EGRESS".into(),
-        ]];
-        for p in &self.pods {
-            rows.push([
-                p.ip.to_string(),
-                format!("{}/{}", p.namespace, p.name),
-                side(&p.ingress),
-                side(&p.egress),
-            ]);
-        }
-        let widths: Vec<usize> = (0..4)
-            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-            .collect();
-        for r in rows {
-            let line: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::policy::PolicyStatus;
     use serde_json::json;
     use twill_policy::{compile, Cluster};
 

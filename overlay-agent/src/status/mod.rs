@@ -1,6 +1,8 @@
 //! What the agent tells its operator: the peer table behind `/status` and
 //! `twill-agent status`, and the reasons it is not ready.
 
+pub mod policy;
+
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -44,7 +46,7 @@ pub struct AgentStatus {
     pub peers: Vec<PeerStatus>,
     /// NetworkPolicy enforcement; `None` when it is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_policy: Option<crate::policy::report::PolicyStatus>,
+    pub network_policy: Option<policy::PolicyStatus>,
     /// The overlay's reasons, apart from the policy's.
     #[serde(skip)]
     overlay_reasons: Vec<String>,
@@ -123,18 +125,7 @@ impl AgentStatus {
                 if p.programmed { "yes" } else { "no" }.into(),
             ]);
         }
-        let widths: Vec<usize> = (0..5)
-            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-            .collect();
-        for r in rows {
-            let line: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
+        out.push_str(&columns(&rows));
         if let Some(p) = policy {
             out.push('\n');
             out.push_str(&p);
@@ -206,6 +197,24 @@ impl Board {
             self.metrics.ready.set(i64::from(s.ready));
         }
     }
+}
+
+/// Rows as left-aligned columns two spaces apart, one line each.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
