@@ -83,67 +83,28 @@ impl Metrics {
             policy_denied: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "peers",
-            "Peers by state (programmed, pending, rejected)",
-            m.peers.clone(),
-        );
-        registry.register(
-            "programming_latency_seconds",
-            "Time from a registry change or resync to its kernel entries programmed",
-            m.programming_latency.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Kernel changes or reconcile passes that failed",
-            m.reconcile_errors.clone(),
-        );
-        registry.register(
-            "rejected_records",
-            "Registry records rejected by validation, once per new rejection",
-            m.rejected_records.clone(),
-        );
-        registry.register(
-            "kernel_changes",
-            "Routes, neighbour and FDB entries put or removed",
-            m.kernel_changes.clone(),
-        );
-        registry.register(
-            "resyncs",
-            "Full resyncs against the kernel",
-            m.resyncs.clone(),
-        );
-        registry.register("ready", "1 when the agent is ready", m.ready.clone());
-        registry.register(
-            "policies",
-            "NetworkPolicies in the cluster",
-            m.policies.clone(),
-        );
-        registry.register(
-            "policy_rules",
-            "Allow entries compiled for this node's pods",
-            m.policy_rules.clone(),
-        );
-        registry.register(
-            "policy_compile_seconds",
-            "Compiling and rendering the policy table of one snapshot",
-            m.policy_compile_seconds.clone(),
-        );
-        registry.register(
-            "policy_rejected_objects",
-            "Policies, pods and namespaces the policy compile left out",
-            m.policy_rejected_objects.clone(),
-        );
-        registry.register(
-            "policy_applies",
-            "Policy table transactions, by result (ok, error)",
-            m.policy_applies.clone(),
-        );
-        registry.register(
-            "policy_denied_packets",
-            "Packets dropped by NetworkPolicy, per isolating policy and direction",
-            m.policy_denied.clone(),
-        );
+        // One line per metric: its name (twill_ is the registry's prefix), its help and
+        // the field that holds it.
+        macro_rules! register {
+            ($($name:literal, $help:literal, $field:ident;)*) => {
+                $(registry.register($name, $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            "peers", "Peers by state (programmed, pending, rejected)", peers;
+            "programming_latency_seconds", "Time from a registry change or resync to its kernel entries programmed", programming_latency;
+            "reconcile_errors", "Kernel changes or reconcile passes that failed", reconcile_errors;
+            "rejected_records", "Registry records rejected by validation, once per new rejection", rejected_records;
+            "kernel_changes", "Routes, neighbour and FDB entries put or removed", kernel_changes;
+            "resyncs", "Full resyncs against the kernel", resyncs;
+            "ready", "1 when the agent is ready", ready;
+            "policies", "NetworkPolicies in the cluster", policies;
+            "policy_rules", "Allow entries compiled for this node's pods", policy_rules;
+            "policy_compile_seconds", "Compiling and rendering the policy table of one snapshot", policy_compile_seconds;
+            "policy_rejected_objects", "Policies, pods and namespaces the policy compile left out", policy_rejected_objects;
+            "policy_applies", "Policy table transactions, by result (ok, error)", policy_applies;
+            "policy_denied_packets", "Packets dropped by NetworkPolicy, per isolating policy and direction", policy_denied;
+        }
         Metrics { registry, ..m }
     }
 

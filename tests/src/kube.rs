@@ -96,19 +96,7 @@ impl ControlPlane {
             &cluster.spec.network,
             cluster.spec.subnet_len,
         );
-        let manifest = std::fs::read_to_string(manifests_dir().join("twill.yaml"))
-            .map_err(|e| format!("conf/kubernetes/twill.yaml: {e}"))?;
-        let rbac = yaml_documents(
-            &manifest,
-            &[
-                "Namespace",
-                "ServiceAccount",
-                "ClusterRole",
-                "ClusterRoleBinding",
-            ],
-        );
-        cp.kubectl_ok(&["apply", "-f", "-"], Some(&rbac));
-        cp.service_account_kubeconfig("twill-system", "twill", &cluster.kubeconfig_path())?;
+        cp.twill_agent_kubeconfig(&cluster.kubeconfig_path())?;
         for n in &cluster.nodes {
             cp.create_node(&n.name, &n.ip);
         }
@@ -243,6 +231,23 @@ impl ControlPlane {
             .ok_or("admin kubeconfig has no CA")?
             .trim()
             .to_string())
+    }
+
+    /// The agent's ServiceAccount and RBAC as `conf/kubernetes/twill.yaml` declares
+    /// them, applied, and a kubeconfig at `path` that logs in as that ServiceAccount:
+    /// what a test's agent gets, so that a missing permission fails the test.
+    pub fn twill_agent_kubeconfig(&self, path: &Path) -> Result<(), String> {
+        let manifest = std::fs::read_to_string(manifests_dir().join("twill.yaml"))
+            .map_err(|e| format!("conf/kubernetes/twill.yaml: {e}"))?;
+        let kinds = [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        ];
+        let rbac = yaml_documents(&manifest, &kinds);
+        self.kubectl_ok(&["apply", "-f", "-"], Some(&rbac));
+        self.service_account_kubeconfig("twill-system", "twill", path)
     }
 
     /// A kubeconfig for `namespace/service_account`, authenticated by its token.

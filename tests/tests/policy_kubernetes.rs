@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use twill_agent::policy::{NodeIps, PolicySource, PolicyView};
-use twill_tests::kube::{yaml_documents, ControlPlane};
+use twill_tests::kube::ControlPlane;
 use twill_tests::{require_root, Netns, TempDir};
 
 /// Generous: the 1 s p99 target is for a benchmark, not a shared test machine.
@@ -227,21 +227,9 @@ fn policy_source_follows_a_real_api_server() {
     require_root();
     let ns = Netns::new("k8s");
     let cp = ControlPlane::start_in(ns.name(), "127.0.0.1", "10.244.0.0/16", 24);
-    let manifest = std::fs::read_to_string(twill_tests::kube::manifests_dir().join("twill.yaml"))
-        .expect("conf/kubernetes/twill.yaml");
-    let rbac = yaml_documents(
-        &manifest,
-        &[
-            "Namespace",
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-        ][..],
-    );
-    cp.kubectl_ok(&["apply", "-f", "-"], Some(&rbac));
     let dir = TempDir::new("policy-kube");
     let kubeconfig = dir.path().join("kubeconfig");
-    cp.service_account_kubeconfig("twill-system", "twill", &kubeconfig)
+    cp.twill_agent_kubeconfig(&kubeconfig)
         .unwrap_or_else(|e| panic!("{e}"));
 
     // 1. What exists before the source starts arrives with its first, synced snapshot.
