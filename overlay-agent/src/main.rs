@@ -289,6 +289,13 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
             render: Default::default(),
         };
         enforce::start(conf, client, board.clone());
+    } else {
+        // Off: a policy table an earlier run with enforcement on left behind would
+        // still drop traffic nobody enforces any more.
+        let table = enforce::policy_table(Nft::new().table());
+        if let Err(e) = Nft::with_table(&table).run_script(&render_delete_policy_table(&table)) {
+            tracing::warn!(table, error = %e, "cannot remove a NetworkPolicy table left behind");
+        }
     }
     let conf = AgentConf {
         node,

@@ -601,3 +601,29 @@ fn the_agent_serves_the_address_store_and_the_plugin_does_without_it() {
     assert!(served.reservations().unwrap().is_empty());
     served.verify().unwrap();
 }
+
+/// With NetworkPolicy off (here: the file registry), a policy table an earlier run with
+/// enforcement on left behind is removed at start: nobody would keep it current.
+#[test]
+fn a_policy_table_left_behind_is_removed_when_enforcement_is_off() {
+    let mut c = Cluster::new(ClusterSpec::with_nodes(1));
+    let ns = &c.nodes[0].ns;
+    ns.sh(&[
+        "nft",
+        "add table inet twill_policy; add chain inet twill_policy forward { type filter hook forward priority 0; policy drop; }",
+    ]);
+    assert!(ns
+        .run(&["nft", "list", "table", "inet", "twill_policy"])
+        .status
+        .success());
+    c.start_agent(0);
+    c.expect_ready(READY);
+    let left = c.nodes[0]
+        .ns
+        .run(&["nft", "list", "table", "inet", "twill_policy"]);
+    assert!(
+        !left.status.success(),
+        "the table is still there: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
