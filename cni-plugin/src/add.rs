@@ -21,6 +21,7 @@ pub fn run(
     rt: &tokio::runtime::Runtime,
 ) -> Result<serde_json::Value, CniError> {
     let node = node::resolve(conf)?;
+    let conf = &isolation_decided(conf, &node.ranges);
     let netns = netns::open(env)?;
     let host_name = env.attachment.host_veth_name();
     let _guard = rt.enter();
@@ -273,4 +274,31 @@ fn enable_forwarding(ranges: &[PodRange]) -> Result<(), CniError> {
         Some(e) => Err(CniError::new(INTERNAL, e.to_string())),
         None => Ok(()),
     }
+}
+
+/// `isolatePorts` routes pod-to-pod traffic of one node through the node so that its
+/// `forward` hook sees it. Where br_netfilter already hands bridged frames to that hook
+/// (`net.bridge.bridge-nf-call-ip(6)tables` = 1 for every family of the ranges), ports
+/// stay as they are: isolating them there would break a Service whose backend is on the
+/// client's node, because br_netfilter delivers the DNATed frame by bridging it, port to
+/// port, which isolation forbids.
+fn isolation_decided(conf: &PluginConf, ranges: &[PodRange]) -> PluginConf {
+    let mut conf = conf.clone();
+    if conf.isolate_ports {
+        let hooked = ranges.iter().all(|r| {
+            let key = if r.gateway.is_ipv4() {
+                "net/bridge/bridge-nf-call-iptables"
+            } else {
+                "net/bridge/bridge-nf-call-ip6tables"
+            };
+            sysctl::read(key).is_ok_and(|v| v.trim() == "1")
+        });
+        if hooked {
+            tracing::debug!(
+                "br_netfilter hands bridged frames to the IP hooks: ports not isolated"
+            );
+            conf.isolate_ports = false;
+        }
+    }
+    conf
 }

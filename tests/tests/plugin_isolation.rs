@@ -1,12 +1,16 @@
 //! `isolatePorts`: pods of one node reach each other through the node (routed, one hop,
 //! through its `forward` hook) rather than across the bridge, so that a firewall rule in
-//! the node's `forward` hook (NetworkPolicy) sees their traffic whether or not
-//! `br_netfilter` hands bridged frames to it. Without it, and with `br_netfilter`'s
+//! the node's `forward` hook (NetworkPolicy) sees their traffic although `br_netfilter`
+//! does not hand bridged frames to it. Where it does, ports are left as they are: the
+//! hook sees the bridged traffic anyway, and isolated ports would break a Service whose
+//! backend is on the client's node. Without it, and with `br_netfilter`'s
 //! `bridge-nf-call-ip(6)tables` off (per network namespace; the kernel's default when
 //! the module is not loaded), the same traffic is bridged past that hook.
 
 use serde_json::{json, Value};
+use std::time::Duration;
 use twill_tests::fixture::{assert_silent_success, ip_of, reaches};
+use twill_tests::scenarios::{tcp_ask, TcpServer};
 use twill_tests::{ConfExt, Netns, Node, Pod};
 
 const V4: &str = "10.244.1.0/24";
@@ -72,6 +76,8 @@ fn bridge_port_isolated(node: &Node, port: &str) -> bool {
 #[test]
 fn isolated_ports_route_pod_traffic_through_the_nodes_forward_hook() {
     let (node, conf) = node_and_conf("iso-node", true);
+    // Isolation is what makes the hook see the traffic where br_netfilter does not.
+    set_bridge_nf_call(&node, false);
     let (a, b) = (Pod::new("iso-a"), Pod::new("iso-b"));
     let ra = node.add_ok(&conf, &a);
     let rb = node.add_ok(&conf, &b);
@@ -141,6 +147,43 @@ fn without_isolation_pods_are_bridged_past_the_forward_hook() {
         !a.ns.ping(&b4),
         "br_netfilter did not hand the frame to forward"
     );
+    node.del_ok(&conf, &a);
+    node.del_ok(&conf, &b);
+}
+
+/// Where br_netfilter hands bridged frames to the IP hooks (this machine's default in a
+/// new namespace), `isolatePorts` leaves the ports alone: the forward hook sees the
+/// bridged traffic anyway, and a Service DNATed to a backend on the client's node keeps
+/// working (br_netfilter delivers that frame port to port, which isolation forbids).
+#[test]
+fn with_br_netfilter_isolate_ports_keeps_ports_and_same_node_services_work() {
+    let (node, conf) = node_and_conf("brnf-node", true);
+    set_bridge_nf_call(&node, true);
+    let (a, b) = (Pod::new("brnf-a"), Pod::new("brnf-b"));
+    node.add_ok(&conf, &a);
+    let rb = node.add_ok(&conf, &b);
+    let (b4, b6) = addresses(&rb);
+    assert!(!bridge_port_isolated(&node, &b.host_veth()));
+    assert_eq!(reply_ttl(&a.ns, &b4), 64);
+
+    // A ClusterIP-like DNAT in the node to b, asked from a.
+    let backend: std::net::SocketAddr = format!("{b4}:8080").parse().expect("address");
+    let _server = TcpServer::start(&b.ns, "b", backend).expect("server in b");
+    node.ns.sh(&["nft", "add", "table", "ip", "twt_svc"]);
+    node.ns.sh(&[
+        "nft",
+        "add chain ip twt_svc pre { type nat hook prerouting priority -100; }",
+    ]);
+    let dnat =
+        format!("add rule ip twt_svc pre ip daddr 10.96.0.10 tcp dport 80 dnat to {b4}:8080");
+    node.ns.sh(&["nft", &dnat]);
+    let service: std::net::SocketAddr = "10.96.0.10:80".parse().expect("address");
+    tcp_ask(&a.ns, service, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("the same-node Service did not answer: {e}"));
+
+    // The forward hook still sees the bridged traffic.
+    drop_forwarded_to(&node, &b4, &b6);
+    assert!(!a.ns.ping(&b4), "a bridged packet passed the forward hook");
     node.del_ok(&conf, &a);
     node.del_ok(&conf, &b);
 }
