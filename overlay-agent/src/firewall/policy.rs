@@ -1,17 +1,16 @@
 //! NetworkPolicy as an nftables table: a pure renderer from a compiled [`RuleSet`] to an
 //! `nft -f -` script. Nothing here runs `nft`.
 //!
-//! Per packet the work is a fixed number of set lookups, whatever the number of pods,
-//! policies or peers. Per direction (`ingress`, `egress`) and family (`v4`, `v6`):
+//! Per packet the work is a fixed number of map lookups plus one set lookup per allow
+//! entry of the pod, whatever the number of pods or peers. Per direction (`ingress`,
+//! `egress`) and family (`v4`, `v6`), a verdict map `<dir>_<f>` sends a packet of an
+//! isolated pod to the pod's chain `<dir>_pod_<k>`. That chain has one rule per allow
+//! entry, `<f> <peer> @peers_<n>_<f> [meta l4proto . th dport @ports_<m>] return`, and
+//! then (optionally) logs, counts against the pod's policy counter and drops.
 //!
-//! - `<dir>_isolated_<f>`: the pod IPs isolated that way;
-//! - `<dir>_any_<f>`: `pod . peer-prefix` (interval), entries allowing every port;
-//! - `<dir>_ports_<f>`: `pod . peer-prefix . l4proto . port-range` (interval);
-//! - `<dir>_deny_<f>`: pod IP → `jump deny_<dir>_pod_<k>`, a chain per isolated pod that
-//!   (optionally) logs, counts against the pod's policy counter and drops.
-//!
-//! Interval sets refuse overlapping elements, so each pod's elements are made disjoint
-//! first (nested peer prefixes split, port ranges merged).
+//! The peer sets (pod addresses, or an ipBlock minus its excepts as an interval set) and
+//! the port sets (`inet_proto . inet_service` intervals) are named once per distinct
+//! content and shared by every pod and policy that uses them ([`sets`]).
 //!
 //! Chain `forward` (filter hook forward: after kube-proxy's DNAT, sees routed pod
 //! traffic): replies pass by conntrack, node ↔ pod passes, then the egress check of an
@@ -20,23 +19,23 @@
 //! both.
 //!
 //! Counters: one named counter per (policy, direction), `deny_<dir>_<n>`. A pod isolated
-//! by several policies is counted against the first of its entries' policies by
-//! namespace/name. A pod isolated only by policies without allow entries (default deny)
-//! cannot be attributed: the [`RuleSet`] does not say which policies isolate it, so it is
-//! counted in `deny_<dir>_unattributed`. Counters count dropped packets (a retried SYN
+//! by several policies is counted against the first of them by namespace/name (a rule
+//! set made by hand that names none: the first allowing policy, else
+//! `deny_<dir>_unattributed`). Counters count dropped packets (a retried SYN
 //! counts again). [`deny_counters`] says which counter is whose.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use twill_policy::ruleset::{Direction as Isolation, PolicyRef};
-use twill_policy::{Protocol, RuleSet};
+use twill_policy::ruleset::{AllowEntry, Direction as Isolation, PolicyRef};
+use twill_policy::RuleSet;
 
 mod elements;
+mod sets;
 
 pub use elements::cidr_minus;
-use elements::pod_elements;
+use sets::{render_set, NamedSets};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyRenderOptions {
@@ -73,11 +72,11 @@ impl PolicyDirection {
         }
     }
 
-    /// The pod's address in a packet of this direction, and the peer's.
-    fn addrs(self, ip: &str) -> (String, String) {
+    /// The pod's address field in a packet of this direction, and the peer's.
+    fn fields(self) -> (&'static str, &'static str) {
         match self {
-            PolicyDirection::Ingress => (format!("{ip} daddr"), format!("{ip} saddr")),
-            PolicyDirection::Egress => (format!("{ip} saddr"), format!("{ip} daddr")),
+            PolicyDirection::Ingress => ("daddr", "saddr"),
+            PolicyDirection::Egress => ("saddr", "daddr"),
         }
     }
 }
@@ -99,6 +98,8 @@ struct IsolatedPod<'a> {
     namespace: &'a str,
     name: &'a str,
     ips: Vec<IpAddr>,
+    /// The allow entries of all its IPs.
+    entries: BTreeSet<&'a AllowEntry>,
     counter: Option<PolicyRef>,
 }
 
@@ -110,21 +111,21 @@ fn isolated_pods(rules: &RuleSet, direction: PolicyDirection) -> Vec<IsolatedPod
             continue;
         };
         let key = (pod.namespace.as_str(), pod.name.as_str());
-        pods.entry(key)
-            .or_insert_with(|| IsolatedPod {
-                namespace: &pod.namespace,
-                name: &pod.name,
-                ips: Vec::new(),
-                // One counter per pod: the first isolating policy's. A rule set made by
-                // hand may name none; then an allowing policy, else "unattributed".
-                counter: by
-                    .iter()
-                    .min()
-                    .or_else(|| entries.iter().map(|e| &e.policy).min())
-                    .cloned(),
-            })
-            .ips
-            .push(*ip);
+        let isolated = pods.entry(key).or_insert_with(|| IsolatedPod {
+            namespace: &pod.namespace,
+            name: &pod.name,
+            ips: Vec::new(),
+            entries: BTreeSet::new(),
+            // One counter per pod: the first isolating policy's. A rule set made by
+            // hand may name none; then an allowing policy, else "unattributed".
+            counter: by
+                .iter()
+                .min()
+                .or_else(|| entries.iter().map(|e| &e.policy).min())
+                .cloned(),
+        });
+        isolated.ips.push(*ip);
+        isolated.entries.extend(entries);
     }
     pods.into_values().collect()
 }
@@ -156,27 +157,11 @@ pub fn deny_counters(rules: &RuleSet) -> Vec<DenyCounter> {
     out
 }
 
-fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    }
-}
-
 /// (nft payload name, set suffix, address type) of the two families.
 const FAMILIES: [(&str, &str, &str); 2] = [("ip", "v4", "ipv4_addr"), ("ip6", "v6", "ipv6_addr")];
 
 fn is_family(ip: &IpAddr, suffix: &str) -> bool {
     ip.is_ipv4() == (suffix == "v4")
-}
-
-fn render_set(s: &mut String, name: &str, spec: &str, elements: &[String]) {
-    let _ = writeln!(s, "    {name} {{\n        {spec}");
-    if !elements.is_empty() {
-        let _ = writeln!(s, "        elements = {{ {} }}", elements.join(", "));
-    }
-    s.push_str("    }\n");
 }
 
 /// A log prefix nft accepts: the pod's name kept to DNS characters, at most 127 bytes.
@@ -233,49 +218,38 @@ pub fn render_policy_table(table: &str, rules: &RuleSet, opts: &PolicyRenderOpti
             &nodes,
         );
     }
+    let mut sets = NamedSets::default();
     let mut chains = String::new();
     for direction in DIRECTIONS {
         let dir = direction.name();
+        let (_, peer_field) = direction.fields();
         let pods = isolated_pods(rules, direction);
         for (_, suffix, addr) in FAMILIES {
-            let (mut isolated, mut any, mut ports, mut deny) = (vec![], vec![], vec![], vec![]);
-            for (k, pod) in pods.iter().enumerate() {
-                for ip in pod.ips.iter().filter(|ip| is_family(ip, suffix)) {
-                    isolated.push(ip.to_string());
-                    deny.push(format!("{ip} : jump deny_{dir}_pod_{k}"));
-                    let Some(pod_rules) = rules.pods.get(ip) else {
-                        continue;
-                    };
-                    let (any_nets, port_elements) =
-                        pod_elements(*ip, direction.isolation(pod_rules));
-                    any.extend(any_nets.iter().map(|net| format!("{ip} . {net}")));
-                    ports.extend(port_elements.iter().map(|(net, p, start, end)| {
-                        let range = if start == end {
-                            start.to_string()
-                        } else {
-                            format!("{start}-{end}")
-                        };
-                        format!("{ip} . {net} . {} . {range}", protocol_name(*p))
-                    }));
-                }
-            }
-            let set = |kind: &str| format!("set {dir}_{kind}_{suffix}");
-            render_set(&mut s, &set("isolated"), &format!("type {addr}"), &isolated);
-            let any_spec = format!("type {addr} . {addr}\n        flags interval");
-            render_set(&mut s, &set("any"), &any_spec, &any);
-            let ports_spec =
-                format!("type {addr} . {addr} . inet_proto . inet_service\n        flags interval");
-            render_set(&mut s, &set("ports"), &ports_spec, &ports);
-            let deny_spec = format!("type {addr} : verdict");
-            render_set(
-                &mut s,
-                &format!("map {dir}_deny_{suffix}"),
-                &deny_spec,
-                &deny,
-            );
+            let map: Vec<String> = pods
+                .iter()
+                .enumerate()
+                .flat_map(|(k, pod)| {
+                    pod.ips
+                        .iter()
+                        .filter(|ip| is_family(ip, suffix))
+                        .map(move |ip| format!("{ip} : jump {dir}_pod_{k}"))
+                })
+                .collect();
+            let spec = format!("type {addr} : verdict");
+            render_set(&mut s, &format!("map {dir}_{suffix}"), &spec, &map);
         }
         for (k, pod) in pods.iter().enumerate() {
-            let _ = writeln!(chains, "    chain deny_{dir}_pod_{k} {{");
+            let _ = writeln!(chains, "    chain {dir}_pod_{k} {{");
+            // Entries of several policies may match alike: one rule each.
+            let matches: BTreeSet<String> = pod
+                .entries
+                .iter()
+                .flat_map(|entry| sets.entry_matches(entry, peer_field))
+                .collect();
+            for m in &matches {
+                let rule = format!("{m} return");
+                let _ = writeln!(chains, "        {}", rule.trim_start());
+            }
             if let Some(log) = &opts.log_denied {
                 let prefix = log_prefix(direction, pod.namespace, pod.name);
                 let group = log.group.map(|g| format!(" group {g}")).unwrap_or_default();
@@ -288,24 +262,8 @@ pub fn render_policy_table(table: &str, rules: &RuleSet, opts: &PolicyRenderOpti
             let _ = writeln!(chains, "        counter name \"{counter}\" drop\n    }}");
         }
     }
+    sets.render(&mut s);
     s.push_str(&chains);
-    for direction in DIRECTIONS {
-        let dir = direction.name();
-        for (ip, suffix, _) in FAMILIES {
-            let (pod, peer) = direction.addrs(ip);
-            let _ = writeln!(s, "    chain {dir}_{suffix} {{");
-            let _ = writeln!(s, "        {pod} . {peer} @{dir}_any_{suffix} return");
-            let _ = writeln!(
-                s,
-                "        {pod} . {peer} . meta l4proto . th dport @{dir}_ports_{suffix} return"
-            );
-            // A pod missing from the map would fall through: drop rather than pass.
-            let _ = writeln!(
-                s,
-                "        {pod} vmap @{dir}_deny_{suffix}\n        drop\n    }}"
-            );
-        }
-    }
     s.push_str("    chain forward {\n");
     s.push_str("        type filter hook forward priority filter; policy accept;\n");
     s.push_str("        ct state established,related accept\n");
@@ -316,12 +274,9 @@ pub fn render_policy_table(table: &str, rules: &RuleSet, opts: &PolicyRenderOpti
     // Egress of the source first, then ingress of the destination: both must pass.
     for direction in [PolicyDirection::Egress, PolicyDirection::Ingress] {
         let dir = direction.name();
+        let (pod_field, _) = direction.fields();
         for (ip, suffix, _) in FAMILIES {
-            let (pod, _) = direction.addrs(ip);
-            let _ = writeln!(
-                s,
-                "        {pod} @{dir}_isolated_{suffix} jump {dir}_{suffix}"
-            );
+            let _ = writeln!(s, "        {ip} {pod_field} vmap @{dir}_{suffix}");
         }
     }
     s.push_str("    }\n}\n");

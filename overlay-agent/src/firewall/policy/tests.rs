@@ -1,7 +1,7 @@
-use super::elements::PortsElement;
 use super::*;
 use ipnet::IpNet;
 use twill_policy::ruleset::{AllowEntry, PeerMatch, PodRules, PortMatch, PortRange};
+use twill_policy::Protocol;
 
 fn net(text: &str) -> IpNet {
     text.parse().expect("test network")
@@ -144,73 +144,135 @@ fn default_deny_pod_renders_exactly() {
     for part in [
         "    counter deny_ingress_0 {\n    }\n",
         "    set node_v4 {\n        type ipv4_addr\n        elements = { 192.168.0.1 }\n    }\n",
-        "    set ingress_isolated_v4 {\n        type ipv4_addr\n        elements = { 10.0.1.2 }\n    }\n",
-        "    map ingress_deny_v4 {\n        type ipv4_addr : verdict\n        elements = { 10.0.1.2 : jump deny_ingress_pod_0 }\n    }\n",
-        "    chain deny_ingress_pod_0 {\n        counter name \"deny_ingress_0\" drop\n    }\n",
-        "    chain ingress_v4 {\n        ip daddr . ip saddr @ingress_any_v4 return\n        ip daddr . ip saddr . meta l4proto . th dport @ingress_ports_v4 return\n        ip daddr vmap @ingress_deny_v4\n        drop\n    }\n",
+        "    map ingress_v4 {\n        type ipv4_addr : verdict\n        elements = { 10.0.1.2 : jump ingress_pod_0 }\n    }\n",
+        "    map egress_v4 {\n        type ipv4_addr : verdict\n    }\n",
+        "    chain ingress_pod_0 {\n        counter name \"deny_ingress_0\" drop\n    }\n",
         "        ct state established,related accept\n        ip saddr @node_v4 accept\n        ip daddr @node_v4 accept\n",
-        "        ip daddr @ingress_isolated_v4 jump ingress_v4\n",
+        "        ip daddr vmap @ingress_v4\n",
     ] {
         assert!(script.contains(part), "missing {part:?} in\n{script}");
     }
     assert!(!script.contains("log"), "{script}");
+    assert!(!script.contains("set peers_"), "{script}");
     // Egress checks come before ingress checks.
-    let egress = script
-        .find("saddr @egress_isolated_v4 jump")
-        .unwrap_or(usize::MAX);
-    let ingress = script.find("daddr @ingress_isolated_v4 jump").unwrap_or(0);
+    let egress = script.find("saddr vmap @egress_v4").unwrap_or(usize::MAX);
+    let ingress = script.find("daddr vmap @ingress_v4").unwrap_or(0);
     assert!(egress < ingress, "{script}");
     assert!(script.ends_with("    }\n}\n"));
 }
 
+/// The `elements = { … }` of set `name`, split; panics if the set is absent.
+fn set_elements(script: &str, name: &str) -> Vec<String> {
+    let start = script
+        .find(&format!("    set {name} {{\n"))
+        .unwrap_or_else(|| panic!("no set {name} in\n{script}"));
+    let body = &script[start..];
+    let body = &body[..body.find("\n    }\n").unwrap_or(body.len())];
+    body.lines()
+        .find_map(|l| l.trim().strip_prefix("elements = { "))
+        .map(|l| {
+            l.trim_end_matches(" }")
+                .split(", ")
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The body lines of chain `name`.
+fn chain_rules(script: &str, name: &str) -> Vec<String> {
+    let start = script
+        .find(&format!("    chain {name} {{\n"))
+        .unwrap_or_else(|| panic!("no chain {name} in\n{script}"));
+    script[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| *l != "    }")
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
 #[test]
-fn entries_become_disjoint_interval_elements() {
-    let ingress = isolated(vec![
-        entry(PeerMatch::Any, &[(Protocol::Tcp, 80, 90)], "a"),
-        entry(
-            PeerMatch::Cidr {
-                cidr: net("10.0.0.0/8"),
-                except: BTreeSet::from([net("10.9.0.0/16")]),
-            },
-            &[(Protocol::Tcp, 85, 100), (Protocol::Udp, 53, 53)],
-            "b",
-        ),
-        entry(PeerMatch::Addrs(BTreeSet::from([ip("10.0.2.1")])), &[], "b"),
-        entry(PeerMatch::Addrs(BTreeSet::new()), &[], "c"),
-        entry(PeerMatch::Addrs(BTreeSet::from([ip("fd00::1")])), &[], "c"),
-    ]);
-    let (any, ports) = pod_elements(ip("10.0.1.2"), &ingress);
-    assert_eq!(any, nets(&["10.0.2.1/32"]));
-    // Outside 10/8 only 80-90; inside it (but the except) 80-100 merged, and UDP 53.
-    let expected: Vec<PortsElement> = vec![
-        (net("0.0.0.0/5"), Protocol::Tcp, 80, 90),
-        (net("8.0.0.0/7"), Protocol::Tcp, 80, 90),
-        (net("10.0.0.0/13"), Protocol::Tcp, 80, 100),
-        (net("10.0.0.0/13"), Protocol::Udp, 53, 53),
-    ];
-    assert_eq!(&ports[..4], &expected[..]);
-    // Every pair of elements of one protocol has disjoint prefixes.
-    for (i, a) in ports.iter().enumerate() {
-        for b in &ports[i + 1..] {
-            if a.1 == b.1 {
-                assert!(!a.0.contains(&b.0) && !b.0.contains(&a.0), "{a:?} {b:?}");
-            }
-        }
-    }
-    // And together they decide like the entries do.
-    let allows = |peer: &str, protocol, port| {
-        let peer = ip(peer);
-        any.iter().any(|n| n.contains(&peer))
-            || ports.iter().any(|(n, p, s, e)| {
-                n.contains(&peer) && *p == protocol && (*s..=*e).contains(&port)
-            })
+fn entries_become_shared_disjoint_sets() {
+    let except = BTreeSet::from([net("10.9.0.0/16")]);
+    let web_peers = BTreeSet::from([ip("10.0.2.1"), ip("10.0.2.2"), ip("fd00::1")]);
+    let entries = || {
+        isolated(vec![
+            entry(PeerMatch::Any, &[(Protocol::Tcp, 80, 90)], "a"),
+            entry(
+                PeerMatch::Cidr {
+                    cidr: net("10.0.0.0/14"),
+                    except: except.clone(),
+                },
+                &[
+                    (Protocol::Tcp, 85, 100),
+                    (Protocol::Tcp, 95, 110),
+                    (Protocol::Udp, 53, 53),
+                ],
+                "b",
+            ),
+            entry(PeerMatch::Addrs(web_peers.clone()), &[], "b"),
+            // The same peers and ports from another policy: no second rule.
+            entry(PeerMatch::Addrs(web_peers.clone()), &[], "c"),
+            // Admits nothing: no rule.
+            entry(PeerMatch::Addrs(BTreeSet::new()), &[], "c"),
+        ])
     };
-    assert!(allows("10.3.0.1", Protocol::Tcp, 100));
-    assert!(!allows("10.9.0.1", Protocol::Tcp, 100));
-    assert!(allows("10.9.0.1", Protocol::Tcp, 90));
-    assert!(allows("192.168.1.1", Protocol::Tcp, 80));
-    assert!(!allows("192.168.1.1", Protocol::Udp, 53));
-    assert!(allows("10.0.2.1", Protocol::Sctp, 9));
+    let set = rules(vec![
+        ("10.0.1.2", pod("db", entries(), Isolation::NotIsolated)),
+        ("10.0.1.3", pod("db2", entries(), Isolation::NotIsolated)),
+    ]);
+    let script = render_policy_table("twp", &set, &PolicyRenderOptions::default());
+    // Two pods with the same entries share every set: declared once each.
+    assert_eq!(script.matches("    set peers_").count(), 3, "{script}");
+    assert_eq!(script.matches("    set ports_").count(), 2, "{script}");
+    assert_eq!(
+        set_elements(&script, "peers_0_v4"),
+        ["10.0.2.1", "10.0.2.2"]
+    );
+    assert_eq!(set_elements(&script, "peers_0_v6"), ["fd00::1"]);
+    assert_eq!(set_elements(&script, "peers_1_v4"), ["10.0.0.0/14"]);
+    assert_eq!(set_elements(&script, "ports_0"), ["tcp . 80-90"]);
+    // Overlapping ranges merged, so the interval set accepts them.
+    assert_eq!(
+        set_elements(&script, "ports_1"),
+        ["tcp . 85-110", "udp . 53"]
+    );
+    let expected = [
+        "ip saddr @peers_0_v4 return",
+        "ip saddr @peers_1_v4 meta l4proto . th dport @ports_1 return",
+        "ip6 saddr @peers_0_v6 return",
+        "meta l4proto . th dport @ports_0 return",
+        "counter name \"deny_ingress_0\" drop",
+    ];
+    assert_eq!(chain_rules(&script, "ingress_pod_0"), expected);
+    // Both pods count against policy "a".
+    assert_eq!(chain_rules(&script, "ingress_pod_1"), expected);
+}
+
+#[test]
+fn ipblock_except_becomes_disjoint_prefixes() {
+    let ingress = isolated(vec![entry(
+        PeerMatch::Cidr {
+            cidr: net("10.0.0.0/14"),
+            except: BTreeSet::from([net("10.1.0.0/16")]),
+        },
+        &[],
+        "b",
+    )]);
+    let set = rules(vec![(
+        "10.0.1.2",
+        pod("db", ingress, Isolation::NotIsolated),
+    )]);
+    let script = render_policy_table("twp", &set, &PolicyRenderOptions::default());
+    assert!(
+        script.contains("    set peers_0_v4 {\n        type ipv4_addr\n        flags interval\n"),
+        "{script}"
+    );
+    assert_eq!(
+        set_elements(&script, "peers_0_v4"),
+        ["10.0.0.0/16", "10.2.0.0/15"]
+    );
 }
 
 #[test]
@@ -238,20 +300,21 @@ fn ipv6_and_counters_per_policy() {
     };
     let script = render_policy_table("twp", &set, &opts);
     for part in [
-        "elements = { 10.0.1.3 . 0.0.0.0/0 . udp . 53 }",
-        "elements = { fd00::3 . ::/0 . udp . 53 }",
-        "elements = { fd00::3 . fd00::9/128 }",
-        "elements = { fd00::3 : jump deny_egress_pod_0 }",
+        "elements = { udp . 53 }",
+        "    set peers_0_v6 {\n        type ipv6_addr\n        elements = { fd00::9 }\n",
+        "elements = { 10.0.1.3 : jump egress_pod_0 }",
+        "elements = { fd00::3 : jump egress_pod_0 }",
         "    limit log_denied {\n        rate 10/second\n    }\n",
         "limit name \"log_denied\" log prefix \"twill-policy deny egress prod/web: \" group 5\n",
         "counter name \"deny_egress_0\" drop",
-        "        ip6 saddr @egress_isolated_v6 jump egress_v6\n",
-        "        ip6 saddr . ip6 daddr @egress_any_v6 return\n",
+        "        ip6 saddr vmap @egress_v6\n",
+        "        ip6 daddr @peers_0_v6 return\n",
     ] {
         assert!(script.contains(part), "missing {part:?} in\n{script}");
     }
+    assert!(!script.contains("set peers_0_v4"), "{script}");
     // One pod, one chain for both its addresses; counted against the first policy.
-    assert_eq!(script.matches("chain deny_egress_pod_").count(), 1);
+    assert_eq!(script.matches("chain egress_pod_").count(), 1);
     assert_eq!(
         deny_counters(&set),
         vec![DenyCounter {
