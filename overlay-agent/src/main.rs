@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use twill_agent::agent::{self, AgentConf};
 use twill_agent::datapath::{device_name, Datapath, DeviceConf};
-use twill_agent::firewall::policy::render_delete_policy_table;
+use twill_agent::firewall::policy::{render_delete_policy_table, PolicyRenderOptions};
 use twill_agent::firewall::{Firewall, Nft};
 use twill_agent::host::{HostPaths, CONFLIST_NAME};
 use twill_agent::http;
+use twill_agent::policy::deny_log::DenyLogArgs;
 use twill_agent::policy::enforce::{self, PolicyMode};
 use twill_agent::record::Mac;
 use twill_agent::registry::{
@@ -126,6 +127,8 @@ struct RunArgs {
     kube: KubeArgs,
     #[command(flatten)]
     host: HostArgs,
+    #[command(flatten)]
+    deny_log: DenyLogArgs,
 }
 
 #[derive(Args, Clone)]
@@ -260,6 +263,7 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
         .network_policy
         .enabled(&cluster.registry)
         .map_err(anyhow::Error::msg)?;
+    let deny_log = a.deny_log.settings().map_err(anyhow::Error::msg)?;
     a.host.paths(enforce_policy).serve_address_store();
     let board = Arc::new(Board::new(resync * 3 + Duration::from_secs(30)));
     if let Some(addr) = listen_addr(&a.listen)? {
@@ -286,7 +290,9 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
             node: node.clone(),
             table: enforce::policy_table(Nft::new().table()),
             resync,
-            render: Default::default(),
+            render: PolicyRenderOptions {
+                log_denied: deny_log,
+            },
         };
         enforce::start(conf, client, board.clone());
     } else {

@@ -34,6 +34,8 @@ const UDP_PORTS: [u16; 2] = [53, 54];
 
 #[path = "policy_nft/cluster.rs"]
 mod cluster;
+#[path = "policy_nft/nflog.rs"]
+mod nflog;
 #[path = "policy_nft/udp.rs"]
 mod udp;
 use cluster::{pod, policies, policy};
@@ -330,7 +332,34 @@ fn kernel_verdicts_match_the_rule_set() {
         listed.contains("log prefix \"twill-policy deny ingress prod/web: \" group 7"),
         "{listed}"
     );
+    let capture = nflog::NflogCapture::start(&t.node, 7);
+    let started = std::time::Instant::now();
     let passed = assert_matches(&t, &relaxed);
+    let logged = capture.stop();
+    // Denied connections to web are logged with the pod's name and the packet's
+    // addresses and port, and no more often than the rate (burst 5) allows.
+    let (web4, web6) = (t.pods[0].2, t.pods[0].3);
+    let (db4, db6) = (t.pods[1].2, t.pods[1].3);
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.prefix == "twill-policy deny ingress prod/web: "
+                && ((l.src, l.dst) == (db4, web4) || (l.src, l.dst) == (db6, web6))
+                && PORTS.contains(&l.dport)),
+        "no denied db → web connection in the log: {logged:?}"
+    );
+    assert!(
+        logged
+            .iter()
+            .all(|l| l.prefix.starts_with("twill-policy deny ")),
+        "{logged:?}"
+    );
+    let bound = 5 * (started.elapsed().as_secs() as usize + 1) + 5;
+    assert!(
+        logged.len() <= bound,
+        "{} logged, rate allows {bound}",
+        logged.len()
+    );
     assert!(passed.iter().any(|p| p == "db → tool 10.0.3.2:5432"));
     assert!(passed.iter().any(|p| p == "web → db 10.0.2.2:8000"));
     assert!(!passed.iter().any(|p| p == "db → web 10.0.1.2:8000"));
