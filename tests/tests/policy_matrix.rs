@@ -376,8 +376,8 @@ fn network_policy_reachability_matrix() {
     m.remove_pod("x/d").unwrap_or_else(|e| panic!("{e}"));
     m.reset(case);
 
-    println!("\nconvergence per step (from the API write to the matrix as expected):");
-    for (what, took) in m.times() {
-        println!("  {took:>12.3?}  {what}");
+    println!("\nper step, from before the API write: matrix as expected / its last round began");
+    for t in m.times() {
+        println!("  {:>12.3?} {:>12.3?}  {}", t.took, t.last_round, t.step);
     }
 }

@@ -48,12 +48,23 @@ pub fn name_of(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
 }
 
+/// How long a step took to show in the matrix, counted from before its API write.
+#[derive(Debug, Clone)]
+pub struct StepTime {
+    pub step: String,
+    /// Until the matrix was seen as expected (the end of the matching round).
+    pub took: Duration,
+    /// When the matching round of probes started: the change was in force by then, up
+    /// to one probe timeout later.
+    pub last_round: Duration,
+}
+
 /// The suite's cluster, its pods, and the convergence times of the steps so far.
 pub struct PolicyMatrix {
     pub pods: Vec<MatrixPod>,
     pub cp: ControlPlane,
     pub cluster: Cluster,
-    times: RefCell<Vec<(String, Duration)>>,
+    times: RefCell<Vec<StepTime>>,
     labels_changed: RefCell<bool>,
 }
 
@@ -270,6 +281,7 @@ impl PolicyMatrix {
         let mut rounds = 0;
         loop {
             rounds += 1;
+            let round = start.elapsed();
             let verdicts = probe_all(&jobs);
             let cells = rows.len() * cols.len();
             let observed: Vec<Table> = verdicts
@@ -282,8 +294,15 @@ impl PolicyMatrix {
                 .collect();
             if observed == expected {
                 let took = start.elapsed();
-                println!("{what}: matrix as expected after {took:?} ({rounds} rounds)");
-                self.times.borrow_mut().push((what.to_string(), took));
+                println!(
+                    "{what}: matrix as expected after {took:?} ({rounds} rounds, the last \
+                     started at {round:?})"
+                );
+                self.times.borrow_mut().push(StepTime {
+                    step: what.to_string(),
+                    took,
+                    last_round: round,
+                });
                 return;
             }
             if start.elapsed() >= BOUND {
@@ -318,7 +337,7 @@ impl PolicyMatrix {
     }
 
     /// The convergence time of every step so far, in order.
-    pub fn times(&self) -> Vec<(String, Duration)> {
+    pub fn times(&self) -> Vec<StepTime> {
         self.times.borrow().clone()
     }
 }

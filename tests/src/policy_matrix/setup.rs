@@ -88,6 +88,12 @@ pub fn start_cluster() -> Result<(Cluster, ControlPlane), String> {
     ]);
     c.start_all();
     c.wait_ready(Duration::from_secs(60))?;
+    for n in &c.nodes {
+        let status = n.status().ok_or_else(|| format!("{}: no status", n.name))?;
+        if status["networkPolicy"]["synced"] != json!(true) {
+            return Err(format!("{}: NetworkPolicy not synced: {status}", n.name));
+        }
+    }
     for ns in NAMESPACES {
         let doc = json!({
             "apiVersion": "v1", "kind": "Namespace",
@@ -108,6 +114,20 @@ pub fn start_pod(
     node: usize,
 ) -> Result<MatrixPod, String> {
     let pod = c.add_pod(node, &format!("{namespace}-{name}"))?;
+    // The path the suite means each node to take: no prefix route (same-node traffic
+    // routed by the node) exactly where br_netfilter is off.
+    let prefix_route = !pod
+        .ns
+        .ip(&["-4", "route", "show", "proto", "kernel"])
+        .trim()
+        .is_empty();
+    if prefix_route != (node != 0) {
+        return Err(format!(
+            "{namespace}/{name} on {}: prefix route {prefix_route}, want {}",
+            c.nodes[node].name,
+            node != 0
+        ));
+    }
     let netns = pod.ns.path();
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
