@@ -376,8 +376,15 @@ fn network_policy_reachability_matrix() {
     m.remove_pod("x/d").unwrap_or_else(|e| panic!("{e}"));
     m.reset(case);
 
-    println!("\nper step, from before the API write: matrix as expected / its last round began");
+    println!("\nper step, ms from before the API write: write returned, last round of probes began, matrix as expected");
     for t in m.times() {
-        println!("  {:>12.3?} {:>12.3?}  {}", t.took, t.last_round, t.step);
+        let ms = |d: std::time::Duration| d.as_millis();
+        println!(
+            "  {:>6} {:>6} {:>6}  {}",
+            ms(t.written),
+            ms(t.last_round),
+            ms(t.took),
+            t.step
+        );
     }
 }

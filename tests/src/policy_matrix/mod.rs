@@ -52,6 +52,8 @@ pub fn name_of(id: &str) -> &str {
 #[derive(Debug, Clone)]
 pub struct StepTime {
     pub step: String,
+    /// Until the write returned (kubectl: a process, and the API server's answer).
+    pub written: Duration,
     /// Until the matrix was seen as expected (the end of the matching round).
     pub took: Duration,
     /// When the matching round of probes started: the change was in force by then, up
@@ -264,6 +266,7 @@ impl PolicyMatrix {
         if let Err(e) = write(self) {
             panic!("{what}: {e}");
         }
+        let written = start.elapsed();
         let rows: Vec<String> = clients.iter().map(|c| c.id.clone()).collect();
         let cols: Vec<String> = targets.iter().map(|t| t.id.clone()).collect();
         let expected: Vec<Table> = probes
@@ -300,6 +303,7 @@ impl PolicyMatrix {
                 );
                 self.times.borrow_mut().push(StepTime {
                     step: what.to_string(),
+                    written,
                     took,
                     last_round: round,
                 });
