@@ -2,7 +2,8 @@
 //! namespaces that clean up after themselves (`netns`), the `twill` plugin invoked
 //! exactly as a container runtime invokes it (`cni`), single nodes and pods
 //! (`fixture`), whole clusters with their agents (`cluster`) and the scenarios run on
-//! them (`scenarios`), real runtimes and registries (`containerd`, `etcd`, `kube`), and
+//! them (`scenarios`), the NetworkPolicy reachability matrix (`policy_matrix`), real
+//! runtimes and registries (`containerd`, `etcd`, `kube`), and
 //! private views of the machine's directories for a child process (`private_mounts`).
 //!
 //! Everything a test creates lives in namespaces whose names carry a per-run prefix, so
@@ -15,6 +16,7 @@ pub mod etcd;
 pub mod fixture;
 pub mod kube;
 pub mod netns;
+pub mod policy_matrix;
 pub mod private_mounts;
 pub mod scenarios;
 
