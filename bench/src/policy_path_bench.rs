@@ -165,13 +165,17 @@ fn topology() -> Result<Topology> {
         server: Netns::new("pp-server"),
     };
     t.node.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    for (pod, host, ip) in [(&t.client, "vclient", CLIENT), (&t.server, "vserver", SERVER)] {
+    for (pod, host, ip) in [
+        (&t.client, "vclient", CLIENT),
+        (&t.server, "vserver", SERVER),
+    ] {
         let gw = ip.rsplit_once('.').map(|(net, _)| format!("{net}.1"));
         let gw = gw.context("gateway")?;
         t.node
             .ip(&["link", "add", host, "type", "veth", "peer", "name", "eth0"]);
         t.node.ip(&["link", "set", "eth0", "netns", pod.name()]);
-        t.node.ip(&["addr", "add", &format!("{gw}/24"), "dev", host]);
+        t.node
+            .ip(&["addr", "add", &format!("{gw}/24"), "dev", host]);
         t.node.ip(&["link", "set", host, "up"]);
         pod.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         pod.ip(&["link", "set", "eth0", "up"]);
@@ -260,7 +264,9 @@ fn client_rule_position(script: &str) -> Option<(usize, usize)> {
     }
     let set = format!("@{}", set?);
     // The server's chain: the one a verdict map element for its address jumps to.
-    let map_line = script.lines().find(|l| l.contains(&format!("{SERVER} : ")))?;
+    let map_line = script
+        .lines()
+        .find(|l| l.contains(&format!("{SERVER} : ")))?;
     let chain = map_line
         .split(&format!("{SERVER} : "))
         .nth(1)?
@@ -326,7 +332,8 @@ fn run(a: &Args) -> Result<String> {
         eprintln!("policy-path-bench: round {}/{}", round + 1, a.rounds);
         for (script, s) in [(&without, &mut none), (&with, &mut policed)] {
             nft(&t.node, script)?;
-            s.gbps.push(overlay_proc::iperf3(&t.client, SERVER, a.secs)?);
+            s.gbps
+                .push(overlay_proc::iperf3(&t.client, SERVER, a.secs)?);
             s.ping_us
                 .push(overlay_proc::ping(&t.client, SERVER, 200, "0.005")?.avg_ms * 1e3);
             let times = connect_times(&t.client, to, a.connects)?;
@@ -336,7 +343,9 @@ fn run(a: &Args) -> Result<String> {
         let last = |v: &Vec<f64>| v.last().copied().unwrap_or(f64::NAN);
         ratios.0.push(last(&policed.gbps) / last(&none.gbps));
         ratios.1.push(last(&none.ping_us) / last(&policed.ping_us));
-        ratios.2.push(last(&none.connect_us) / last(&policed.connect_us));
+        ratios
+            .2
+            .push(last(&none.connect_us) / last(&policed.connect_us));
     }
     let row = |metric: &str, twill: f64, reference: f64, unit, paired: f64, target| Row {
         metric: metric.into(),

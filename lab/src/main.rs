@@ -14,12 +14,15 @@ use twill_tests::kube::ControlPlane;
 use twill_tests::netns::{run, set_run_prefix};
 use twill_tests::{require_root, scenarios};
 
+mod policy_demo;
+
 /// Every lab namespace and directory starts with this; `down` removes them.
 const PREFIX: &str = "twlab-";
 
 const USAGE: &str =
     "usage: twill-lab [up] [--nodes N] [--pods-per-node N] [--registry file|etcd|kubernetes]
                  [--segments N] [--direct-routing auto|never] [--keep]
+                 [--policy-demo]
        twill-lab down
 
   up (default)   stand up the cluster, print node and pod tables and the ping matrix,
@@ -34,6 +37,9 @@ const USAGE: &str =
   --keep               leave everything up for exploring; `twill-lab down` removes it
   --no-scenarios       skip the seeds' scenarios after the matrix (pod replaced,
                        ClusterIP service, NodePort from outside, pod to outside)
+  --policy-demo        with --registry kubernetes: give the pods Pod objects, apply a
+                       deny-all and then an allow-from-sleep-1 NetworkPolicy, and print
+                       the ping matrix after each (the agents enforce them)
   down                 remove a lab left up with --keep (or by a killed run)
 
 Run as root. Explore a kept lab with e.g.
@@ -50,6 +56,7 @@ struct Options {
     keep: bool,
     down: bool,
     scenarios: bool,
+    policy_demo: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -63,6 +70,7 @@ fn parse_args() -> Result<Options> {
         keep: false,
         down: false,
         scenarios: true,
+        policy_demo: false,
     };
     let mut args = std::env::args().skip(1);
     let number = |flag: &str, v: Option<String>, max: usize| -> Result<usize> {
@@ -95,12 +103,16 @@ fn parse_args() -> Result<Options> {
             },
             "--keep" => o.keep = true,
             "--no-scenarios" => o.scenarios = false,
+            "--policy-demo" => o.policy_demo = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
+    }
+    if o.policy_demo && !o.kube {
+        bail!("--policy-demo needs --registry kubernetes (NetworkPolicies are API objects)");
     }
     Ok(o)
 }
@@ -170,7 +182,7 @@ fn up(o: Options) -> Result<bool> {
     }
     set_run_prefix(PREFIX);
     let started = Instant::now();
-    let total = if o.scenarios { 5 } else { 4 };
+    let total = 4 + usize::from(o.scenarios) + usize::from(o.policy_demo);
     eprintln!(
         "twill-lab: {} nodes on {} underlay segment(s), {} pods per node, {} registry, direct routing {}",
         o.nodes,
@@ -270,6 +282,11 @@ fn up(o: Options) -> Result<bool> {
         step(5, total, "the seeds' scenarios");
         scenario_failures = run_scenarios(&c, &mut pods);
     }
+    let mut demo_ok = true;
+    if let (true, Some(cp)) = (o.policy_demo, &control_plane) {
+        step(total, total, "NetworkPolicy demo (ping matrices)");
+        demo_ok = policy_demo::run(&c, cp, &pods, o.keep)?;
+    }
 
     if o.keep {
         println!("\nleft up (--keep). Try:");
@@ -296,7 +313,7 @@ fn up(o: Options) -> Result<bool> {
             }
         }
     }
-    Ok(failures == 0 && scenario_failures == 0)
+    Ok(failures == 0 && scenario_failures == 0 && demo_ok)
 }
 
 /// Runs each scenario of the seeds on the lab's pods; prints OK or FAIL with what was
