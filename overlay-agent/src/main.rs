@@ -260,7 +260,11 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
         .network_policy
         .enabled(&cluster.registry)
         .map_err(anyhow::Error::msg)?;
-    a.host.paths(enforce_policy).serve_address_store();
+    // New pods are admitted through the store service only where policy is enforced.
+    let (admit_hook, admits) = twill_agent::policy::admit::channel();
+    let hook: Option<Arc<dyn twill_ipam::service::AdmissionHook>> =
+        enforce_policy.then_some(admit_hook as _);
+    a.host.paths(enforce_policy).serve_address_store(hook);
     let board = Arc::new(Board::new(resync * 3 + Duration::from_secs(30)));
     if let Some(addr) = listen_addr(&a.listen)? {
         let listener = http::bind(addr)
@@ -288,7 +292,7 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
             resync,
             render: Default::default(),
         };
-        enforce::start(conf, client, board.clone());
+        enforce::start(conf, client, board.clone(), admits);
     } else {
         // Off: a policy table an earlier run with enforcement on left behind would
         // still drop traffic nobody enforces any more.
