@@ -1,10 +1,11 @@
-//! ADD: address from the store, then bridge, veth pair, pod address and routes. Any
-//! failure after the address was reserved undoes what was done before it returns.
+//! ADD: address from the store, then bridge, veth pair, NetworkPolicy admission, pod
+//! address and routes. Any failure after the address was reserved undoes what was done
+//! before it returns.
 
 use crate::bridge;
 use crate::cni::error::{CniError, INTERNAL};
 use crate::cni::{CniResult, CniVersion, Env, Interface, IpConfig, Route};
-use crate::{netns, node, store};
+use crate::{admit, netns, node, store};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use twill_conf::{PluginConf, PodNetwork, PodRange};
@@ -43,7 +44,9 @@ pub fn run(
     let result = match (links, &reserved) {
         (Ok(links), Ok(addrs)) => {
             tracing::info!(container = %env.attachment.container_id, ifname = %env.attachment.ifname, addresses = ?addrs, "reserved");
-            rt.block_on(finish(links, &node, conf, &netns, addrs))
+            // Before the pod's interface gets its address: from then on it can be reached.
+            admit::run(env, conf, addrs)
+                .and_then(|()| rt.block_on(finish(links, &node, conf, &netns, addrs)))
         }
         // An address problem is what the operator has to act on first.
         (_, Err(e)) => Err(e.clone()),

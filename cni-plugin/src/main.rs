@@ -4,6 +4,7 @@
 //! error JSON, nothing else.
 
 mod add;
+mod admit;
 mod bridge;
 mod check;
 mod cni;

@@ -56,6 +56,9 @@ pub struct PluginConf {
     /// pods of one node is routed by the node and crosses its `forward` hook (where
     /// NetworkPolicy is enforced) instead of being bridged past it.
     pub isolate_ports: bool,
+    /// `networkPolicy`: the node's agent enforces NetworkPolicy, so ADD waits until the
+    /// new pod's rules are in force (and fails when the agent cannot say they are).
+    pub network_policy: bool,
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
     /// The previous result (CHECK, DEL), kept raw: its shape depends on `cni_version`.
@@ -187,6 +190,7 @@ impl PluginConf {
             mtu: k.u32_in("mtu", 68..=65535)?,
             hairpin_mode: k.bool("hairpinMode")?.unwrap_or(true),
             isolate_ports: k.bool("isolatePorts")?.unwrap_or(false),
+            network_policy: k.bool("networkPolicy")?.unwrap_or(false),
             log_file,
             log_level,
             prev_result,
@@ -222,6 +226,9 @@ impl PluginConf {
         m.insert("hairpinMode".into(), json!(self.hairpin_mode));
         if self.isolate_ports {
             m.insert("isolatePorts".into(), json!(true));
+        }
+        if self.network_policy {
+            m.insert("networkPolicy".into(), json!(true));
         }
         if let Some(f) = &self.log_file {
             m.insert("logFile".into(), json!(f));
@@ -295,6 +302,7 @@ mod tests {
         assert_eq!(c.bridge, "twill0");
         assert!(c.hairpin_mode);
         assert!(!c.isolate_ports, "off unless asked for");
+        assert!(!c.network_policy, "off unless asked for");
         assert_eq!(c.store_dir(), PathBuf::from("/var/lib/twill/pods"));
         assert_eq!(c.subnet_file, PathBuf::from(DEFAULT_SUBNET_FILE));
         assert_eq!(c.store_socket, PathBuf::from(DEFAULT_STORE_SOCKET));
@@ -372,10 +380,11 @@ mod tests {
             json!({"cniVersion": "1.1.0", "name": "pods", "type": "twill",
             "subnet": "10.244.1.0/24", "routes": [{"dst": "10.96.0.0/12"}],
             "dataDir": "/tmp/x", "storeSocket": "/tmp/s.sock", "mtu": 1450, "hairpinMode": false,
-            "isolatePorts": true}),
+            "isolatePorts": true, "networkPolicy": true}),
         )
         .unwrap();
         assert!(c.isolate_ports);
+        assert!(c.network_policy);
         let mut v = c.to_json();
         v["cniVersion"] = json!("1.1.0");
         v["name"] = json!("pods");

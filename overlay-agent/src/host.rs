@@ -5,7 +5,9 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use twill_conf::SubnetFile;
+use twill_ipam::service::AdmissionHook;
 
 pub const CONFLIST_NAME: &str = "10-twill.conflist";
 pub const NETWORK_NAME: &str = "twill";
@@ -24,8 +26,9 @@ pub struct HostPaths {
     /// Where the agent serves that store to the plugin (`storeSocket`).
     pub store_socket: PathBuf,
     pub bridge: String,
-    /// `isolatePorts` in the conflist: same-node pod traffic is routed through the
-    /// node's forward hook, where NetworkPolicy is enforced.
+    /// `isolatePorts` and `networkPolicy` in the conflist: same-node pod traffic is
+    /// routed through the node's forward hook, where NetworkPolicy is enforced, and ADD
+    /// waits until a new pod's rules are in force.
     pub isolate_ports: bool,
 }
 
@@ -76,6 +79,7 @@ impl HostPaths {
         // Only when on, so that without NetworkPolicy the conflist stays as it was.
         if self.isolate_ports {
             list["plugins"][0]["isolatePorts"] = Value::Bool(true);
+            list["plugins"][0]["networkPolicy"] = Value::Bool(true);
         }
         list
     }
@@ -118,12 +122,17 @@ impl HostPaths {
     /// Holds the plugin's address store open and serves it on the store socket, so a
     /// plugin call does not pay for opening sled. On its own thread: opening waits for
     /// plugin processes that hold the store. Without it the plugin opens the store itself.
-    pub fn serve_address_store(&self) {
+    /// `admission`: where NetworkPolicy is enforced, what admits new pods.
+    pub fn serve_address_store(&self, admission: Option<Arc<dyn AdmissionHook>>) {
         let (dir, socket) = (self.store_dir(), self.store_socket.clone());
         let spawned = std::thread::Builder::new()
             .name("store-service".into())
             .spawn(move || match twill_ipam::StoreService::start(&dir, &socket) {
                 Ok(service) => {
+                    let service = match admission {
+                        Some(hook) => service.with_admission(hook),
+                        None => service,
+                    };
                     let e = service.serve();
                     tracing::error!(error = %e, socket = %socket.display(), "address store service stopped; the plugin opens the store itself");
                 }
@@ -195,6 +204,7 @@ mod tests {
         entry["name"] = list["name"].clone();
         let conf = PluginConf::parse(entry.to_string().as_bytes()).unwrap();
         assert!(conf.isolate_ports);
+        assert!(conf.network_policy);
     }
 
     #[test]

@@ -264,7 +264,11 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
         .enabled(&cluster.registry)
         .map_err(anyhow::Error::msg)?;
     let deny_log = a.deny_log.settings().map_err(anyhow::Error::msg)?;
-    a.host.paths(enforce_policy).serve_address_store();
+    // New pods are admitted through the store service only where policy is enforced.
+    let (admit_hook, admits) = twill_agent::policy::admit::channel();
+    let hook: Option<Arc<dyn twill_ipam::service::AdmissionHook>> =
+        enforce_policy.then_some(admit_hook as _);
+    a.host.paths(enforce_policy).serve_address_store(hook);
     let board = Arc::new(Board::new(resync * 3 + Duration::from_secs(30)));
     if let Some(addr) = listen_addr(&a.listen)? {
         let listener = http::bind(addr)
@@ -294,7 +298,7 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
                 log_denied: deny_log,
             },
         };
-        enforce::start(conf, client, board.clone());
+        enforce::start(conf, client, board.clone(), admits);
     } else {
         // Off: a policy table an earlier run with enforcement on left behind would
         // still drop traffic nobody enforces any more.

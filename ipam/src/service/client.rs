@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use tracing::{debug, warn};
 use twill_conf::{Attachment, PodRange};
 
-use super::{Op, Outcome, Reply, Request, REPLY_TIMEOUT};
+use super::{Admission, Op, Outcome, Reply, Request, REPLY_TIMEOUT};
 use crate::{Reservation, Store, StoreError};
 
 /// The store of one directory, through the service when one answers on
@@ -155,6 +155,15 @@ impl StoreClient {
     /// Releases every owner not in `keep`; returns what was released.
     pub fn retain(&self, keep: Vec<Attachment>) -> Result<Vec<Reservation>, StoreError> {
         self.run(&Op::Retain { keep })?.reservations()
+    }
+
+    /// Whether the pod's rules are in force (false: nobody enforces NetworkPolicy here,
+    /// or the service did not take the request).
+    pub fn admit(&self, admission: Admission) -> Result<bool, StoreError> {
+        match self.run(&Op::Admit(admission))? {
+            Outcome::Admitted { enforced } => Ok(enforced),
+            other => Err(other.unexpected()),
+        }
     }
 
     pub fn verify(&self) -> Result<(), StoreError> {

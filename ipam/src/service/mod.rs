@@ -12,6 +12,7 @@
 //! locally. A service holds `<dir>/served` locked; a local open that finds it
 //! held gives up instead of waiting for a lock that is never released.
 
+mod admission;
 mod client;
 mod server;
 
@@ -26,6 +27,7 @@ use twill_conf::{Attachment, PodRange};
 
 use crate::{Reservation, Store, StoreError};
 
+pub use admission::{Admission, AdmissionHook};
 pub use client::{Pending, StoreClient};
 pub use server::StoreService;
 
@@ -56,6 +58,8 @@ pub enum Op {
         keep: Vec<Attachment>,
     },
     Verify,
+    /// Asks the agent to put a new pod's NetworkPolicy rules in force; see [`Admission`].
+    Admit(Admission),
 }
 
 /// What an operation returns.
@@ -66,6 +70,11 @@ pub enum Outcome {
     Addresses(Vec<IpAddr>),
     Reservations(Vec<Reservation>),
     Verified,
+    /// `enforced`: the pod's rules are in force; false where nobody enforces policy
+    /// (no admission hook, or the store opened by the plugin itself).
+    Admitted {
+        enforced: bool,
+    },
 }
 
 impl Outcome {
@@ -138,6 +147,8 @@ impl Store {
                 self.verify()?;
                 Outcome::Verified
             }
+            // A store alone enforces nothing; the service's hook answers this op.
+            Op::Admit(_) => Outcome::Admitted { enforced: false },
         })
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use super::{Reply, Request, MAX_REQUEST, REPLY_TIMEOUT};
+use super::{AdmissionHook, Op, Outcome, Reply, Request, MAX_REQUEST, REPLY_TIMEOUT};
 use crate::lock::ServedMark;
 use crate::{Store, StoreError};
 
@@ -18,6 +18,7 @@ pub struct StoreService {
     dir: PathBuf,
     listener: UnixListener,
     socket: PathBuf,
+    admission: Option<Arc<dyn AdmissionHook>>,
     _served: ServedMark,
 }
 
@@ -53,8 +54,16 @@ impl StoreService {
             dir,
             listener,
             socket: socket.to_owned(),
+            admission: None,
             _served: served,
         })
+    }
+
+    /// Serves `Admit` through `hook` and tells it of every release; without a hook an
+    /// admission is answered "not enforced".
+    pub fn with_admission(mut self, hook: Arc<dyn AdmissionHook>) -> StoreService {
+        self.admission = Some(hook);
+        self
     }
 
     pub fn socket(&self) -> &Path {
@@ -110,8 +119,17 @@ impl StoreService {
                 served: self.dir.clone(),
             };
         }
+        if let (Op::Admit(admission), Some(hook)) = (&req.op, &self.admission) {
+            return match hook.admit(admission) {
+                Ok(()) => Reply::Ok(Outcome::Admitted { enforced: true }),
+                Err(e) => Reply::Failed(e),
+            };
+        }
         match self.store.apply(&req.op) {
-            Ok(outcome) => Reply::Ok(outcome),
+            Ok(outcome) => {
+                self.tell_released(&req.op, &outcome);
+                Reply::Ok(outcome)
+            }
             Err(StoreError::Exhausted {
                 subnet,
                 in_use,
@@ -126,6 +144,21 @@ impl StoreService {
                 warn!(error = %e, op = ?req.op, "address store operation failed");
                 Reply::Failed(e.to_string())
             }
+        }
+    }
+}
+
+impl StoreService {
+    fn tell_released(&self, op: &Op, outcome: &Outcome) {
+        let Some(hook) = &self.admission else { return };
+        match (op, outcome) {
+            (Op::Release { owner }, _) => hook.released(owner),
+            (Op::Retain { .. }, Outcome::Reservations(released)) => {
+                for r in released {
+                    hook.released(&r.owner);
+                }
+            }
+            _ => {}
         }
     }
 }

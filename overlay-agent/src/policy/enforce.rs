@@ -8,9 +8,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use twill_conf::RegistryConf;
 
+use super::admit::{Admissions, AdmitEvent};
 use super::report::{pod_rows, rule_count};
 use super::{NodeIps, PolicySource, PolicyView};
 use crate::firewall::policy::{deny_counters, render_policy_table, PolicyRenderOptions};
@@ -59,10 +60,12 @@ pub struct PolicyEnforcement {
 
 /// Marks the agent not ready until the first table is applied, and starts the task
 /// that runs the source, follows this node's IPs, compiles and applies.
+/// `admits`: new pods to admit (see `admit.rs`).
 pub fn start(
     conf: PolicyEnforcement,
     client: kube::Client,
     board: Arc<Board>,
+    admits: mpsc::UnboundedReceiver<AdmitEvent>,
 ) -> tokio::task::JoinHandle<()> {
     board.update(|s| {
         s.network_policy = Some(PolicyStatus {
@@ -73,10 +76,15 @@ pub fn start(
             "NetworkPolicies, Pods and Namespaces not listed yet".into(),
         ));
     });
-    tokio::spawn(run(conf, client, board))
+    tokio::spawn(run(conf, client, board, admits))
 }
 
-async fn run(conf: PolicyEnforcement, client: kube::Client, board: Arc<Board>) {
+async fn run(
+    conf: PolicyEnforcement,
+    client: kube::Client,
+    board: Arc<Board>,
+    mut admits: mpsc::UnboundedReceiver<AdmitEvent>,
+) {
     let nft = Arc::new(Nft::with_table(&conf.table));
     let (ips_tx, ips_rx) = watch::channel(NodeIps::new());
     let (views_tx, mut views) = watch::channel(PolicyView::default());
@@ -102,7 +110,9 @@ async fn run(conf: PolicyEnforcement, client: kube::Client, board: Arc<Board>) {
     let mut tick = tokio::time::interval(conf.resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = ApplyState::default();
+    let mut admissions = Admissions::default();
     loop {
+        let deadline = admissions.next_deadline(Instant::now());
         let resync = tokio::select! {
             r = views.changed() => {
                 if r.is_err() {
@@ -111,6 +121,11 @@ async fn run(conf: PolicyEnforcement, client: kube::Client, board: Arc<Board>) {
                 false
             }
             _ = tick.tick() => true,
+            Some(event) = admits.recv() => {
+                admissions.take(event, Instant::now());
+                false
+            }
+            _ = sleep_until(deadline) => false,
         };
         if resync {
             if let Some(nl) = &nl {
@@ -120,9 +135,21 @@ async fn run(conf: PolicyEnforcement, client: kube::Client, board: Arc<Board>) {
         }
         let view = views.borrow_and_update().clone();
         if !view.synced {
+            admissions.refuse_unsynced(Instant::now());
             continue;
         }
-        state.apply(&conf, &nft, &board, &view, resync).await;
+        let overlaid = admissions.overlay(&view, &conf.node);
+        state
+            .apply(&conf, &nft, &board, &overlaid.view, resync)
+            .await;
+        admissions.answer(&overlaid, state.applied.is_some(), Instant::now());
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 

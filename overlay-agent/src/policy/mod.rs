@@ -14,6 +14,7 @@
 //! The ClusterRole needs get, list, watch on `pods`, `namespaces` and
 //! `networking.k8s.io` `networkpolicies`.
 
+pub mod admit;
 pub mod deny_log;
 pub mod enforce;
 pub mod report;
