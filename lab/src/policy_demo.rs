@@ -53,41 +53,21 @@ pub fn run(c: &Cluster, cp: &ControlPlane, pods: &[ClusterPod], keep: bool) -> R
 
 /// The Pod object of a lab pod, with its IP set through the status subresource.
 fn register(cp: &ControlPlane, p: &ClusterPod, node: &str) -> Result<()> {
-    let doc = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"namespace": NAMESPACE, "name": p.name, "labels": {"app": p.name}},
-        "spec": {"nodeName": node, "containers": [{"name": "sleep", "image": "busybox"}]},
-    });
-    kubectl(cp, &["create", "-f", "-"], Some(&doc.to_string()))?;
-    let status = json!({"status": {"phase": "Running", "podIP": p.ip, "podIPs": [{"ip": p.ip}]}});
-    let patch = status.to_string();
-    kubectl(
-        cp,
-        &[
-            "-n",
-            NAMESPACE,
-            "patch",
-            "pod",
-            &p.name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &patch,
-        ],
-        None,
+    cp.create_pod(
+        NAMESPACE,
+        &p.name,
+        node,
+        &json!({"app": p.name}),
+        &json!([]),
     )
+    .and_then(|()| cp.set_pod_ips(NAMESPACE, &p.name, &[&p.ip]))
+    .map_err(|e| anyhow!(e))
 }
 
 fn kubectl(cp: &ControlPlane, args: &[&str], input: Option<&str>) -> Result<()> {
-    let out = cp.kubectl_with(args, input);
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(anyhow!(
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
+    cp.kubectl_result(args, input)
+        .map(drop)
+        .map_err(|e| anyhow!(e))
 }
 
 /// Polls the ping matrix until it is what `expect(from, to)` says or [`BOUND`] passes,

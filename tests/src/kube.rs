@@ -171,6 +171,61 @@ impl ControlPlane {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl` as admin; stdout, or an error naming the command and kubectl's words.
+    pub fn kubectl_result(&self, args: &[&str], input: Option<&str>) -> Result<String, String> {
+        let out = self.kubectl_with(args, input);
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        Err(format!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            stderr_without_skew_warning(&out)
+        ))
+    }
+
+    /// Creates Pod `namespace/name` bound to `node` as the API server holds it before the
+    /// kubelet starts it: `labels`, and one container with `ports` (API JSON, may be
+    /// empty).
+    pub fn create_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        labels: &Value,
+        ports: &Value,
+    ) -> Result<(), String> {
+        let doc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": namespace, "name": name, "labels": labels},
+            "spec": {"nodeName": node,
+                     "containers": [{"name": "c", "image": "busybox", "ports": ports}]},
+        });
+        self.kubectl_result(&["create", "-f", "-"], Some(&doc.to_string()))
+            .map(drop)
+    }
+
+    /// Sets a Pod's IPs (and phase Running) through the status subresource, as the
+    /// kubelet reports them after the runtime's ADD.
+    pub fn set_pod_ips(&self, namespace: &str, name: &str, ips: &[&str]) -> Result<(), String> {
+        let listed: Vec<Value> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
+        let status = serde_json::json!({"status": {
+            "phase": "Running", "podIP": ips.first(), "podIPs": listed}});
+        let patch = status.to_string();
+        let args = [
+            "-n",
+            namespace,
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ];
+        self.kubectl_result(&args, None).map(drop)
+    }
+
     /// A Node as JSON, or `None` when it does not exist.
     pub fn node(&self, name: &str) -> Option<Value> {
         let out = self.kubectl(&["get", "node", name, "-o", "json"]);

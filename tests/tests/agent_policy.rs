@@ -31,30 +31,15 @@ fn logs(c: &Cluster) -> String {
 /// The Pod object of `pod` on node `node`, with its IP set through the status
 /// subresource as the kubelet does.
 fn register_pod(cp: &ControlPlane, namespace: &str, pod: &ClusterPod, node: &str, role: &str) {
-    let doc = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"namespace": namespace, "name": pod.name, "labels": {"role": role}},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
-    });
-    cp.kubectl_ok(&["create", "-f", "-"], Some(&doc.to_string()));
-    let status =
-        json!({"status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]}});
-    let patch = status.to_string();
-    cp.kubectl_ok(
-        &[
-            "-n",
-            namespace,
-            "patch",
-            "pod",
-            &pod.name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &patch,
-        ],
-        None,
-    );
+    cp.create_pod(
+        namespace,
+        &pod.name,
+        node,
+        &json!({"role": role}),
+        &json!([]),
+    )
+    .and_then(|()| cp.set_pod_ips(namespace, &pod.name, &[&pod.ip]))
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Who reaches whom with a new connection, as (from, to) names.

@@ -247,12 +247,9 @@ fn a_new_pod_under_default_deny_is_never_open() {
     assert!(applied, "node-1 never took the policy\n{}", logs(&c));
 
     // 1. A pod whose object the API server has (no IP yet), as before a kubelet's ADD.
-    let doc = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"namespace": "px", "name": "fresh", "labels": {"role": "server"}},
-        "spec": {"nodeName": c.nodes[0].name, "containers": [{"name": "c", "image": "busybox"}]},
-    });
-    cp.kubectl_ok(&["create", "-f", "-"], Some(&doc.to_string()));
+    let labels = json!({"role": "server"});
+    cp.create_pod("px", "fresh", &c.nodes[0].name, &labels, &json!([]))
+        .unwrap_or_else(|e| panic!("{e}"));
     let fresh = add_under_probes(&c, 0, "px", "fresh", &probers);
     check(&c, "fresh", &fresh);
 

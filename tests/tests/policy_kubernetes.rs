@@ -199,18 +199,8 @@ fn pod_object(namespace: &str, name: &str, app: &str) -> String {
 
 /// Sets the pod's IP through the status subresource, as the kubelet does.
 fn set_pod_ip(cp: &ControlPlane, namespace: &str, name: &str, ip: &str) {
-    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
-    let patch = status.to_string();
-    let args = [
-        "patch",
-        "pod",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &patch,
-    ];
-    cp.kubectl_ok(&[&["-n", namespace][..], &args].concat(), None);
+    cp.set_pod_ips(namespace, name, &[ip])
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// API writes that must succeed.

@@ -162,41 +162,12 @@ fn register_pod(cp: &ControlPlane, pod: &MatrixPod, node: &str) -> Result<(), St
             json!({"name": port_name(*p), "containerPort": p.port, "protocol": proto})
         })
         .collect();
-    let doc = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"namespace": pod.namespace, "name": pod.name, "labels": pod_labels(&pod.name)},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox", "ports": ports}]},
-    });
-    kubectl(cp, &["create", "-f", "-"], Some(&doc.to_string()))?;
-    let ip = &pod.pod.ip;
-    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
-    kubectl(
-        cp,
-        &[
-            "-n",
-            &pod.namespace,
-            "patch",
-            "pod",
-            &pod.name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ],
-        None,
-    )
+    let labels = pod_labels(&pod.name);
+    cp.create_pod(&pod.namespace, &pod.name, node, &labels, &json!(ports))?;
+    cp.set_pod_ips(&pod.namespace, &pod.name, &[&pod.pod.ip])
 }
 
 /// `kubectl` that must succeed, as a `Result`.
 pub fn kubectl(cp: &ControlPlane, args: &[&str], input: Option<&str>) -> Result<(), String> {
-    let out = cp.kubectl_with(args, input);
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    cp.kubectl_result(args, input).map(drop)
 }
