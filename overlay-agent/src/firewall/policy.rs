@@ -24,7 +24,7 @@
 //! `deny_<dir>_unattributed`). Counters count dropped packets (a retried SYN
 //! counts again). [`deny_counters`] says which counter is whose.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use twill_policy::ruleset::{AllowEntry, Direction as Isolation, PolicyRef};
@@ -102,8 +102,10 @@ struct IsolatedPod<'a> {
     namespace: &'a str,
     name: &'a str,
     ips: Vec<IpAddr>,
-    /// The allow entries of all its IPs.
-    entries: BTreeSet<&'a AllowEntry>,
+    /// The allow entries of all its IPs. A list, not a set: entries can hold thousands
+    /// of addresses, so comparing them costs; repeats render to the same rule, which the
+    /// chain keeps once.
+    entries: Vec<&'a AllowEntry>,
     counter: Option<PolicyRef>,
 }
 
@@ -119,7 +121,7 @@ fn isolated_pods(rules: &RuleSet, direction: PolicyDirection) -> Vec<IsolatedPod
             namespace: &pod.namespace,
             name: &pod.name,
             ips: Vec::new(),
-            entries: BTreeSet::new(),
+            entries: Vec::new(),
             // One counter per pod: the first isolating policy's. A rule set made by
             // hand may name none; then an allowing policy, else "unattributed".
             counter: by
