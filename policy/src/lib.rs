@@ -15,8 +15,10 @@
 
 pub mod compile;
 pub mod error;
+pub mod incremental;
 mod json;
 pub mod model;
+mod peers;
 pub mod reference;
 pub mod ruleset;
 pub mod selector;

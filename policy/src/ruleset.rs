@@ -21,7 +21,7 @@ pub struct Connection {
 }
 
 /// The policy an entry came from, for counters and for telling the operator.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct PolicyRef {
     pub namespace: String,
     pub name: String,

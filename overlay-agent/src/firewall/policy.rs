@@ -24,18 +24,22 @@
 //! `deny_<dir>_unattributed`). Counters count dropped packets (a retried SYN
 //! counts again). [`deny_counters`] says which counter is whose.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use twill_policy::ruleset::{AllowEntry, Direction as Isolation, PolicyRef};
 use twill_policy::RuleSet;
 
+mod diff;
 mod elements;
+mod names;
 mod sets;
+mod table;
 
+pub use diff::{render_diff, TableDiff};
 pub use elements::cidr_minus;
-use sets::{render_set, NamedSets};
+pub use names::PolicyNames;
+pub use table::{ChainDecl, PolicyTable, SetDecl};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyRenderOptions {
@@ -98,8 +102,10 @@ struct IsolatedPod<'a> {
     namespace: &'a str,
     name: &'a str,
     ips: Vec<IpAddr>,
-    /// The allow entries of all its IPs.
-    entries: BTreeSet<&'a AllowEntry>,
+    /// The allow entries of all its IPs. A list, not a set: entries can hold thousands
+    /// of addresses, so comparing them costs; repeats render to the same rule, which the
+    /// chain keeps once.
+    entries: Vec<&'a AllowEntry>,
     counter: Option<PolicyRef>,
 }
 
@@ -115,7 +121,7 @@ fn isolated_pods(rules: &RuleSet, direction: PolicyDirection) -> Vec<IsolatedPod
             namespace: &pod.namespace,
             name: &pod.name,
             ips: Vec::new(),
-            entries: BTreeSet::new(),
+            entries: Vec::new(),
             // One counter per pod: the first isolating policy's. A rule set made by
             // hand may name none; then an allowing policy, else "unattributed".
             counter: by
@@ -130,31 +136,14 @@ fn isolated_pods(rules: &RuleSet, direction: PolicyDirection) -> Vec<IsolatedPod
     pods.into_values().collect()
 }
 
-/// The deny counters the table for `rules` has, in a fixed order.
+/// The deny counters the table for `rules` has, in a fixed order (numbered afresh).
 pub fn deny_counters(rules: &RuleSet) -> Vec<DenyCounter> {
-    let mut out = Vec::new();
-    for direction in DIRECTIONS {
-        let policies: BTreeSet<Option<PolicyRef>> = isolated_pods(rules, direction)
-            .into_iter()
-            .map(|pod| pod.counter)
-            .collect();
-        let mut n = 0;
-        for policy in policies {
-            let name = match &policy {
-                Some(_) => {
-                    n += 1;
-                    format!("deny_{}_{}", direction.name(), n - 1)
-                }
-                None => format!("deny_{}_unattributed", direction.name()),
-            };
-            out.push(DenyCounter {
-                name,
-                direction,
-                policy,
-            });
-        }
-    }
-    out
+    let table = PolicyTable::build(
+        rules,
+        &PolicyRenderOptions::default(),
+        &mut PolicyNames::default(),
+    );
+    table.counters
 }
 
 /// (nft payload name, set suffix, address type) of the two families.
@@ -178,109 +167,10 @@ fn log_prefix(direction: PolicyDirection, namespace: &str, name: &str) -> String
 }
 
 /// The transaction that replaces table `inet <table>` with the enforcement of `rules`
-/// (input of `nft -f -`). When no pod is isolated the table is only deleted: no policy,
-/// nothing left behind.
+/// (input of `nft -f -`), numbered afresh. When no pod is isolated the table is only
+/// deleted: no policy, nothing left behind.
 pub fn render_policy_table(table: &str, rules: &RuleSet, opts: &PolicyRenderOptions) -> String {
-    let counters = deny_counters(rules);
-    // Every isolated pod has a counter, so no counter means no isolated pod.
-    if counters.is_empty() {
-        return render_delete_policy_table(table);
-    }
-    let counter_of = |direction: PolicyDirection, policy: &Option<PolicyRef>| {
-        counters
-            .iter()
-            .find(|c| c.direction == direction && &c.policy == policy)
-            .map_or("", |c| c.name.as_str())
-    };
-    let mut s =
-        format!("add table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n");
-    for counter in &counters {
-        let _ = writeln!(s, "    counter {} {{\n    }}", counter.name);
-    }
-    if let Some(log) = &opts.log_denied {
-        let _ = writeln!(
-            s,
-            "    limit log_denied {{\n        rate {}/second\n    }}",
-            log.per_second
-        );
-    }
-    for (_, suffix, addr) in FAMILIES {
-        let nodes: Vec<String> = rules
-            .node_ips
-            .iter()
-            .filter(|ip| is_family(ip, suffix))
-            .map(IpAddr::to_string)
-            .collect();
-        render_set(
-            &mut s,
-            &format!("set node_{suffix}"),
-            &format!("type {addr}"),
-            &nodes,
-        );
-    }
-    let mut sets = NamedSets::default();
-    let mut chains = String::new();
-    for direction in DIRECTIONS {
-        let dir = direction.name();
-        let (_, peer_field) = direction.fields();
-        let pods = isolated_pods(rules, direction);
-        for (_, suffix, addr) in FAMILIES {
-            let map: Vec<String> = pods
-                .iter()
-                .enumerate()
-                .flat_map(|(k, pod)| {
-                    pod.ips
-                        .iter()
-                        .filter(|ip| is_family(ip, suffix))
-                        .map(move |ip| format!("{ip} : jump {dir}_pod_{k}"))
-                })
-                .collect();
-            let spec = format!("type {addr} : verdict");
-            render_set(&mut s, &format!("map {dir}_{suffix}"), &spec, &map);
-        }
-        for (k, pod) in pods.iter().enumerate() {
-            let _ = writeln!(chains, "    chain {dir}_pod_{k} {{");
-            // Entries of several policies may match alike: one rule each.
-            let matches: BTreeSet<String> = pod
-                .entries
-                .iter()
-                .flat_map(|entry| sets.entry_matches(entry, peer_field))
-                .collect();
-            for m in &matches {
-                let rule = format!("{m} return");
-                let _ = writeln!(chains, "        {}", rule.trim_start());
-            }
-            if let Some(log) = &opts.log_denied {
-                let prefix = log_prefix(direction, pod.namespace, pod.name);
-                let group = log.group.map(|g| format!(" group {g}")).unwrap_or_default();
-                let _ = writeln!(
-                    chains,
-                    "        limit name \"log_denied\" log prefix \"{prefix}\"{group}"
-                );
-            }
-            let counter = counter_of(direction, &pod.counter);
-            let _ = writeln!(chains, "        counter name \"{counter}\" drop\n    }}");
-        }
-    }
-    sets.render(&mut s);
-    s.push_str(&chains);
-    s.push_str("    chain forward {\n");
-    s.push_str("        type filter hook forward priority filter; policy accept;\n");
-    s.push_str("        ct state established,related accept\n");
-    for (ip, suffix, _) in FAMILIES {
-        let _ = writeln!(s, "        {ip} saddr @node_{suffix} accept");
-        let _ = writeln!(s, "        {ip} daddr @node_{suffix} accept");
-    }
-    // Egress of the source first, then ingress of the destination: both must pass.
-    for direction in [PolicyDirection::Egress, PolicyDirection::Ingress] {
-        let dir = direction.name();
-        let (pod_field, _) = direction.fields();
-        for (ip, suffix, _) in FAMILIES {
-            let _ = writeln!(s, "        {ip} {pod_field} vmap @{dir}_{suffix}");
-        }
-    }
-    s.push_str("    }\n}\n");
-    s
+    PolicyTable::build(rules, opts, &mut PolicyNames::default()).render_full(table)
 }
 
 /// The transaction that deletes table `inet <table>`, and succeeds when it is absent.

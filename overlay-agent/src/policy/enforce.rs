@@ -1,7 +1,10 @@
 //! NetworkPolicy enforcement on this node: the [`PolicySource`]'s snapshots are compiled
-//! for this node, rendered as table `inet <firewall table>_policy` and applied in one
-//! `nft -f -` transaction each (all or nothing: a failed apply leaves the previous table
-//! whole). A failure is logged and retried on the next snapshot or resync.
+//! for this node (by a [`NodeCompiler`], which redoes only what a change touches),
+//! rendered as table `inet <firewall table>_policy` and applied in one `nft -f -`
+//! transaction each (all or nothing: a failed apply leaves the previous table whole).
+//! A change is applied as a diff against the table in the kernel; the first apply, each
+//! resync and the apply after a failure replace the table whole. A failure is logged and
+//! retried on the next snapshot or resync.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use twill_conf::RegistryConf;
+use twill_policy::incremental::NodeCompiler;
 
 use super::admit::{Admissions, AdmitEvent};
 use super::report::{pod_rows, rule_count};
 use super::{NodeIps, PolicySource, PolicyView};
-use crate::firewall::policy::{deny_counters, render_policy_table, PolicyRenderOptions};
+use crate::firewall::policy::{render_diff, PolicyNames, PolicyRenderOptions, PolicyTable};
 use crate::firewall::Nft;
 use crate::metrics::DenyLabel;
 use crate::status::policy::PolicyStatus;
@@ -188,8 +192,11 @@ fn is_link_local(ip: &IpAddr) -> bool {
 
 #[derive(Default)]
 struct ApplyState {
-    /// The script in the kernel.
-    applied: Option<String>,
+    /// Rebuilt at each resync, updated per change in between.
+    compiler: Option<NodeCompiler>,
+    names: PolicyNames,
+    /// The table in the kernel; `None` when unknown (then it is replaced whole).
+    applied: Option<PolicyTable>,
     ever_applied: bool,
     /// The applied table's counters: name → (metric labels, packets already counted).
     counters: HashMap<String, (DenyLabel, u64)>,
@@ -205,66 +212,36 @@ impl ApplyState {
         resync: bool,
     ) {
         let started = Instant::now();
-        let rules = twill_policy::compile(&view.cluster, &conf.node);
-        let script = render_policy_table(&conf.table, &rules, &conf.render);
+        // A resync compiles afresh: a bug in the incremental path cannot last.
+        let compiler = match self.compiler.take() {
+            Some(mut c) if !resync => {
+                c.update(&view.cluster);
+                c
+            }
+            _ => NodeCompiler::new(&view.cluster, &conf.node),
+        };
+        let rules = compiler.rules();
+        let table = PolicyTable::build(rules, &conf.render, &mut self.names);
         let metrics = &board.metrics;
         metrics
             .policy_compile_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.policies.set(view.cluster.policies.len() as i64);
-        metrics.policy_rules.set(rule_count(&rules) as i64);
+        metrics.policy_rules.set(rule_count(rules) as i64);
         metrics
             .policy_rejected_objects
             .set(rules.rejected.len() as i64);
         // A resync applies again even when unchanged: someone may have removed the table.
-        let error = if !resync && self.applied.as_deref() == Some(script.as_str()) {
+        let error = if !resync && self.applied.as_ref() == Some(&table) {
             None
         } else {
-            // The transaction replaces the table and zeroes its counters: read them first.
-            self.read_counters(nft, board).await;
-            let runner = nft.clone();
-            let text = script.clone();
-            let result = tokio::task::spawn_blocking(move || runner.run_script(&text)).await;
-            let result = match result {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("the nft task failed: {e}")),
-            };
-            metrics.count_policy_apply(result.is_ok());
-            match result {
-                Ok(()) => {
-                    if self.applied.as_deref() != Some(script.as_str()) {
-                        tracing::info!(table = %conf.table, pods = rules.pods.len(),
-                            policies = view.cluster.policies.len(), "NetworkPolicy table applied");
-                    }
-                    self.applied = Some(script);
-                    self.ever_applied = true;
-                    self.counters = deny_counters(&rules)
-                        .into_iter()
-                        .map(|c| {
-                            let (namespace, policy) =
-                                c.policy.map(|p| (p.namespace, p.name)).unwrap_or_default();
-                            let label = DenyLabel {
-                                namespace,
-                                policy,
-                                direction: c.direction.name().into(),
-                            };
-                            (c.name, (label, 0))
-                        })
-                        .collect();
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(table = %conf.table, error = %e, "applying the NetworkPolicy table failed; retrying on the next change or resync");
-                    self.applied = None;
-                    Some(e)
-                }
-            }
+            self.apply_table(conf, nft, board, table, resync).await
         };
         let reason = match (&error, self.ever_applied) {
             (Some(e), false) => Some(format!("the policy table is not applied: {e}")),
             _ => None,
         };
-        let rows = pod_rows(&rules);
+        let rows = pod_rows(rules);
         let rejected = rules.rejected.iter().map(ToString::to_string).collect();
         board.update(|s| {
             s.network_policy = Some(PolicyStatus {
@@ -272,13 +249,79 @@ impl ApplyState {
                 synced: true,
                 applied: error.is_none(),
                 policies: view.cluster.policies.len(),
-                rules: rule_count(&rules),
+                rules: rule_count(rules),
                 rejected,
                 last_error: error.clone(),
                 pods: rows,
             });
             s.set_policy_reason(reason);
         });
+        self.compiler = Some(compiler);
+    }
+
+    /// Applies `table`: as a diff from the applied one when that is known and this is
+    /// no resync, else whole. The error, if it failed.
+    async fn apply_table(
+        &mut self,
+        conf: &PolicyEnforcement,
+        nft: &Arc<Nft>,
+        board: &Board,
+        table: PolicyTable,
+        resync: bool,
+    ) -> Option<String> {
+        let diff = self
+            .applied
+            .as_ref()
+            .filter(|_| !resync)
+            .and_then(|old| render_diff(&conf.table, old, &table));
+        let whole = diff.is_none();
+        // A replacement zeroes every counter and a diff may delete some: read them first.
+        if diff.as_ref().is_none_or(|d| d.deletes_counters) {
+            self.read_counters(nft, board).await;
+        }
+        let script = match diff {
+            Some(d) => d.script,
+            None => table.render_full(&conf.table),
+        };
+        let runner = nft.clone();
+        let result = tokio::task::spawn_blocking(move || runner.run_script(&script)).await;
+        let result = match result {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the nft task failed: {e}")),
+        };
+        board.metrics.count_policy_apply(result.is_ok());
+        if let Err(e) = result {
+            tracing::error!(table = %conf.table, error = %e, "applying the NetworkPolicy table failed; retrying on the next change or resync");
+            self.applied = None;
+            return Some(e);
+        }
+        if !self.ever_applied || whole {
+            tracing::info!(table = %conf.table, chains = table.chains.len(),
+                counters = table.counters.len(), "NetworkPolicy table applied whole");
+        }
+        self.ever_applied = true;
+        // Counters a diff kept go on counting from what was read; new ones start at 0.
+        let mut counters = HashMap::new();
+        for c in &table.counters {
+            let kept = self.counters.remove(&c.name).filter(|_| !whole);
+            let entry = kept.unwrap_or_else(|| {
+                let (namespace, policy) = c
+                    .policy
+                    .clone()
+                    .map(|p| (p.namespace, p.name))
+                    .unwrap_or_default();
+                let label = DenyLabel {
+                    namespace,
+                    policy,
+                    direction: c.direction.name().into(),
+                };
+                (label, 0)
+            });
+            counters.insert(c.name.clone(), entry);
+        }
+        self.counters = counters;
+        self.applied = Some(table);
+        None
     }
 
     /// Adds what the deny counters counted since the last read to the metrics.

@@ -3,7 +3,6 @@
 //! grows with distinct selectors, not with selector × pod.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -11,6 +10,8 @@ use twill_policy::ruleset::{AllowEntry, PeerMatch, PortMatch, PortRange};
 use twill_policy::Protocol;
 
 use super::elements::{cidr_minus, merge_ranges};
+use super::names::PolicyNames;
+use super::table::SetDecl;
 
 /// A peer set's identity: the content it is made from, borrowed from the rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,12 +28,14 @@ struct PeerSet {
     interval: bool,
 }
 
-#[derive(Default)]
-pub(super) struct NamedSets<'a> {
+/// The sets one render uses, numbered by [`PolicyNames`].
+pub(super) struct NamedSets<'a, 'n> {
+    names: &'n mut PolicyNames,
+    /// Index into `peers` by content.
     peer_ids: BTreeMap<PeerKey<'a>, usize>,
-    peers: Vec<PeerSet>,
-    port_ids: BTreeMap<&'a BTreeSet<PortRange>, usize>,
-    ports: Vec<Vec<String>>,
+    peers: Vec<(u64, PeerSet)>,
+    port_ids: BTreeMap<&'a BTreeSet<PortRange>, u64>,
+    ports: Vec<(u64, Vec<String>)>,
 }
 
 fn protocol_name(protocol: Protocol) -> &'static str {
@@ -43,7 +46,21 @@ fn protocol_name(protocol: Protocol) -> &'static str {
     }
 }
 
-impl<'a> NamedSets<'a> {
+impl<'a, 'n> NamedSets<'a, 'n> {
+    pub(super) fn names(&mut self) -> &mut PolicyNames {
+        self.names
+    }
+
+    pub(super) fn new(names: &'n mut PolicyNames) -> Self {
+        NamedSets {
+            names,
+            peer_ids: BTreeMap::new(),
+            peers: Vec::new(),
+            port_ids: BTreeMap::new(),
+            ports: Vec::new(),
+        }
+    }
+
     /// The rules (without verdict) that match `entry` from the pod's side: `peer_field`
     /// is `saddr` for ingress, `daddr` for egress. None when the entry admits nothing.
     pub(super) fn entry_matches(&mut self, entry: &'a AllowEntry, peer_field: &str) -> Vec<String> {
@@ -60,8 +77,8 @@ impl<'a> NamedSets<'a> {
             PeerMatch::Addrs(addrs) => PeerKey::Addrs(addrs),
             PeerMatch::Cidr { cidr, except } => PeerKey::Cidr(cidr, except),
         };
-        let id = self.peer_id(key);
-        let set = &self.peers[id];
+        let index = self.peer_index(key);
+        let (id, set) = &self.peers[index];
         let mut out = Vec::new();
         for (family, suffix, elements) in [("ip", "v4", &set.v4), ("ip6", "v6", &set.v6)] {
             if !elements.is_empty() {
@@ -72,9 +89,9 @@ impl<'a> NamedSets<'a> {
         out
     }
 
-    fn peer_id(&mut self, key: PeerKey<'a>) -> usize {
-        if let Some(&id) = self.peer_ids.get(&key) {
-            return id;
+    fn peer_index(&mut self, key: PeerKey<'a>) -> usize {
+        if let Some(&index) = self.peer_ids.get(&key) {
+            return index;
         }
         let set = match key {
             PeerKey::Addrs(addrs) => {
@@ -101,13 +118,15 @@ impl<'a> NamedSets<'a> {
                 }
             }
         };
-        let id = self.peers.len();
-        self.peers.push(set);
-        self.peer_ids.insert(key, id);
-        id
+        let content = format!("{}|{}|{}", set.interval, set.v4.join(","), set.v6.join(","));
+        let id = self.names.peers.id(&content);
+        let index = self.peers.len();
+        self.peers.push((id, set));
+        self.peer_ids.insert(key, index);
+        index
     }
 
-    fn ports_id(&mut self, list: &'a BTreeSet<PortRange>) -> usize {
+    fn ports_id(&mut self, list: &'a BTreeSet<PortRange>) -> u64 {
         if let Some(&id) = self.port_ids.get(list) {
             return id;
         }
@@ -121,41 +140,38 @@ impl<'a> NamedSets<'a> {
                     format!("{name} . {start}-{end}")
                 }
             })
-            .collect();
-        let id = self.ports.len();
-        self.ports.push(elements);
+            .collect::<Vec<String>>();
+        let id = self.names.ports.id(&elements.join(","));
+        self.ports.push((id, elements));
         self.port_ids.insert(list, id);
         id
     }
 
     /// The declarations of every set used so far.
-    pub(super) fn render(&self, s: &mut String) {
-        for (id, set) in self.peers.iter().enumerate() {
-            let flags = if set.interval {
-                "\n        flags interval"
-            } else {
-                ""
-            };
+    pub(super) fn declarations(self, out: &mut Vec<SetDecl>) {
+        for (id, set) in &self.peers {
             for (suffix, addr, elements) in
                 [("v4", "ipv4_addr", &set.v4), ("v6", "ipv6_addr", &set.v6)]
             {
                 if !elements.is_empty() {
-                    let spec = format!("type {addr}{flags}");
-                    render_set(s, &format!("set peers_{id}_{suffix}"), &spec, elements);
+                    let mut spec = vec![format!("type {addr}")];
+                    if set.interval {
+                        spec.push("flags interval".into());
+                    }
+                    out.push(SetDecl::set(
+                        format!("peers_{id}_{suffix}"),
+                        spec,
+                        elements.clone(),
+                    ));
                 }
             }
         }
-        for (id, elements) in self.ports.iter().enumerate() {
-            let spec = "type inet_proto . inet_service\n        flags interval";
-            render_set(s, &format!("set ports_{id}"), spec, elements);
+        for (id, elements) in self.ports {
+            let spec = vec![
+                "type inet_proto . inet_service".to_string(),
+                "flags interval".to_string(),
+            ];
+            out.push(SetDecl::set(format!("ports_{id}"), spec, elements));
         }
     }
-}
-
-pub(super) fn render_set(s: &mut String, name: &str, spec: &str, elements: &[String]) {
-    let _ = writeln!(s, "    {name} {{\n        {spec}");
-    if !elements.is_empty() {
-        let _ = writeln!(s, "        elements = {{ {} }}", elements.join(", "));
-    }
-    s.push_str("    }\n");
 }

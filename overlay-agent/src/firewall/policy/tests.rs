@@ -1,5 +1,6 @@
 use super::*;
 use ipnet::IpNet;
+use std::collections::BTreeSet;
 use twill_policy::ruleset::{AllowEntry, PeerMatch, PodRules, PortMatch, PortRange};
 use twill_policy::Protocol;
 
