@@ -9,8 +9,10 @@ use crate::ruleset::Connection;
 /// Whether `connection` is allowed: egress of its source pod (if a scheduled pod) AND
 /// ingress of its destination pod (if a scheduled pod).
 pub fn allowed(cluster: &Cluster, connection: &Connection) -> bool {
-    direction_allows(cluster, connection, connection.src, connection.dst, false)
-        && direction_allows(cluster, connection, connection.dst, connection.src, true)
+    // A pod reaching itself is never judged.
+    connection.src == connection.dst
+        || direction_allows(cluster, connection, connection.src, connection.dst, false)
+            && direction_allows(cluster, connection, connection.dst, connection.src, true)
 }
 
 /// Whether the pod at `own` (if any) lets traffic with `other` pass, in the direction

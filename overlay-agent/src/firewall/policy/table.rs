@@ -146,10 +146,21 @@ impl PolicyTable {
                     .iter()
                     .flat_map(|entry| named.entry_matches(entry, peer_field))
                     .collect();
-                let mut chain: Vec<String> = matches
+                // A pod reaching itself (through a Service whose backend it is: the
+                // hairpin masquerade comes after this hook) is never judged.
+                let mut chain: Vec<String> = pod
+                    .ips
                     .iter()
-                    .map(|m| format!("{m} return").trim_start().to_string())
+                    .map(|ip| {
+                        let kw = if ip.is_ipv4() { "ip" } else { "ip6" };
+                        format!("{kw} {peer_field} {ip} return")
+                    })
                     .collect();
+                chain.extend(
+                    matches
+                        .iter()
+                        .map(|m| format!("{m} return").trim_start().to_string()),
+                );
                 if let Some(log) = &opts.log_denied {
                     let prefix = log_prefix(direction, pod.namespace, pod.name);
                     let group = log.group.map(|g| format!(" group {g}")).unwrap_or_default();

@@ -147,7 +147,8 @@ fn default_deny_pod_renders_exactly() {
         "    set node_v4 {\n        type ipv4_addr\n        elements = { 192.168.0.1 }\n    }\n",
         "    map ingress_v4 {\n        type ipv4_addr : verdict\n        elements = { 10.0.1.2 : jump ingress_pod_0 }\n    }\n",
         "    map egress_v4 {\n        type ipv4_addr : verdict\n    }\n",
-        "    chain ingress_pod_0 {\n        counter name \"deny_ingress_0\" drop\n    }\n",
+        // Its own address first: a pod reaching itself is never judged.
+        "    chain ingress_pod_0 {\n        ip saddr 10.0.1.2 return\n        counter name \"deny_ingress_0\" drop\n    }\n",
         "        ct state established,related accept\n        ip saddr @node_v4 accept\n        ip daddr @node_v4 accept\n",
         "        ip daddr vmap @ingress_v4\n",
     ] {
@@ -240,6 +241,7 @@ fn entries_become_shared_disjoint_sets() {
         ["tcp . 85-110", "udp . 53"]
     );
     let expected = [
+        "ip saddr 10.0.1.2 return",
         "ip saddr @peers_0_v4 return",
         "ip saddr @peers_1_v4 meta l4proto . th dport @ports_1 return",
         "ip6 saddr @peers_0_v6 return",
@@ -247,8 +249,10 @@ fn entries_become_shared_disjoint_sets() {
         "counter name \"deny_ingress_0\" drop",
     ];
     assert_eq!(chain_rules(&script, "ingress_pod_0"), expected);
-    // Both pods count against policy "a".
-    assert_eq!(chain_rules(&script, "ingress_pod_1"), expected);
+    // Both pods count against policy "a"; each chain starts with its own pod's address.
+    let mut second = expected.map(str::to_string);
+    second[0] = "ip saddr 10.0.1.3 return".into();
+    assert_eq!(chain_rules(&script, "ingress_pod_1"), second);
 }
 
 #[test]
