@@ -126,13 +126,18 @@ impl AgentStatus {
             ]);
         }
         out.push_str(&columns(&rows));
-        if let Some(p) = policy {
-            out.push('\n');
-            out.push_str(&p);
+        out.push('\n');
+        match policy {
+            Some(p) => out.push_str(&p),
+            None => out.push_str(POLICY_OFF),
         }
         out
     }
 }
+
+/// What `twill-agent status` says when this agent does not enforce NetworkPolicy.
+const POLICY_OFF: &str = "network policy: not enforced (only with the kubernetes registry, \
+     where NetworkPolicies are API objects; --network-policy auto|on)\n";
 
 fn join(nets: &[IpNet]) -> String {
     nets.iter()
@@ -287,5 +292,18 @@ mod tests {
         let mut fresh = AgentStatus::default();
         fresh.set_policy_reason(None);
         assert!(!fresh.ready);
+    }
+
+    #[test]
+    fn status_says_when_network_policy_is_not_enforced() {
+        let off = AgentStatus::default().render();
+        assert!(off.contains("network policy: not enforced"), "{off}");
+        let on = AgentStatus {
+            network_policy: Some(policy::PolicyStatus::default()),
+            ..AgentStatus::default()
+        }
+        .render();
+        assert!(!on.contains("not enforced"), "{on}");
+        assert!(on.contains("network policy: table inet"), "{on}");
     }
 }
