@@ -141,10 +141,9 @@ impl PolicyTable {
             }
             for (pod, id) in pods.iter().zip(&chain_ids) {
                 // Entries of several policies may match alike: one rule each.
-                let matches: BTreeSet<String> = pod
-                    .entries
-                    .iter()
-                    .flat_map(|entry| named.entry_matches(entry, peer_field))
+                let matches: BTreeSet<String> = named
+                    .pod_matches(&pod.entries, peer_field)
+                    .into_iter()
                     .collect();
                 // A pod reaching itself (through a Service whose backend it is: the
                 // hairpin masquerade comes after this hook) is never judged.

@@ -394,3 +394,65 @@ fn delete_script_tolerates_absent_table() {
         "add table inet twp\ndelete table inet twp\n"
     );
 }
+
+#[test]
+fn entries_on_the_same_ports_become_one_rule_over_their_union() {
+    let web = [(Protocol::Tcp, 80, 80)];
+    let ingress = isolated(vec![
+        entry(
+            PeerMatch::Addrs(BTreeSet::from([ip("10.0.2.1")])),
+            &web,
+            "a",
+        ),
+        entry(
+            PeerMatch::Addrs(BTreeSet::from([ip("10.1.0.7"), ip("fd00::7")])),
+            &web,
+            "b",
+        ),
+        // Holds 10.1.0.7: the union keeps the prefix only.
+        entry(
+            PeerMatch::Cidr {
+                cidr: net("10.1.0.0/16"),
+                except: BTreeSet::new(),
+            },
+            &web,
+            "c",
+        ),
+        entry(PeerMatch::Addrs(BTreeSet::from([ip("10.0.9.9")])), &[], "d"),
+    ]);
+    let set = rules(vec![(
+        "10.0.1.2",
+        pod("db", ingress, Isolation::NotIsolated),
+    )]);
+    let script = render_policy_table("twp", &set, &PolicyRenderOptions::default());
+    let rules = chain_rules(&script, "ingress_pod_0");
+    // Own address, any port from d, port 80 from the union (v4 and v6), the drop.
+    assert_eq!(rules.len(), 5, "{script}");
+    let union = rules
+        .iter()
+        .find(|r| r.starts_with("ip saddr @peers_") && r.contains("dport"))
+        .and_then(|r| r.split('@').nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no union rule in {rules:?}"));
+    assert_eq!(set_elements(&script, union), ["10.0.2.1", "10.1.0.0/16"]);
+    assert!(
+        script.contains(&format!(
+            "    set {union} {{\n        type ipv4_addr\n        flags interval\n"
+        )),
+        "{script}"
+    );
+    // Anyone on port 80 swallows the group's peers.
+    let mut open = set.clone();
+    if let Some(pod) = open.pods.values_mut().next() {
+        if let Isolation::Isolated { entries, .. } = &mut pod.ingress {
+            entries.insert(entry(PeerMatch::Any, &web, "e"));
+        }
+    }
+    let script = render_policy_table("twp", &open, &PolicyRenderOptions::default());
+    let rules = chain_rules(&script, "ingress_pod_0");
+    assert!(
+        rules.contains(&"meta l4proto . th dport @ports_0 return".to_string()),
+        "{rules:?}"
+    );
+    assert_eq!(rules.len(), 4, "{rules:?}");
+}
