@@ -160,11 +160,14 @@ async fn prepare(
         if !e.is_exists() {
             return Err(e.into());
         }
-        // Ours was just checked: the pod already has an interface of that name.
-        return Err(CniError::new(
-            INTERNAL,
-            format!("the pod already has an interface named {ifname} (CNI_IFNAME)"),
-        ));
+        // Ours did not exist a moment ago: either a concurrent ADD of this same
+        // attachment made it, or the pod already has an interface of that name.
+        let msg = if nl.link_by_name(host_name).await?.is_some() {
+            format!("host veth {host_name} appeared during this ADD (a concurrent ADD of the same attachment?)")
+        } else {
+            format!("the pod already has an interface named {ifname} (CNI_IFNAME)")
+        };
+        return Err(CniError::new(INTERNAL, msg));
     }
     let host = nl.link_by_name(host_name).await?.ok_or_else(|| {
         CniError::new(

@@ -2,7 +2,7 @@
 //! answer it lost): a running pod keeps its interface, MAC and connections; only what
 //! drifted from the reservation is repaired.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -11,7 +11,7 @@ use twill_netlink::NetNs;
 use twill_tests::fixture::{
     assert_silent_success, ip_of, reaches, result_address, routes, DEFAULT_BRIDGE,
 };
-use twill_tests::{Netns, Node, Pod};
+use twill_tests::{ConfExt, Netns, Node, Pod};
 
 /// How long one line of the long-running connection may take to cross.
 const LINE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -190,10 +190,58 @@ fn a_repeated_add_repairs_only_what_drifted() {
     node.assert_empty();
 }
 
+/// Dual-stack with `isolatePorts` (onlink routes, addresses without prefix routes): a
+/// repeated ADD keeps the pair, the port stays isolated, CHECK passes.
+#[test]
+fn a_repeated_add_keeps_an_isolated_dual_stack_pod() {
+    let node = Node::new("ri-node");
+    node.write_subnet_file(
+        &["10.244.0.0/16", "fd00:10:244::/48"],
+        &["10.244.1.0/24", "fd00:10:244:1::/64"],
+        None,
+    );
+    // br_netfilter off in the node: isolation applies (see plugin_isolation.rs).
+    node.ns.sh(&[
+        "sysctl",
+        "-qw",
+        "net.bridge.bridge-nf-call-iptables=0",
+        "net.bridge.bridge-nf-call-ip6tables=0",
+    ]);
+    let conf = node
+        .conf("1.1.0")
+        .without("subnet")
+        .with("isolatePorts", json!(true));
+    let pod = Pod::new("ri-pod");
+    let first = node.add_ok(&conf, &pod);
+    let before = identity(&node, &pod);
+    let second = node.add_ok(&conf, &pod);
+    assert_eq!(identity(&node, &pod), before, "the pair was re-created");
+    assert_eq!(second, first);
+    assert_silent_success(&node.check(&conf, &pod, &first), "CHECK after a second ADD");
+    let out = node.ns.sh(&[
+        "bridge",
+        "-d",
+        "-j",
+        "link",
+        "show",
+        "dev",
+        &pod.host_veth(),
+    ]);
+    let port: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(port[0]["isolated"], json!(true), "{out}");
+    assert_eq!(pod.ipv6().len(), 1, "{:?}", pod.ipv6());
+
+    node.del_ok(&conf, &pod);
+    node.assert_empty();
+}
+
 /// A repeated ADD reads where a first ADD creates: it must not take longer.
 #[test]
 fn a_repeated_add_is_not_slower_than_a_first_add() {
     let node = Node::new("rt-node");
+    // As on a node with its agent: the store is served, so the plugin's own work is timed
+    // rather than opening sled.
+    node.serve_store();
     let conf = node.conf("1.0.0");
     let pods: Vec<Pod> = (0..8).map(|i| Pod::new(&format!("rt-{i}"))).collect();
     // The first ADD on a node also creates the bridge and the store: not timed.
