@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use twill_netlink::NetNs;
 use twill_tests::fixture::{
-    assert_silent_success, ip_of, reaches, result_address, routes, DEFAULT_BRIDGE,
+    assert_cni_error, assert_silent_success, ip_of, reaches, result_address, routes, DEFAULT_BRIDGE,
 };
 use twill_tests::{ConfExt, Netns, Node, Pod};
 
@@ -187,6 +187,36 @@ fn a_repeated_add_repairs_only_what_drifted() {
 
     node.del_ok(&conf, &a);
     node.del_ok(&conf, &b);
+    node.assert_empty();
+}
+
+/// A repeated ADD that fails (here: NetworkPolicy is enforced but no agent answers the
+/// admission, which a repeated ADD asks again) leaves the running pod as it was: no
+/// rollback of a pair or a reservation that this ADD did not create.
+#[test]
+fn a_failed_repeated_add_leaves_the_pod_in_place() {
+    let node = Node::new("rf-node");
+    let conf = node.conf("1.0.0");
+    let pod = Pod::new("rf-pod");
+    let first = node.add_ok(&conf, &pod);
+    let before = identity(&node, &pod);
+
+    let mut call = pod.call("ADD", &conf.with("networkPolicy", json!(true)));
+    call.args = Some("K8S_POD_NAMESPACE=default;K8S_POD_NAME=rf-pod".to_string());
+    let out = node.call(&call);
+    assert_cni_error(&out, 11, "NetworkPolicy");
+
+    assert_eq!(
+        identity(&node, &pod),
+        before,
+        "the failed ADD touched the pair"
+    );
+    assert_eq!(node.lookup(&pod), vec![ip_of(&result_address(&first))]);
+    assert_silent_success(
+        &node.check(&conf, &pod, &first),
+        "CHECK after a failed repeated ADD",
+    );
+    node.del_ok(&conf, &pod);
     node.assert_empty();
 }
 
