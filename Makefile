@@ -22,7 +22,7 @@ plugin:
 # Unit tests, then the end-to-end tests over real namespaces (need root).
 test: build plugin k8s
 	$(CARGO) test --workspace --no-fail-fast
-	TWILL_PLUGIN=$(PLUGIN) $(CARGO) test -p twill-tests --test plugin_lifecycle --test plugin_errors
+	TWILL_PLUGIN=$(PLUGIN) $(CARGO) test -p twill-tests --test plugin_lifecycle --test plugin_errors --test plugin_repeat_add
 
 # kube-apiserver + kube-controller-manager v1.20.2 for the Kubernetes-mode test, built
 # from Debian's source package (~5 min once; a no-op when the binaries exist).

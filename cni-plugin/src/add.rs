@@ -1,10 +1,12 @@
 //! ADD: address from the store, then bridge, veth pair, NetworkPolicy admission, pod
 //! address and routes. Any failure after the address was reserved undoes what was done
-//! before it returns.
+//! before it returns. A repeated ADD of an attachment that exists keeps its veth pair
+//! and repairs only what drifted (`repair.rs`).
 
 use crate::bridge;
 use crate::cni::error::{CniError, INTERNAL};
 use crate::cni::{CniResult, CniVersion, Env, Interface, IpConfig, Route};
+use crate::repair::{self, Found, Repair, Wanted};
 use crate::{admit, netns, node, store};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -41,18 +43,25 @@ pub fn run(
             .map_err(|e| CniError::new(INTERNAL, format!("address store: {e}")))
     });
 
+    // A failed repeated ADD leaves the pod as it found it; only what this ADD created
+    // is undone.
+    let reused = links.as_ref().is_ok_and(|l| l.reused);
     let result = match (links, &reserved) {
         (Ok(links), Ok(addrs)) => {
             tracing::info!(container = %env.attachment.container_id, ifname = %env.attachment.ifname, addresses = ?addrs, "reserved");
             // Before the pod's interface gets its address: from then on it can be reached.
             admit::run(env, conf, addrs)
-                .and_then(|()| rt.block_on(finish(links, &node, conf, &netns, addrs)))
+                .and_then(|()| rt.block_on(finish(links, &nl, env, &node, conf, &netns, addrs)))
         }
         // An address problem is what the operator has to act on first.
         (_, Err(e)) => Err(e.clone()),
         (Err(e), Ok(_)) => Err(e),
     };
     result.map(|r| r.encode(version)).inspect_err(|e| {
+        if reused {
+            tracing::warn!(container = %env.attachment.container_id, error = %e, "ADD of an existing attachment failed; left in place");
+            return;
+        }
         tracing::warn!(container = %env.attachment.container_id, error = %e, "ADD failed; rolling back");
         if let Err(del) = rt.block_on(nl.delete_link_by_name(&host_name)) {
             tracing::warn!(link = %host_name, error = %del, "rollback: cannot delete host veth");
@@ -77,6 +86,9 @@ struct PodLinks {
     pod: twill_netlink::Link,
     pod_nl: Netlink,
     mtu: u32,
+    bridge: u32,
+    /// The pair existed before this ADD (a repeated ADD): kept, repaired in `finish`.
+    reused: bool,
 }
 
 async fn prepare(
@@ -94,46 +106,6 @@ async fn prepare(
     let br = bridge::ensure(nl, &conf.bridge, &node.ranges, mtu).await?;
     enable_forwarding(&node.ranges)?;
 
-    let spec = VethSpec {
-        name: host_name,
-        mtu,
-        master: Some(br.index),
-        peer_name: &env.attachment.ifname,
-        peer_netns: netns,
-    };
-    if let Err(e) = nl.add_veth(&spec).await {
-        if !e.is_exists() {
-            return Err(e.into());
-        }
-        // A leftover of an earlier ADD of this same (container, ifname), e.g. one that
-        // was killed: replace it. If ours did not exist, the pod already has an
-        // interface of that name.
-        if !nl.delete_link_by_name(host_name).await? {
-            return Err(CniError::new(
-                INTERNAL,
-                format!(
-                    "the pod already has an interface named {} (CNI_IFNAME)",
-                    env.attachment.ifname
-                ),
-            ));
-        }
-        nl.add_veth(&spec).await?;
-    }
-    let host = nl.link_by_name(host_name).await?.ok_or_else(|| {
-        CniError::new(
-            INTERNAL,
-            format!("host veth {host_name} vanished after creation"),
-        )
-    })?;
-    let alias = env.attachment.alias();
-    nl.configure_port(
-        host.index,
-        conf.hairpin_mode,
-        conf.isolate_ports,
-        Some(&alias),
-    )
-    .await?;
-
     let ifname = &env.attachment.ifname;
     let mut pod_sysctls = vec![format!("net/ipv6/conf/{ifname}/accept_dad")];
     if conf.isolate_ports {
@@ -147,13 +119,64 @@ async fn prepare(
             format!("net/ipv6/conf/{ifname}/accept_redirects"),
         ]);
     }
-    let (pod_nl, ()) = Netlink::connect_in_here_with(netns, move || {
-        // No DAD on the pod's IPv6 link-local address either. Best effort: a family
-        // the pod's kernel lacks has no such keys.
+    // No DAD on the pod's IPv6 link-local address either. Best effort: a family the
+    // pod's kernel lacks has no such keys.
+    let pod_sysctls_set = || {
         for key in &pod_sysctls {
             let _ = sysctl::ensure(key, "0");
         }
+    };
+
+    if let Some(host) = nl.link_by_name(host_name).await? {
+        let (pod_nl, ()) = Netlink::connect_in_here_with(netns, pod_sysctls_set)?;
+        match pod_nl.link_by_name(ifname).await? {
+            Some(pod) if repair::is_pair(&host, &pod) => {
+                return Ok(PodLinks {
+                    host,
+                    pod,
+                    pod_nl,
+                    mtu,
+                    bridge: br.index,
+                    reused: true,
+                });
+            }
+            // A leftover of an earlier ADD of this same (container, ifname), e.g. one
+            // that was killed before the pod end got its place: replace it.
+            _ => {
+                tracing::warn!(link = %host_name, ifname = %ifname, "repair: host veth without its pod end; re-creating the pair");
+                nl.delete_link(host.index).await?;
+            }
+        }
+    }
+
+    let spec = VethSpec {
+        name: host_name,
+        mtu,
+        master: Some(br.index),
+        peer_name: ifname,
+        peer_netns: netns,
+    };
+    if let Err(e) = nl.add_veth(&spec).await {
+        if !e.is_exists() {
+            return Err(e.into());
+        }
+        // Ours did not exist a moment ago: either a concurrent ADD of this same
+        // attachment made it, or the pod already has an interface of that name.
+        let msg = if nl.link_by_name(host_name).await?.is_some() {
+            format!("host veth {host_name} appeared during this ADD (a concurrent ADD of the same attachment?)")
+        } else {
+            format!("the pod already has an interface named {ifname} (CNI_IFNAME)")
+        };
+        return Err(CniError::new(INTERNAL, msg));
+    }
+    let host = nl.link_by_name(host_name).await?.ok_or_else(|| {
+        CniError::new(
+            INTERNAL,
+            format!("host veth {host_name} vanished after creation"),
+        )
     })?;
+    configure_port(nl, env, conf, host.index).await?;
+    let (pod_nl, ()) = Netlink::connect_in_here_with(netns, pod_sysctls_set)?;
     let pod = pod_nl
         .link_by_name(ifname)
         .await?
@@ -164,41 +187,58 @@ async fn prepare(
         pod,
         pod_nl,
         mtu,
+        bridge: br.index,
+        reused: false,
     })
+}
+
+async fn configure_port(
+    nl: &Netlink,
+    env: &Env,
+    conf: &PluginConf,
+    index: u32,
+) -> Result<(), CniError> {
+    let alias = env.attachment.alias();
+    nl.configure_port(index, conf.hairpin_mode, conf.isolate_ports, Some(&alias))
+        .await?;
+    Ok(())
 }
 
 async fn finish(
     links: PodLinks,
+    nl: &Netlink,
+    env: &Env,
     node: &PodNetwork,
     conf: &PluginConf,
     netns: &NetNs,
     addrs: &[IpNet],
 ) -> Result<CniResult, CniError> {
-    let PodLinks {
-        host,
-        pod,
-        pod_nl,
-        mtu,
-    } = links;
-    for a in addrs {
-        if conf.isolate_ports {
-            pod_nl
-                .add_address_without_prefix_route(pod.index, *a)
-                .await?;
-        } else {
-            pod_nl.add_address(pod.index, *a).await?;
-        }
-    }
     let routes = pod_routes(&node.ranges, conf);
-    for r in &routes {
-        match r.gw {
-            // Without prefix routes the gateway is reachable only as "onlink".
-            Some(gw) if conf.isolate_ports => {
-                pod_nl.replace_route_onlink(r.dst, gw, pod.index).await?;
-            }
-            _ => pod_nl.replace_route(r.dst, r.gw, pod.index, None).await?,
+    let repairs = if links.reused {
+        let found = found(&links, addrs).await?;
+        let wanted = Wanted {
+            bridge: links.bridge,
+            addrs,
+            routes: &routes,
+        };
+        repair::plan(&found, &wanted)
+    } else {
+        let adds = addrs.iter().map(|a| Repair::AddAddress(*a));
+        adds.chain(routes.iter().cloned().map(Repair::SetRoute))
+            .collect()
+    };
+    for r in &repairs {
+        if links.reused {
+            tracing::warn!(pod_ifname = %links.pod.name, host = %links.host.name, "repair: {r}");
         }
+        apply(r, &links, nl, conf).await?;
     }
+    if links.reused {
+        // isolatePorts is decided per ADD; hairpin and alias are set again as they are
+        // (no change to a running pod). Only a bridge port has these: after JoinBridge.
+        configure_port(nl, env, conf, links.host.index).await?;
+    }
+    let PodLinks { host, pod, mtu, .. } = links;
     Ok(CniResult {
         interfaces: vec![
             Interface {
@@ -224,6 +264,52 @@ async fn finish(
             .collect(),
         routes,
     })
+}
+
+/// What the kernel holds for an existing pair.
+async fn found(links: &PodLinks, addrs: &[IpNet]) -> Result<Found, CniError> {
+    let pod_nl = &links.pod_nl;
+    let mut pod_routes = pod_nl.routes(false).await?;
+    if addrs.iter().any(|a| a.addr().is_ipv6()) {
+        pod_routes.extend(pod_nl.routes(true).await?);
+    }
+    Ok(Found {
+        host_master: links.host.master,
+        host_up: links.host.up,
+        pod_index: links.pod.index,
+        pod_up: links.pod.up,
+        pod_addrs: pod_nl.addresses(links.pod.index).await?,
+        pod_routes: pod_routes
+            .into_iter()
+            .map(|r| (r.dst, r.gw, r.oif))
+            .collect(),
+    })
+}
+
+/// One change to the pair; `nl` is the node's namespace, where the host veth lives.
+async fn apply(
+    change: &Repair,
+    links: &PodLinks,
+    nl: &Netlink,
+    conf: &PluginConf,
+) -> Result<(), CniError> {
+    let (pod_nl, pod) = (&links.pod_nl, links.pod.index);
+    match change {
+        Repair::JoinBridge => nl.set_master(links.host.index, links.bridge).await?,
+        Repair::HostUp => nl.set_up(links.host.index).await?,
+        Repair::PodUp => pod_nl.set_up(pod).await?,
+        Repair::AddAddress(a) if conf.isolate_ports => {
+            pod_nl.add_address_without_prefix_route(pod, *a).await?
+        }
+        Repair::AddAddress(a) => pod_nl.add_address(pod, *a).await?,
+        Repair::RemoveAddress(a) => pod_nl.del_address(pod, *a).await?,
+        // Without prefix routes the gateway is reachable only as "onlink".
+        Repair::SetRoute(r) => match r.gw {
+            Some(gw) if conf.isolate_ports => pod_nl.replace_route_onlink(r.dst, gw, pod).await?,
+            _ => pod_nl.replace_route(r.dst, r.gw, pod, None).await?,
+        },
+    }
+    Ok(())
 }
 
 fn gateway_for(ranges: &[PodRange], addr: IpAddr) -> Option<IpAddr> {

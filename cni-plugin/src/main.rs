@@ -13,6 +13,7 @@ mod gc;
 mod logging;
 mod netns;
 mod node;
+mod repair;
 mod status;
 mod store;
 

@@ -229,6 +229,13 @@ impl Netlink {
             .await
     }
 
+    /// Makes the link a port of `master` (a bridge).
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).controller(master);
+        self.set_link(msg, || format!("set master {master} on link {index}"))
+            .await
+    }
+
     /// Sets the link's MAC address.
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).address(mac.to_vec());
