@@ -21,9 +21,8 @@ use anyhow::{bail, Context, Result};
 use overlay_report::{Row, Target, Unit};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use twill_agent::firewall::policy::{render_diff, PolicyNames, PolicyRenderOptions, PolicyTable};
 use twill_policy::incremental::NodeCompiler;
@@ -152,23 +151,7 @@ fn namespace_json(n: usize) -> Value {
 
 /// Runs `script` through `nft -f -` inside `ns`.
 fn nft_apply(ns: &Netns, script: &str) -> Result<()> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("spawning nft")?;
-    child
-        .stdin
-        .take()
-        .context("nft's stdin")?
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("nft -f failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    ns.nft_script(script).map_err(anyhow::Error::msg)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -114,6 +114,34 @@ impl Netns {
         run(&full)
     }
 
+    /// `nft -f -` with `script` inside the namespace; the error carries nft's words.
+    pub fn nft_script(&self, script: &str) -> Result<(), String> {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("running nft: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(|e| format!("writing the script to nft: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("waiting for nft: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "nft -f - in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+
     /// `ip` inside the namespace, e.g. `ns.ip(&["-4", "addr", "show", "eth0"])`.
     pub fn ip(&self, args: &[&str]) -> String {
         let mut full = vec!["ip", "-n", &self.name];

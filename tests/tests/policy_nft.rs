@@ -12,9 +12,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -103,24 +101,9 @@ impl Topology {
     }
 
     fn nft(&self, script: &str) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", self.node.name(), "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run nft");
-        child
-            .stdin
-            .take()
-            .expect("nft stdin")
-            .write_all(script.as_bytes())
-            .expect("write the script to nft");
-        let out = child.wait_with_output().expect("wait for nft");
-        assert!(
-            out.status.success(),
-            "nft -f - failed: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.node
+            .nft_script(script)
+            .unwrap_or_else(|e| panic!("{e}\n{script}"));
     }
 
     fn load(&self, rules: &RuleSet, opts: &PolicyRenderOptions) {

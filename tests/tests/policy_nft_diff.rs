@@ -7,9 +7,7 @@
 //! `diffed` starts them at 7 packets, and a kept counter must still say 7.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -27,25 +25,8 @@ const APPS: [&str; 4] = ["web", "db", "api", "tool"];
 const NAMESPACES: [&str; 2] = ["prod", "dev"];
 
 fn nft(ns: &Netns, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn nft");
-    child
-        .stdin
-        .take()
-        .expect("nft stdin")
-        .write_all(script.as_bytes())
-        .expect("write the script");
-    let out = child.wait_with_output().expect("nft");
-    assert!(
-        out.status.success(),
-        "nft -f failed: {}\n{script}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ns.nft_script(script)
+        .unwrap_or_else(|e| panic!("{e}\n{script}"));
 }
 
 /// The table as sorted JSON objects without handles; counters as (name → packets).
