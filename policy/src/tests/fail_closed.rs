@@ -143,3 +143,16 @@ fn a_policy_without_a_readable_namespace_isolates_nothing() {
     assert!(w.policies.is_empty());
     assert!(tcp(&w, WEB, DB, 5432));
 }
+
+#[test]
+fn a_prefix_length_with_leading_zeros_is_rejected_and_fails_closed() {
+    // Go's ParseCIDR (so the API server) takes "/008" as /8; Twill's parser does not:
+    // such a policy gets through the API server and must not leave its pods open.
+    let bad = policy(
+        "zeros",
+        db(json!({"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/008"}}]}]})),
+    );
+    let w = world(&[bad]);
+    assert_eq!(w.rejected.len(), 1);
+    assert!(!tcp(&w, API, DB, 5432));
+}
