@@ -4,6 +4,9 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::model::Policy;
+use crate::selector::LabelSelector;
+
 /// Where in a Kubernetes object a value sits, as `spec.ingress[0].from[1].ipBlock.cidr`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldPath(String);
@@ -67,11 +70,34 @@ pub enum Kind {
 
 /// An object left out of the compile, reported beside its result.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{kind:?} {namespace}/{name}: {error}")]
+#[error("{kind:?} {namespace}/{name}: {error}{}", isolation_note(.isolating))]
 pub struct Rejected {
     pub kind: Kind,
     /// Empty for a namespace, or when the object has no readable metadata.
     pub namespace: String,
     pub name: String,
     pub error: ModelError,
+    /// A rejected NetworkPolicy fails closed: this stand-in, which isolates what the
+    /// policy selects and allows nothing, is compiled in its place
+    /// ([`Policy::isolating_only`]). `None` when not even its namespace can be read.
+    pub isolating: Option<Policy>,
+}
+
+/// What a rejected policy's stand-in does, for the operator.
+fn isolation_note(isolating: &Option<Policy>) -> String {
+    let Some(policy) = isolating else {
+        return String::new();
+    };
+    let ways = match (policy.isolates_ingress, policy.isolates_egress) {
+        (true, true) => "ingress and egress",
+        (true, false) => "ingress",
+        (false, true) => "egress",
+        (false, false) => return String::new(),
+    };
+    let pods = if policy.pod_selector == LabelSelector::default() {
+        format!("every pod of namespace {}", policy.namespace)
+    } else {
+        "the pods it selects".to_string()
+    };
+    format!(" (fails closed: isolates {ways} of {pods}, allows nothing)")
 }

@@ -239,7 +239,57 @@ fn network_policy_is_enforced_from_the_api_server() {
         "the policy table is left behind"
     );
 
-    // 5. Uninstall removes the policy table too (made again by a new policy first).
+    // 5. A policy the API server accepts but Twill cannot parse fails closed. Go's
+    // ParseCIDR takes the prefix length "0032" as 32; Twill rejects it, and isolates
+    // what the policy selects rather than leaving a open. Fixed in place, it allows c.
+    let typo = |cidr: String| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": "pa", "name": "typo"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": cidr}}]}]},
+        })
+        .to_string()
+    };
+    step("rejected policy", &c, &clients, &servers, &closed, || {
+        cp.kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&typo(format!("{}/0032", cc.ip))),
+        );
+    });
+    let status = c.nodes[0].status().expect("status");
+    let policy = &status["networkPolicy"];
+    let rejected = policy["rejected"].to_string();
+    assert!(
+        rejected.contains("pa/typo")
+            && rejected.contains("ipBlock.cidr")
+            && rejected.contains("fails closed"),
+        "{status}"
+    );
+    let row = policy["pods"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"] == "a"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(row["ingress"], json!(["pa/typo(rejected)"]), "{status}");
+    let metrics = c.nodes[0].http_get("/metrics");
+    assert!(
+        metrics.contains("twill_policy_rejected_objects 1"),
+        "{metrics}"
+    );
+    let mut with_c = closed.clone();
+    with_c.insert(("c".into(), "a".into()));
+    step(
+        "rejected policy fixed",
+        &c,
+        &clients,
+        &servers,
+        &with_c,
+        || {
+            cp.kubectl_ok(&["apply", "-f", "-"], Some(&typo(format!("{}/32", cc.ip))));
+        },
+    );
+
+    // 6. Uninstall removes the policy table too (made again by a new policy first).
     step(
         "default deny again",
         &c,
@@ -247,6 +297,7 @@ fn network_policy_is_enforced_from_the_api_server() {
         &servers,
         &closed,
         || {
+            cp.kubectl_ok(&["-n", "pa", "delete", "networkpolicy", "typo"], None);
             cp.kubectl_ok(&["create", "-f", "-"], Some(&deny));
         },
     );

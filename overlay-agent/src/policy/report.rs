@@ -3,19 +3,27 @@
 
 use crate::status::policy::PodPolicyStatus;
 use std::collections::BTreeSet;
-use twill_policy::ruleset::Direction;
-use twill_policy::RuleSet;
+use twill_policy::ruleset::{Direction, PolicyRef};
+use twill_policy::{Kind, RuleSet};
 
 /// The isolating policies of one direction: the compile's `by`, plus the policies of
-/// the allow entries.
-fn isolated_by(direction: &Direction) -> Option<Vec<String>> {
+/// the allow entries. A rejected policy, which isolates through its stand-in, is
+/// marked `(rejected)`.
+fn isolated_by(direction: &Direction, rejected: &BTreeSet<PolicyRef>) -> Option<Vec<String>> {
     match direction {
         Direction::NotIsolated => None,
         Direction::Isolated { by, entries } => {
             let names: BTreeSet<String> = by
                 .iter()
                 .chain(entries.iter().map(|e| &e.policy))
-                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .map(|p| {
+                    let mark = if rejected.contains(p) {
+                        "(rejected)"
+                    } else {
+                        ""
+                    };
+                    format!("{}/{}{mark}", p.namespace, p.name)
+                })
                 .collect();
             Some(names.into_iter().collect())
         }
@@ -37,6 +45,15 @@ pub fn rule_count(rules: &RuleSet) -> usize {
 
 /// One row per local pod IP, ordered by IP.
 pub fn pod_rows(rules: &RuleSet) -> Vec<PodPolicyStatus> {
+    let rejected: BTreeSet<PolicyRef> = rules
+        .rejected
+        .iter()
+        .filter(|r| r.kind == Kind::NetworkPolicy && r.isolating.is_some())
+        .map(|r| PolicyRef {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+        })
+        .collect();
     rules
         .pods
         .iter()
@@ -44,8 +61,8 @@ pub fn pod_rows(rules: &RuleSet) -> Vec<PodPolicyStatus> {
             ip: *ip,
             namespace: p.namespace.clone(),
             name: p.name.clone(),
-            ingress: isolated_by(&p.ingress),
-            egress: isolated_by(&p.egress),
+            ingress: isolated_by(&p.ingress, &rejected),
+            egress: isolated_by(&p.egress, &rejected),
         })
         .collect()
 }
@@ -101,6 +118,50 @@ mod tests {
                 && l.contains("a/db")
                 && l.contains("isolated by a/allow,a/deny")
                 && l.ends_with("open")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rows_and_rejections_show_a_rejected_policy_isolating() {
+        let db = json!({"metadata": {"namespace": "a", "name": "db", "labels": {"app": "db"}},
+                        "spec": {"nodeName": "n1"},
+                        "status": {"podIPs": [{"ip": "10.0.0.2"}]}});
+        let bad = json!({"metadata": {"namespace": "a", "name": "bad"},
+            "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                     "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}});
+        let cluster = Cluster::from_json(
+            &[bad],
+            &[db],
+            &[json!({"metadata": {"name": "a"}})],
+            Default::default(),
+        );
+        let rules = compile(&cluster, "n1");
+        let rows = pod_rows(&rules);
+        assert_eq!(rows[0].ingress, Some(vec!["a/bad(rejected)".to_string()]));
+        assert_eq!(rows[0].egress, None);
+        let status = PolicyStatus {
+            table: "twill_policy".into(),
+            synced: true,
+            applied: true,
+            policies: cluster.policies.len(),
+            rules: rule_count(&rules),
+            rejected: rules.rejected.iter().map(ToString::to_string).collect(),
+            pods: rows,
+            ..PolicyStatus::default()
+        };
+        let text = status.render();
+        assert!(
+            text.contains(
+                "rejected: NetworkPolicy a/bad: spec.ingress[0].from[0].ipBlock.cidr: \
+                 \"10.0.0.0/33\" is not a CIDR (fails closed: isolates ingress of the pods \
+                 it selects, allows nothing)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("10.0.0.2") && l.contains("isolated by a/bad(rejected)")),
             "{text}"
         );
     }

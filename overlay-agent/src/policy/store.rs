@@ -141,6 +141,12 @@ impl<T: PartialEq + Clone> ObjectStore<T> {
             namespace: key.0.clone(),
             name: key.1.clone(),
             error,
+            // A bad policy fails closed: its stand-in is computed now, as the API
+            // object is not kept.
+            isolating: match self.kind {
+                Kind::NetworkPolicy => Policy::isolating_only(value),
+                Kind::Pod | Kind::Namespace => None,
+            },
         });
         Some((key, entry))
     }
@@ -192,10 +198,18 @@ impl ClusterStore {
     }
 
     /// The cluster as it stands, deterministic: objects in key order, rejected ones by
-    /// kind, then key.
+    /// kind, then key. A rejected policy is in `policies` as its isolating-only stand-in.
     pub fn cluster(&self) -> Cluster {
         Cluster {
-            policies: self.policies.parsed_objects().cloned().collect(),
+            policies: self
+                .policies
+                .current
+                .values()
+                .filter_map(|entry| match entry {
+                    Ok(policy) => Some(policy.clone()),
+                    Err(rejected) => rejected.isolating.clone(),
+                })
+                .collect(),
             pods: self.pods.parsed_objects().cloned().collect(),
             namespaces: self.namespaces.parsed_objects().cloned().collect(),
             node_ips: self.node_ips.clone(),

@@ -126,7 +126,7 @@ fn deletes_remove_by_key_and_unknown_keys_change_nothing() {
 }
 
 #[test]
-fn a_rejected_policy_is_reported_without_blocking_the_others_and_clears_when_fixed() {
+fn a_rejected_policy_is_reported_fails_closed_and_clears_when_fixed() {
     let mut store = listed(
         &[
             policy("default", "good", "10.0.0.0/8"),
@@ -136,9 +136,14 @@ fn a_rejected_policy_is_reported_without_blocking_the_others_and_clears_when_fix
         &[],
     );
     let cluster = store.cluster();
-    assert_eq!(cluster.policies.len(), 1);
-    assert_eq!(cluster.policies[0].name, "good");
+    // The bad one fails closed: its stand-in isolates ingress, allowing nothing.
+    let names: Vec<&str> = cluster.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["bad", "good"]);
+    let stand_in = &cluster.policies[0];
+    assert!(stand_in.isolates_ingress && !stand_in.isolates_egress);
+    assert!(stand_in.ingress.is_empty() && stand_in.egress.is_empty());
     assert_eq!(cluster.rejected.len(), 1);
+    assert_eq!(cluster.rejected[0].isolating.as_ref(), Some(stand_in));
     let rejected = &cluster.rejected[0];
     assert_eq!(
         (

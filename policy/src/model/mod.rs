@@ -151,12 +151,14 @@ pub struct Cluster {
     pub namespaces: Vec<Namespace>,
     /// Per node name, the node's own IPs (traffic between them and its pods is allowed).
     pub node_ips: BTreeMap<String, Vec<IpAddr>>,
-    /// Objects that could not be parsed; left out, and reported with every compile.
+    /// Objects that could not be parsed; left out, and reported with every compile. A
+    /// rejected policy's stand-in ([`Rejected::isolating`]) is also in `policies`.
     pub rejected: Vec<Rejected>,
 }
 
 impl Cluster {
-    /// Parses the objects; a bad one is left out and recorded in `rejected`.
+    /// Parses the objects; a bad one is left out and recorded in `rejected`, a bad policy
+    /// replaced by its isolating-only stand-in.
     pub fn from_json(
         policies: &[Value],
         pods: &[Value],
@@ -164,12 +166,14 @@ impl Cluster {
         node_ips: BTreeMap<String, Vec<IpAddr>>,
     ) -> Cluster {
         let mut rejected = Vec::new();
-        let policies = parse_all(
+        let mut policies = parse_all(
             policies,
             Kind::NetworkPolicy,
             Policy::from_json,
             &mut rejected,
         );
+        // Rejected policies fail closed: their stand-ins are compiled in their place.
+        policies.extend(rejected.iter().filter_map(|r| r.isolating.clone()));
         let pods = parse_all(pods, Kind::Pod, Pod::from_json, &mut rejected);
         let namespaces = parse_all(
             namespaces,
@@ -220,6 +224,10 @@ fn parse_all<T>(
                     namespace: meta("namespace"),
                     name: meta("name"),
                     error,
+                    isolating: match kind {
+                        Kind::NetworkPolicy => Policy::isolating_only(object),
+                        Kind::Pod | Kind::Namespace => None,
+                    },
                 });
             }
         }

@@ -56,6 +56,65 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The stand-in for a policy [`Policy::from_json`] rejects, so that a typo fails
+    /// closed: it selects what `spec.podSelector` selects and isolates the directions
+    /// the policy declares (`policyTypes`, or the API's defaults: Ingress always, Egress
+    /// when `egress` is given), allowing nothing; other policies still add their allows.
+    /// An unreadable `podSelector` (or `spec`) selects every pod of the namespace, and
+    /// unreadable `policyTypes` isolate both ways. `None` without `metadata.namespace`:
+    /// nothing can be chosen to isolate.
+    pub fn isolating_only(value: &Value) -> Option<Policy> {
+        let meta = |key: &str| {
+            value
+                .pointer(&format!("/metadata/{key}"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let namespace = meta("namespace").filter(|ns| !ns.is_empty())?;
+        let every_pod_both_ways = Policy {
+            namespace,
+            name: meta("name").unwrap_or_default(),
+            pod_selector: LabelSelector::default(),
+            isolates_ingress: true,
+            isolates_egress: true,
+            ingress: Vec::new(),
+            egress: Vec::new(),
+        };
+        let path = FieldPath::default().field("spec");
+        let Some(spec) = value.get("spec").and_then(Value::as_object) else {
+            return Some(every_pod_both_ways);
+        };
+        let pod_selector = match json::field(spec, "podSelector") {
+            None => LabelSelector::default(),
+            Some(value) => match LabelSelector::from_json(value, &path.field("podSelector")) {
+                Ok(selector) => selector,
+                Err(_) => return Some(every_pod_both_ways),
+            },
+        };
+        let (isolates_ingress, isolates_egress) = match json::str_list(spec, "policyTypes", &path) {
+            Err(_) => (true, true),
+            // Present in any form but an empty list: the policy meant egress rules.
+            Ok(types) if types.is_empty() => (
+                true,
+                json::field(spec, "egress")
+                    .is_some_and(|egress| egress.as_array().is_none_or(|list| !list.is_empty())),
+            ),
+            Ok(types) if types.iter().all(|t| t == "Ingress" || t == "Egress") => (
+                types.iter().any(|t| t == "Ingress"),
+                types.iter().any(|t| t == "Egress"),
+            ),
+            Ok(_) => (true, true),
+        };
+        Some(Policy {
+            pod_selector,
+            isolates_ingress,
+            isolates_egress,
+            ..every_pod_both_ways
+        })
+    }
+}
+
 fn rules(
     spec: &Map<String, Value>,
     name: &str,

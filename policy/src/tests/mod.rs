@@ -10,6 +10,7 @@ use crate::model::{Cluster, Protocol};
 use crate::ruleset::Connection;
 use crate::{compile, reference};
 
+mod fail_closed;
 mod parsing;
 mod semantics;
 

@@ -24,7 +24,8 @@ fn a_bad_policy_is_rejected_naming_the_field_while_the_good_ones_compile() {
         json!({"podSelector": {"matchLabels": {"app": "db"}}}),
     );
     let w = world(&[bad, good]);
-    assert_eq!(w.policies.len(), 1);
+    // The good one, and the bad one's isolating-only stand-in.
+    assert_eq!(w.policies.len(), 2);
     assert_eq!(w.rejected.len(), 1);
     let rejected = &w.rejected[0];
     assert_eq!(
@@ -35,9 +36,11 @@ fn a_bad_policy_is_rejected_naming_the_field_while_the_good_ones_compile() {
         rejected.error.to_string(),
         "spec.ingress[0].from[1].ipBlock.cidr: \"10.0.0.0/33\" is not a CIDR"
     );
-    // The good policy still isolates db; the bad one (all pods) is left out.
+    // The good policy still isolates db; the bad one fails closed: its podSelector `{}`
+    // isolates the ingress of every pod of prod (egress was not declared).
     assert!(!tcp(&w, WEB, DB, 5432));
-    assert!(tcp(&w, DB, WEB, 80));
+    assert!(!tcp(&w, DB, WEB, 80));
+    assert!(tcp(&w, WEB, TOOL, 80));
     assert_eq!(compile(&w, "n1").rejected, w.rejected);
 }
 

@@ -208,15 +208,45 @@ pub fn policy(rng: &mut StdRng, index: usize) -> Value {
     if rng.gen_bool(0.6) {
         spec.insert("policyTypes".into(), json!(pick(rng, types)));
     }
-    if rng.gen_bool(0.03) {
-        // A bad policy: it must be rejected by both sides alike, never stop the others.
-        spec.insert(
-            "ingress".into(),
-            json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]),
-        );
+    if rng.gen_bool(0.08) {
+        break_policy(rng, &mut spec);
     }
     let metadata = json!({"namespace": pick(rng, &NAMESPACES), "name": format!("pol{index}")});
     json!({"metadata": metadata, "spec": spec})
+}
+
+/// Makes the policy one the parser rejects, in one of the ways that decide how its
+/// stand-in fails closed: a bad rule (the declared directions isolate), bad
+/// `policyTypes` (both ways), a bad `podSelector` (the whole namespace, both ways).
+pub fn break_policy(rng: &mut StdRng, spec: &mut Map<String, Value>) {
+    match rng.gen_range(0..6) {
+        0 => {
+            spec.insert(
+                "ingress".into(),
+                json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]),
+            );
+        }
+        1 => {
+            spec.insert(
+                "egress".into(),
+                json!([{"ports": [{"protocol": "ICMP", "port": 80}]}]),
+            );
+        }
+        2 => {
+            let bad = json!({"matchExpressions": [{"key": "app", "operator": "Equals"}]});
+            let (key, peers) = *pick(rng, &[("ingress", "from"), ("egress", "to")]);
+            spec.insert(key.into(), json!([{ peers: [{"podSelector": bad}] }]));
+        }
+        3 => {
+            spec.insert("policyTypes".into(), json!(["Ingress", "Egres"]));
+        }
+        4 => {
+            spec.insert("podSelector".into(), json!({"matchLabels": {"app": 7}}));
+        }
+        _ => {
+            spec.insert("podSelector".into(), json!("app=a"));
+        }
+    }
 }
 
 pub struct Case {
