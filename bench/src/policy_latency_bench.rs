@@ -194,7 +194,7 @@ fn background(api: &Api, args: &Args, node: &str, cidr: &str) -> Result<()> {
         let ns = format!("bg-{}", i % 10);
         let labels = json!({"app": format!("app-{}", i % 20), "tier": (i % 3).to_string()});
         // One pod in six on this node, as pods spread over a few nodes would be.
-        let (on, ip) = if i % 6 == 0 {
+        let (on, ip) = if i.is_multiple_of(6) {
             (node.to_string(), node_ip(cidr, i / 6)?)
         } else {
             (
@@ -322,7 +322,7 @@ impl Kind {
 
     /// Writes change `i`; the address that shows it and whether it must be present.
     fn write(self, api: &Api, i: usize) -> Result<(String, bool)> {
-        let on = i % 2 == 0;
+        let on = i.is_multiple_of(2);
         let role = if on { "peer" } else { "none" };
         Ok(match self {
             Kind::Policy => {
