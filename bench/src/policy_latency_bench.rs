@@ -397,6 +397,9 @@ fn run(args: &Args) -> Result<Vec<Row>> {
     let api = Api::new(&cp, c.underlay.ns.name());
     let node = c.nodes[0].name.clone();
     let cidr = cp.pod_cidr(&node).context("no podCIDR")?;
+    // The other pods' node must exist, or the pod GC deletes them midway (churn the
+    // bench would time changes against).
+    cp.create_node("far", "192.0.2.1");
     let started = Instant::now();
     background(&api, args, &node, &cidr)?;
     measured(&api, &node, &cidr)?;
