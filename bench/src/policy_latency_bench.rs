@@ -17,13 +17,15 @@
 
 #[allow(dead_code)]
 mod overlay_report;
+mod policy_latency_api;
 #[allow(dead_code)]
 mod report;
 
 use anyhow::{bail, Context, Result};
 use overlay_report::{Row, Target, Unit};
-use serde_json::{json, Value};
-use std::process::{Command, ExitCode, Stdio};
+use policy_latency_api::{policy_doc, Api};
+use serde_json::json;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use twill_tests::cluster::{Cluster, ClusterSpec, RegistryKind};
 use twill_tests::kube::ControlPlane;
@@ -69,108 +71,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-/// Writes to the API server with curl inside the control plane's namespace, as admin.
-struct Api {
-    netns: String,
-    base: String,
-    pki: std::path::PathBuf,
-}
-
-impl Api {
-    fn new(cp: &ControlPlane, netns: &str) -> Api {
-        Api {
-            netns: netns.to_string(),
-            base: format!("https://{}:6443", cp.addr),
-            pki: cp.home().join("pki"),
-        }
-    }
-
-    /// `method` on `path` with a JSON body; the response, or an error with its text.
-    fn call(&self, method: &str, path: &str, content_type: &str, body: &Value) -> Result<Value> {
-        let pki = |f: &str| self.pki.join(f).display().to_string();
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns,
-                "curl",
-                "-sS",
-                "--fail-with-body",
-            ])
-            .args(["--cacert", &pki("ca.crt"), "--cert", &pki("admin.crt")])
-            .args(["--key", &pki("admin.key"), "-X", method])
-            .args(["-H", &format!("Content-Type: {content_type}")])
-            .args(["--data-binary", &body.to_string()])
-            .arg(format!("{}{path}", self.base))
-            .stdin(Stdio::null())
-            .output()
-            .context("running curl")?;
-        if !out.status.success() {
-            bail!(
-                "{method} {path}: {}{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        serde_json::from_slice(&out.stdout).with_context(|| format!("{method} {path}: not JSON"))
-    }
-
-    fn create(&self, path: &str, body: &Value) -> Result<Value> {
-        self.call("POST", path, "application/json", body)
-    }
-
-    fn merge(&self, path: &str, body: &Value) -> Result<Value> {
-        self.call("PATCH", path, "application/merge-patch+json", body)
-    }
-
-    fn namespace(&self, name: &str, labels: Value) -> Result<()> {
-        let doc = json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": labels}});
-        self.create("/api/v1/namespaces", &doc).map(drop)
-    }
-
-    /// A Pod bound to `node` with `labels`, then its IP through the status subresource.
-    fn pod(&self, ns: &str, name: &str, node: &str, labels: Value, ip: &str) -> Result<()> {
-        let doc = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"namespace": ns, "name": name, "labels": labels},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}});
-        let path = format!("/api/v1/namespaces/{ns}/pods");
-        // A new namespace's default ServiceAccount comes a moment later; the server
-        // says to retry until it has.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.create(&path, &doc) {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline && e.to_string().contains("retry after") => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.pod_ip(ns, name, ip)
-    }
-
-    fn pod_ip(&self, ns: &str, name: &str, ip: &str) -> Result<()> {
-        let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
-        self.merge(
-            &format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
-            &status,
-        )
-        .map(drop)
-    }
-
-    fn policy(&self, ns: &str, spec: Value) -> Result<()> {
-        let path = format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies");
-        self.create(&path, &spec).map(drop)
-    }
-}
-
-fn policy_doc(ns: &str, name: &str, selector: Value, ingress: Value) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"namespace": ns, "name": name},
-        "spec": {"podSelector": selector, "policyTypes": ["Ingress"], "ingress": ingress}})
 }
 
 /// The node's pod addresses: host `i` of its podCIDR (a /24 here).
