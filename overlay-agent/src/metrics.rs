@@ -49,6 +49,9 @@ pub struct Metrics {
     pub policy_rules: Gauge,
     /// Compile and render of one snapshot.
     pub policy_compile_seconds: Histogram,
+    /// From the arrival of a watch event that changed the policy table to that table
+    /// applied by nft.
+    pub policy_enforce_latency: Histogram,
     /// Policies, pods and namespaces the compile left out.
     pub policy_rejected_objects: Gauge,
     pub policy_applies: Family<ResultLabel, Counter>,
@@ -78,6 +81,8 @@ impl Metrics {
             policy_rules: Gauge::default(),
             // 0.1 ms .. ~3 s
             policy_compile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 1 ms .. ~33 s
+            policy_enforce_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             policy_rejected_objects: Gauge::default(),
             policy_applies: Family::default(),
             policy_denied: Family::default(),
@@ -101,6 +106,7 @@ impl Metrics {
             "policies", "NetworkPolicies in the cluster", policies;
             "policy_rules", "Allow entries compiled for this node's pods", policy_rules;
             "policy_compile_seconds", "Compiling and rendering the policy table of one snapshot", policy_compile_seconds;
+            "policy_enforce_latency_seconds", "From a watch event that changed the policy table (NetworkPolicy, Pod, Namespace) arriving to that table applied by nft", policy_enforce_latency;
             "policy_rejected_objects", "Policies, pods and namespaces the policy compile left out", policy_rejected_objects;
             "policy_applies", "Policy table transactions, by result (ok, error)", policy_applies;
             "policy_denied_packets", "Packets dropped by NetworkPolicy, per isolating policy and direction", policy_denied;
@@ -165,6 +171,7 @@ mod tests {
         m.count_changes("route", 2, 0);
         m.count_policy_apply(true);
         m.policy_compile_seconds.observe(0.001);
+        m.policy_enforce_latency.observe(0.02);
         let t = m.encode();
         for needle in [
             "twill_peers{state=\"rejected\"} 3",
@@ -176,6 +183,7 @@ mod tests {
             "twill_policies 0",
             "twill_policy_rules 0",
             "twill_policy_compile_seconds_count 1",
+            "twill_policy_enforce_latency_seconds_count 1",
             "twill_policy_rejected_objects 0",
             "twill_policy_applies_total{result=\"ok\"} 1",
         ] {

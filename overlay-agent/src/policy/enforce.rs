@@ -17,7 +17,7 @@ use twill_policy::incremental::NodeCompiler;
 
 use super::admit::{Admissions, AdmitEvent};
 use super::report::{pod_rows, rule_count};
-use super::{NodeIps, PolicySource, PolicyView};
+use super::{NodeIps, PendingSince, PolicySource, PolicyView};
 use crate::firewall::policy::{render_diff, PolicyNames, PolicyRenderOptions, PolicyTable};
 use crate::firewall::Nft;
 use crate::metrics::DenyLabel;
@@ -92,11 +92,13 @@ async fn run(
     let nft = Arc::new(Nft::with_table(&conf.table));
     let (ips_tx, ips_rx) = watch::channel(NodeIps::new());
     let (views_tx, mut views) = watch::channel(PolicyView::default());
+    let pending = PendingSince::default();
+    let marks = pending.clone();
     tokio::spawn(async move {
         // The watchers back off and re-list by themselves; `run` ends only when its
         // streams do, and then it starts over.
         loop {
-            let source = PolicySource::new(client.clone());
+            let source = PolicySource::new(client.clone()).with_pending(marks.clone());
             match source.run(ips_rx.clone(), views_tx.clone()).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(error = %e, "the policy source stopped; restarting it"),
@@ -138,14 +140,27 @@ async fn run(
             state.read_counters(&nft, &board).await;
         }
         let view = views.borrow_and_update().clone();
+        let since = pending.take();
         if !view.synced {
             admissions.refuse_unsynced(Instant::now());
             continue;
         }
         let overlaid = admissions.overlay(&view, &conf.node);
-        state
+        let nft_ran = state
             .apply(&conf, &nft, &board, &overlaid.view, resync)
             .await;
+        if let Some(since) = since {
+            match nft_ran {
+                // Only changes that altered the table: the others needed nothing in force.
+                Some(true) => board
+                    .metrics
+                    .policy_enforce_latency
+                    .observe(since.elapsed().as_secs_f64()),
+                // Not in force yet: it counts until the retry applies.
+                Some(false) => pending.mark(since),
+                None => {}
+            }
+        }
         admissions.answer(&overlaid, state.applied.is_some(), Instant::now());
     }
 }
@@ -203,6 +218,7 @@ struct ApplyState {
 }
 
 impl ApplyState {
+    /// Whether nft ran: `Some(ok)`, or `None` when the table was already in force.
     async fn apply(
         &mut self,
         conf: &PolicyEnforcement,
@@ -210,7 +226,7 @@ impl ApplyState {
         board: &Board,
         view: &PolicyView,
         resync: bool,
-    ) {
+    ) -> Option<bool> {
         let started = Instant::now();
         // A resync compiles afresh: a bug in the incremental path cannot last.
         let compiler = match self.compiler.take() {
@@ -232,10 +248,12 @@ impl ApplyState {
             .policy_rejected_objects
             .set(rules.rejected.len() as i64);
         // A resync applies again even when unchanged: someone may have removed the table.
-        let error = if !resync && self.applied.as_ref() == Some(&table) {
-            None
+        let (error, nft_ran) = if !resync && self.applied.as_ref() == Some(&table) {
+            (None, None)
         } else {
-            self.apply_table(conf, nft, board, table, resync).await
+            let error = self.apply_table(conf, nft, board, table, resync).await;
+            let ok = error.is_none();
+            (error, Some(ok))
         };
         let reason = match (&error, self.ever_applied) {
             (Some(e), false) => Some(format!("the policy table is not applied: {e}")),
@@ -257,6 +275,7 @@ impl ApplyState {
             s.set_policy_reason(reason);
         });
         self.compiler = Some(compiler);
+        nft_ran
     }
 
     /// Applies `table`: as a diff from the applied one when that is known and this is

@@ -24,7 +24,8 @@ pub mod store;
 pub use source::{PolicySource, PolicySourceError};
 pub use store::{ClusterStore, NodeIps, WatchEvent};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use twill_policy::Cluster;
 
@@ -34,6 +35,25 @@ use twill_policy::Cluster;
 pub struct PolicyView {
     pub synced: bool,
     pub cluster: Arc<Cluster>,
+}
+
+/// When the oldest watch event not yet in force arrived: the source marks it, the
+/// enforcer takes it when it reads a view, so the event-to-applied latency counts from
+/// the first of the events that one apply brings in, even when views were coalesced.
+#[derive(Debug, Clone, Default)]
+pub struct PendingSince(Arc<Mutex<Option<Instant>>>);
+
+impl PendingSince {
+    /// Records `at` unless an older pending event is already recorded.
+    pub fn mark(&self, at: Instant) {
+        if let Ok(mut since) = self.0.lock() {
+            since.get_or_insert(at);
+        }
+    }
+
+    pub fn take(&self) -> Option<Instant> {
+        self.0.lock().ok().and_then(|mut since| since.take())
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use twill_policy::Kind;
 
 use super::store::{ClusterStore, NodeIps, WatchEvent};
-use super::PolicyView;
+use super::{PendingSince, PolicyView};
 
 /// At most this many events that are ready at once go into one snapshot, so a
 /// continuous flood still yields snapshots.
@@ -37,13 +37,22 @@ pub enum PolicySourceError {
 /// publishes [`PolicyView`]s.
 pub struct PolicySource {
     client: kube::Client,
+    pending: PendingSince,
 }
 
 type Events = BoxStream<'static, (Kind, Result<Option<WatchEvent>, watcher::Error>)>;
 
 impl PolicySource {
     pub fn new(client: kube::Client) -> Self {
-        PolicySource { client }
+        PolicySource {
+            client,
+            pending: PendingSince::default(),
+        }
+    }
+
+    /// Marks in `pending` when each change that a view carries arrived.
+    pub fn with_pending(self, pending: PendingSince) -> Self {
+        PolicySource { pending, ..self }
     }
 
     /// A client from `kubeconfig`, else `KUBECONFIG`, else the in-cluster service account.
@@ -73,7 +82,7 @@ impl PolicySource {
                 Kind::NetworkPolicy,
             ),
             watch_kind(Api::<Pod>::all(self.client.clone()), Kind::Pod),
-            watch_kind(Api::<Namespace>::all(self.client), Kind::Namespace),
+            watch_kind(Api::<Namespace>::all(self.client.clone()), Kind::Namespace),
         ]);
         let mut store = ClusterStore::default();
         store.set_node_ips(node_ips.borrow_and_update().clone());
@@ -92,6 +101,7 @@ impl PolicySource {
                 }
                 _ = views.closed() => return Ok(()),
             };
+            let arrived = std::time::Instant::now();
             // Coalesce: whatever else is ready now goes into the same view.
             for _ in 0..MAX_BATCH {
                 match events.next().now_or_never() {
@@ -108,6 +118,9 @@ impl PolicySource {
                         namespaces = store.namespaces.len(),
                         "NetworkPolicies, Pods and Namespaces are listed"
                     );
+                }
+                if changed {
+                    self.pending.mark(arrived);
                 }
                 let view = PolicyView {
                     synced: true,
