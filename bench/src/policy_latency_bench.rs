@@ -16,6 +16,10 @@
 //! before and after each kind and shown beside it, as bucket bounds.
 
 #[allow(dead_code)]
+mod overlay_agent_probe;
+#[allow(dead_code)]
+mod overlay_proc;
+#[allow(dead_code)]
 mod overlay_report;
 mod policy_latency_api;
 #[allow(dead_code)]
@@ -318,6 +322,12 @@ fn run(args: &Args) -> Result<Vec<Row>> {
         .context("no policy table in the status")?
         .to_string();
     wait_table(&c, &table, "10.252.2.1", true, Instant::now())?;
+    let agent = c.nodes[0]
+        .agent
+        .as_ref()
+        .map(|a| a.id())
+        .context("no agent")?;
+    let rss_synced = overlay_agent_probe::status_kib(agent, "VmRSS")?;
     let mut rows = Vec::new();
     for kind in Kind::ALL {
         let before = agent_buckets(&c);
@@ -356,6 +366,17 @@ fn run(args: &Args) -> Result<Vec<Row>> {
                 ));
             }
         }
+    }
+    // The agent holding this cluster's policy state (watch stores, compiler, table).
+    let status_mb = |key| overlay_agent_probe::status_kib(agent, key).map(|k| k as f64 / 1024.0);
+    for (metric, mb) in [
+        ("agent VmRSS, synced", rss_synced as f64 / 1024.0),
+        ("agent VmRSS after the changes", status_mb("VmRSS")?),
+        ("agent peak (VmHWM)", status_mb("VmHWM")?),
+    ] {
+        let mut r = row(metric.into(), mb, Target::None);
+        r.unit = Unit::MB;
+        rows.push(r);
     }
     Ok(rows)
 }
