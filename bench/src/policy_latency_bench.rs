@@ -295,6 +295,9 @@ fn run(args: &Args) -> Result<Vec<Row>> {
     let mut c = Cluster::new(ClusterSpec {
         nodes: 1,
         registry: RegistryKind::Kubernetes,
+        // The agent's default: a resync recompiles and replaces the whole table, and the
+        // tests' 2 s would measure changes queued behind those.
+        resync_secs: 30.0,
         ..ClusterSpec::default()
     });
     let cp = ControlPlane::for_cluster(&c).map_err(anyhow::Error::msg)?;
