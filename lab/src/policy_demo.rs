@@ -45,8 +45,19 @@ pub fn run(c: &Cluster, cp: &ControlPlane, pods: &[ClusterPod], keep: bool) -> R
         None,
     )?;
     ok &= show(pods, "policies deleted", |_, _| true)?;
+    // No kubelet confirms a bound pod's graceful end here: without --force, kubectl
+    // waits for ever.
     for p in pods {
-        kubectl(cp, &["-n", NAMESPACE, "delete", "pod", &p.name], None)?;
+        let args = [
+            "-n",
+            NAMESPACE,
+            "delete",
+            "pod",
+            &p.name,
+            "--grace-period=0",
+            "--force",
+        ];
+        kubectl(cp, &args, None)?;
     }
     Ok(ok)
 }
