@@ -8,7 +8,7 @@
 //! One control plane serves the whole story (it takes ~20 s to start), told in steps.
 
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use twill_tests::cluster::{
     tail, unanswered, wait_until, Cluster, ClusterPod, ClusterSpec, RegistryKind,
 };
@@ -250,10 +250,59 @@ fn kubernetes_registry_against_a_real_api_server() {
     c.nodes[2].stop_agent(libc::SIGTERM);
 
     // 7. The API server stopped for 30 s: pod-to-pod traffic goes on, zero lost replies.
+    // The server is started again at once but refuses the nodes (a TCP reset, as from a
+    // dead server) until the 30 s are over: the outage ends at a known instant, with a
+    // server that is ready, so step 7b times the agents' reconnection alone.
     let ping = start_ping(&pods[0], &pods[1], 225);
+    let outage = Instant::now();
     cp.stop_apiserver();
-    std::thread::sleep(Duration::from_secs(30));
+    let gate = "table inet twt_apiserver_gate {\n chain input {\n \
+                type filter hook input priority 0;\n \
+                iifname != \"lo\" tcp dport 6443 reject with tcp reset\n }\n}\n";
+    c.underlay
+        .ns
+        .nft_script(gate)
+        .expect("gating the API server");
     cp.start_apiserver();
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
+    c.underlay
+        .ns
+        .nft_script("delete table inet twt_apiserver_gate")
+        .expect("opening the API server");
+    let back = Instant::now();
+
+    // 7b. A Node created right after the API server is back is programmed on every
+    // agent within 10 s: the watches retry at most 5 s apart (kube-runtime's default
+    // backoff grows to 60 s). Its record is what an agent would have annotated; its
+    // podCIDR is set here, clear of node-ipam's range, so the controller manager's own
+    // reconnect does not count.
+    let late = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "node-late", "annotations": {
+            "twill.io/public-ip": "192.168.1.250",
+            "twill.io/vtep-mac": "02:00:00:00:02:50",
+            "twill.io/backend-type": "vxlan",
+        }},
+        "spec": {"podCIDR": "10.244.250.0/24", "podCIDRs": ["10.244.250.0/24"]},
+    });
+    cp.kubectl_ok(&["create", "-f", "-"], Some(&late.to_string()));
+    let programmed = wait_until(Duration::from_secs(10), || {
+        [0, 1]
+            .iter()
+            .all(|&k| peer_row(&c, k, "node-late").is_some_and(|r| r["programmed"] == true))
+    });
+    assert!(
+        programmed,
+        "a Node created after the outage was not programmed within 10 s of the API \
+         server's return ({:.1} s)\n{}",
+        back.elapsed().as_secs_f64(),
+        logs(&c)
+    );
+    eprintln!(
+        "node-late programmed on both agents {:.1} s after the API server was back",
+        back.elapsed().as_secs_f64()
+    );
     let out = ping.wait_with_output().expect("ping");
     let summary = String::from_utf8_lossy(&out.stdout);
     let (sent, received) = ping_counts(&summary).unwrap_or_else(|| panic!("ping said: {summary}"));
@@ -270,6 +319,36 @@ fn kubernetes_registry_against_a_real_api_server() {
             tail(&n.log(), 20)
         );
     }
+
+    // One warning when the watch was lost, one info with the outage's length when it
+    // was back; no line per failed reconnect from the client library.
+    for n in &c.nodes[..2] {
+        let log = n.log();
+        let lost = log.matches("lost the Node watch").count();
+        assert_eq!(
+            lost,
+            1,
+            "{}: {lost} 'lost' warnings\n{}",
+            n.name,
+            tail(&log, 30)
+        );
+        assert!(
+            log.lines()
+                .any(|l| l.contains("the Node watch is back") && l.contains("outage_s")),
+            "{}: no 'back' line with the outage's length\n{}",
+            n.name,
+            tail(&log, 30)
+        );
+        for noise in ["failed with error", "eof in poll"] {
+            assert!(
+                !log.contains(noise),
+                "{}: log has {noise:?}\n{}",
+                n.name,
+                tail(&log, 30)
+            );
+        }
+    }
+    cp.kubectl_ok(&["delete", "node", "node-late"], None);
 
     // 8. A node added afterwards, its agent run as in a pod (in-cluster config): it says
     // clearly that it has no podCIDR while none is assigned (node-ipam paused), then it

@@ -135,9 +135,9 @@ impl PolicySource {
     }
 }
 
-/// Which watches are failing, so each failure and recovery is logged once.
+/// Which watches are failing and since when, so each failure and recovery is logged once.
 #[derive(Default)]
-struct Failing(Vec<Kind>);
+struct Failing(Vec<(Kind, std::time::Instant)>);
 
 impl Failing {
     fn apply(
@@ -148,16 +148,17 @@ impl Failing {
     ) -> bool {
         match event {
             Err(error) => {
-                if !self.0.contains(&kind) {
+                if !self.0.iter().any(|(k, _)| *k == kind) {
                     tracing::warn!(?kind, %error, "lost a policy watch; the last view stays while it reconnects");
-                    self.0.push(kind);
+                    self.0.push((kind, std::time::Instant::now()));
                 }
                 false
             }
             Ok(event) => {
-                if let Some(at) = self.0.iter().position(|k| *k == kind) {
-                    tracing::info!(?kind, "the policy watch is back");
-                    self.0.remove(at);
+                if let Some(at) = self.0.iter().position(|(k, _)| *k == kind) {
+                    let (_, since) = self.0.remove(at);
+                    let outage_s = format!("{:.1}", since.elapsed().as_secs_f64());
+                    tracing::info!(?kind, %outage_s, "the policy watch is back");
                 }
                 event.is_some_and(|event| store.apply(kind, event))
             }
@@ -172,7 +173,7 @@ where
     K::DynamicType: Default,
 {
     watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::kube_client::watch_backoff())
         .map(move |event| (kind, event.map(|event| watch_event(kind, event))))
         .boxed()
 }

@@ -34,8 +34,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 use tokio::sync::watch;
 use twill_conf::cluster::PodNetwork;
+
+/// Says once that the Node watch is back, with how long it was gone.
+fn back(lost: &mut Option<Instant>) {
+    if let Some(since) = lost.take() {
+        let outage_s = format!("{:.1}", since.elapsed().as_secs_f64());
+        tracing::info!(%outage_s, "the Node watch is back");
+    }
+}
 
 fn unavailable(e: impl std::fmt::Display) -> RegistryError {
     RegistryError::Unavailable(e.to_string())
@@ -177,7 +186,7 @@ impl Registry for KubeRegistry {
         };
         let cfg = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
         let mut events = watcher::watcher(self.nodes.clone(), cfg)
-            .default_backoff()
+            .backoff(crate::kube_client::watch_backoff())
             .boxed();
         let mut seen = false;
         while let Some(ev) = events.next().await {
@@ -212,12 +221,13 @@ impl Registry for KubeRegistry {
     /// meanwhile disappear then.
     async fn watch(&self, tx: watch::Sender<Snapshot>) -> Result<(), RegistryError> {
         let mut events = watcher::watcher(self.nodes.clone(), watcher::Config::default())
-            .default_backoff()
+            .backoff(crate::kube_client::watch_backoff())
             .boxed();
         let mut views: BTreeMap<String, NodeView> = BTreeMap::new();
         let mut listing: Option<BTreeMap<String, NodeView>> = None;
         let mut complete = false;
-        let mut failing = false;
+        // Since when the watch has been failing: one warning when lost, one info when back.
+        let mut lost: Option<Instant> = None;
         loop {
             let ev = tokio::select! {
                 ev = events.next() => ev,
@@ -228,10 +238,10 @@ impl Registry for KubeRegistry {
             };
             let changed = match ev {
                 Err(e) => {
-                    if !failing {
+                    if lost.is_none() {
                         tracing::warn!(error = %e, "lost the Node watch; the data path stays as it is while it reconnects");
+                        lost = Some(Instant::now());
                     }
-                    failing = true;
                     continue;
                 }
                 Ok(Event::Init) => {
@@ -245,10 +255,7 @@ impl Registry for KubeRegistry {
                     false
                 }
                 Ok(Event::InitDone) => {
-                    if failing {
-                        tracing::info!("the Node watch is back");
-                        failing = false;
-                    }
+                    back(&mut lost);
                     let listed = listing.take().unwrap_or_default();
                     let changed = !complete || listed != views;
                     views = listed;
@@ -256,7 +263,7 @@ impl Registry for KubeRegistry {
                     changed
                 }
                 Ok(Event::Apply(n)) => {
-                    failing = false;
+                    back(&mut lost);
                     match n.metadata.name.clone() {
                         Some(name) => {
                             let v = node_view(&n, &self.networks);
@@ -266,7 +273,7 @@ impl Registry for KubeRegistry {
                     }
                 }
                 Ok(Event::Delete(n)) => {
-                    failing = false;
+                    back(&mut lost);
                     n.metadata
                         .name
                         .as_ref()
