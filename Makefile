@@ -2,10 +2,32 @@
 # network namespaces the commands create and remove.
 
 CARGO ?= cargo
+RUSTC_HOST := rustc
 
-.PHONY: k8s build plugin test bench bench-overlay bench-policy bench-policy-latency check clean-netns lab lab-down
+# `sudo make ...` resets PATH to secure_path, which has no rustup toolchain: use the
+# invoking user's (its toolchains, read only; crates and target/ are root's then).
+ifeq ($(shell command -v $(CARGO)),)
+ifneq ($(SUDO_USER),)
+SUDO_HOME := $(shell getent passwd $(SUDO_USER) | cut -d: -f6)
+ifneq ($(wildcard $(SUDO_HOME)/.cargo/bin/cargo),)
+CARGO := $(SUDO_HOME)/.cargo/bin/cargo
+export RUSTUP_HOME ?= $(SUDO_HOME)/.rustup
+export PATH := $(SUDO_HOME)/.cargo/bin:$(PATH)
+RUSTC_HOST := RUSTUP_HOME=$(RUSTUP_HOME) $(SUDO_HOME)/.cargo/bin/rustc
+endif
+endif
+endif
 
-build:
+.PHONY: deps deps-lab k8s build plugin test bench bench-overlay bench-policy bench-policy-latency check clean-netns lab lab-down
+
+# The Debian packages the build and the lab need (deps-lab), or also the tests and
+# benchmarks (deps): apt-get installs only what is missing; a no-op when all is there.
+deps-lab:
+	bash .ci/deps lab
+deps:
+	bash .ci/deps test
+
+build: deps-lab
 	$(CARGO) build --workspace
 
 # The plugin as shipped: release, statically linked, not position-independent (like a Go
@@ -13,14 +35,14 @@ build:
 # map and bind it starts ~0.4 ms faster, without start-up relocations ~0.1 ms more. Its
 # own --target dir, because crt-static cannot build the workspace's proc macros. The
 # agent stays dynamic (it resolves host names through glibc's NSS).
-HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+HOST_TRIPLE := $(shell $(RUSTC_HOST) -vV 2>/dev/null | sed -n 's/^host: //p')
 PLUGIN := $(CURDIR)/target/$(HOST_TRIPLE)/release/twill
-plugin:
+plugin: deps-lab
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 		$(CARGO) build --release -p twill-cni --target $(HOST_TRIPLE)
 
 # Unit tests, then the end-to-end tests over real namespaces (need root).
-test: build plugin k8s
+test: deps build plugin k8s
 	$(CARGO) test --workspace --no-fail-fast
 	TWILL_PLUGIN=$(PLUGIN) $(CARGO) test -p twill-tests --test plugin_lifecycle --test plugin_errors --test plugin_repeat_add
 
@@ -31,14 +53,14 @@ k8s:
 	bash $(K8S_SCRIPTS)/prepare.sh
 
 # Benchmarks against the references, printed as tables (see BENCHMARKS.md).
-bench: plugin
+bench: deps plugin
 	$(CARGO) build --release -p twill-bench
 	./target/release/cni-bench --twill $(PLUGIN)
 
 # The overlay: throughput and latency against hand-built VXLAN and direct paths (with and
 # without flannel's rules) and the underlay, and convergence with 1,000 and 5,000
 # simulated peers (about 9 minutes; BENCH_ARGS=--quick: 2).
-bench-overlay:
+bench-overlay: deps
 	$(CARGO) build --release -p twill-agent -p twill-cni -p twill-bench
 	./target/release/overlay-bench $(BENCH_ARGS)
 
@@ -46,7 +68,7 @@ bench-overlay:
 # applied with nft in a namespace, then single label changes (about a minute). Then its
 # data path: pod-to-pod throughput, RTT and connection setup with 1,000 policies in
 # force against none (about a minute).
-bench-policy:
+bench-policy: deps
 	$(CARGO) build --release -p twill-bench
 	./target/release/policy-bench $(BENCH_ARGS)
 	./target/release/policy-path-bench
@@ -54,7 +76,7 @@ bench-policy:
 # NetworkPolicy's 1 s (p99) bound from an API write to the node's kernel: a real API
 # server, one agent, 300 pods and 100 policies, 40 changes of each of four kinds
 # (about 2 minutes; needs `make k8s`).
-bench-policy-latency:
+bench-policy-latency: deps k8s
 	$(CARGO) build --release -p twill-agent -p twill-bench
 	./target/release/policy-latency-bench $(BENCH_ARGS)
 
@@ -68,7 +90,7 @@ clean-netns:
 
 # The local lab: nodes as namespaces with one twill-agent each, pods wired by the real
 # plugin, then the pod-to-pod ping matrix. LAB_ARGS="--nodes 5 --keep" etc.
-lab:
+lab: deps-lab
 	$(CARGO) build --workspace
 	./target/debug/twill-lab $(LAB_ARGS)
 

@@ -83,11 +83,7 @@ fn respond(method: &str, path: &str, board: &Board) -> (u16, &'static str, Strin
                 )
             }
         }
-        "/metrics" => (
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            board.metrics.encode(),
-        ),
+        "/metrics" => (200, crate::metrics::CONTENT_TYPE, board.metrics.encode()),
         "/status" => (
             200,
             "application/json",

@@ -150,12 +150,57 @@ impl Metrics {
             .inc();
     }
 
+    /// The Prometheus text format (0.0.4), which every Prometheus scrapes and
+    /// `promtool check metrics` lints.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        text_format(&out)
     }
+}
+
+/// The `Content-Type` of [`Metrics::encode`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics (what prometheus-client writes) as the Prometheus text format: a
+/// counter's HELP and TYPE name its samples' `_total` name, `unknown` is `untyped`, and
+/// there is no `# UNIT` or `# EOF` line. Samples are the same in both.
+fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                let text = if p == "# TYPE " && text == "unknown" {
+                    "untyped"
+                } else {
+                    text
+                };
+                out.push_str(&format!("{p}{name}{suffix} {text}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -189,5 +234,14 @@ mod tests {
         ] {
             assert!(t.contains(needle), "{needle} missing in\n{t}");
         }
+        for needle in [
+            "# HELP twill_reconcile_errors_total ",
+            "# TYPE twill_reconcile_errors_total counter",
+            "# TYPE twill_policy_applies_total counter",
+            "# TYPE twill_peers gauge",
+        ] {
+            assert!(t.contains(needle), "{needle} missing in\n{t}");
+        }
+        assert!(!t.contains("# EOF"), "{t}");
     }
 }

@@ -18,6 +18,7 @@ pub mod kube;
 pub mod netns;
 pub mod policy_matrix;
 pub mod private_mounts;
+pub mod promtool;
 pub mod scenarios;
 
 pub use cni::{CniCall, CniOutcome, Plugin};

@@ -5,6 +5,7 @@ use std::time::Duration;
 use twill_tests::cluster::{
     ping_rtt, unanswered, wait_until, Cluster, ClusterNode, ClusterPod, ClusterSpec,
 };
+use twill_tests::promtool::{check_metrics, http_body};
 
 /// How long agents started one by one get to be ready.
 const READY: Duration = Duration::from_secs(20);
@@ -198,6 +199,9 @@ fn bogus_records_are_rejected_and_never_programmed() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(rejected >= 6.0, "{metrics}");
+    if let Err(e) = check_metrics(http_body(&metrics)) {
+        panic!("{e}\n{metrics}");
+    }
     assert!(n1.log().contains("rejected a registry record"));
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use twill_tests::cluster::{tail, wait_until, Cluster, ClusterPod, ClusterSpec, RegistryKind};
 use twill_tests::kube::ControlPlane;
 use twill_tests::netns::Netns;
+use twill_tests::promtool::{check_metrics, http_body};
 use twill_tests::require_root;
 use twill_tests::scenarios::{tcp_ask, tcp_ask_once, TcpServer};
 
@@ -207,6 +208,10 @@ fn network_policy_is_enforced_from_the_api_server() {
         "direction=\"ingress\"",
     ] {
         assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    }
+    // With policies, pods and denials counted: what a real Prometheus's linter accepts.
+    if let Err(e) = check_metrics(http_body(&metrics)) {
+        panic!("{e}\n{metrics}");
     }
 
     // 4. Both policies gone: open again, and the policy table is gone.
