@@ -18,7 +18,7 @@ endif
 endif
 endif
 
-.PHONY: deps deps-lab k8s build plugin test bench bench-overlay bench-policy bench-policy-latency check clean-netns lab lab-down
+.PHONY: deps deps-lab k8s build plugin test bench bench-overlay bench-policy bench-policy-latency bench-kube-registry check clean-netns lab lab-down
 
 # The Debian packages the build and the lab need (deps-lab), or also the tests and
 # benchmarks (deps): apt-get installs only what is missing; a no-op when all is there.
@@ -79,6 +79,12 @@ bench-policy: deps
 bench-policy-latency: deps k8s
 	$(CARGO) build --release -p twill-agent -p twill-bench
 	./target/release/policy-latency-bench $(BENCH_ARGS)
+
+# The kubernetes registry at scale (issue 16): Nodes of realistic weight in a real API
+# server, one agent; BENCH_ARGS="--nodes 5000" (default 1000; about a minute).
+bench-kube-registry: deps k8s
+	$(CARGO) build --release -p twill-agent -p twill-bench
+	./target/release/kube-registry-bench $(BENCH_ARGS)
 
 check:
 	$(CARGO) fmt --all -- --check

@@ -16,6 +16,10 @@ pub enum Unit {
     MB,
     /// Percent of one CPU.
     CpuPct,
+    /// A number of things (requests, entries); kube-registry-bench's, which
+    /// overlay-bench (sharing this module) does not use.
+    #[allow(dead_code)]
+    Count,
 }
 
 impl Unit {
@@ -26,6 +30,7 @@ impl Unit {
             Unit::Us => "us",
             Unit::MB => "MB",
             Unit::CpuPct => "% CPU",
+            Unit::Count => "count",
         }
     }
 
@@ -36,6 +41,7 @@ impl Unit {
             Unit::Us => format!("{v:.1} us"),
             Unit::MB => format!("{v:.1} MB"),
             Unit::CpuPct => format!("{v:.2} %"),
+            Unit::Count => format!("{v:.0}"),
         }
     }
 }

@@ -98,6 +98,11 @@ impl Api {
         .map(drop)
     }
 
+    /// A Node with its status (a kubelet registers Nodes with status in the create).
+    pub fn node(&self, doc: &Value) -> Result<()> {
+        self.create("/api/v1/nodes", doc).map(drop)
+    }
+
     pub fn policy(&self, ns: &str, spec: Value) -> Result<()> {
         let path = format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies");
         self.create(&path, &spec).map(drop)

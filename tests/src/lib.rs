@@ -15,6 +15,7 @@ pub mod containerd;
 pub mod etcd;
 pub mod fixture;
 pub mod kube;
+pub mod kube_nodes;
 pub mod netns;
 pub mod policy_matrix;
 pub mod private_mounts;
