@@ -21,6 +21,7 @@ mod overlay_agent_probe;
 mod overlay_proc;
 #[allow(dead_code)]
 mod overlay_report;
+#[allow(dead_code)] // Node writes are kube-registry-bench's
 mod policy_latency_api;
 #[allow(dead_code)]
 mod report;
