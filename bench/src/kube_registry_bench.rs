@@ -90,6 +90,21 @@ fn node_requests(cp: &ControlPlane, verb: &str) -> Result<f64> {
         .sum())
 }
 
+/// How long the API server takes to list every Node in pages of `page`, as the agent
+/// lists them (curl with the admin certificate, JSON): the floor under start →
+/// programmed.
+fn list_all(api: &Api, page: usize) -> Result<Duration> {
+    let start = Instant::now();
+    let mut token = String::new();
+    loop {
+        let page = api.get(&format!("/api/v1/nodes?limit={page}&continue={token}"))?;
+        match page["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => token = t.to_string(),
+            _ => return Ok(start.elapsed()),
+        }
+    }
+}
+
 fn programmed(c: &Cluster) -> u64 {
     overlay_agent_probe::metric(&c.nodes[0].ns, "twill_peers{state=\"programmed\"}").unwrap_or(0)
 }
@@ -172,11 +187,18 @@ fn run(args: &Args) -> Result<Vec<Row>> {
     // The table's MB are 10^6 bytes.
     let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
     let p = |s: &[Duration], q| ms(report::percentile(s, q));
+    let floor = list_all(&api, 100)?;
     let mut rows = vec![
         row(
             "start -> all peers programmed",
             ms(converge),
             Target::Below(1000.0),
+            Unit::Ms,
+        ),
+        row(
+            "  the API server's paged list alone (curl)",
+            ms(floor),
+            Target::None,
             Unit::Ms,
         ),
         row(

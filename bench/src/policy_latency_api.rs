@@ -54,6 +54,11 @@ impl Api {
         serde_json::from_slice(&out.stdout).with_context(|| format!("{method} {path}: not JSON"))
     }
 
+    /// GET `path` (the body is ignored).
+    pub fn get(&self, path: &str) -> Result<Value> {
+        self.call("GET", path, "application/json", &Value::Null)
+    }
+
     fn create(&self, path: &str, body: &Value) -> Result<Value> {
         self.call("POST", path, "application/json", body)
     }

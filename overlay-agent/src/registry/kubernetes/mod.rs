@@ -13,6 +13,7 @@
 //! records is pure, in `node_view`.
 
 mod node_view;
+mod slim_node;
 
 pub use node_view::{
     announcement_patch, node_subnets, node_view, NodeView, BACKEND, PUBLIC_IP, PUBLIC_IP_OVERWRITE,
@@ -20,6 +21,7 @@ pub use node_view::{
 };
 
 use node_view::{announced, network_available, snapshot_of, NETWORK_UNAVAILABLE};
+pub use slim_node::SlimNode;
 
 use super::{Announcement, Registry, RegistryError, Snapshot};
 use futures::StreamExt;
@@ -30,13 +32,18 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 use tokio::sync::watch;
 use twill_conf::cluster::PodNetwork;
+
+/// Nodes per page of the initial list: a page is parsed whole before its objects are
+/// slimmed, so this bounds the list's transient memory (100 kubelet Nodes ≈ 1.7 MB of
+/// JSON) at 50 requests for 5,000 Nodes.
+const LIST_PAGE: u32 = 100;
 
 /// Says once that the Node watch is back, with how long it was gone.
 fn back(lost: &mut Option<Instant>) {
@@ -88,6 +95,11 @@ impl KubeRegistry {
         })
     }
 
+    /// Every Node, read as the overlay's slice of it.
+    fn slim_nodes(&self) -> Api<SlimNode> {
+        Api::all(self.nodes.clone().into_client())
+    }
+
     /// The client, to share with the NetworkPolicy source.
     pub fn client(&self) -> kube::Client {
         self.nodes.clone().into_client()
@@ -130,7 +142,8 @@ impl KubeRegistry {
 #[async_trait::async_trait]
 impl Registry for KubeRegistry {
     async fn join(&self, me: &Announcement) -> Result<Vec<IpNet>, RegistryError> {
-        let node = self.own_node().await?;
+        let full = self.own_node().await?;
+        let node = SlimNode::from(&full);
         let subnets = node_subnets(&node, &self.networks)
             .map_err(|e| RegistryError::Invalid(format!("Node {}: {e}", self.node)))?;
         if subnets.is_empty() {
@@ -164,7 +177,7 @@ impl Registry for KubeRegistry {
                 .await
                 .map_err(|e| unavailable(format!("annotating Node {}: {e}", self.node)))?;
         }
-        if self.ready.load(Ordering::Relaxed) && !network_available(&node) {
+        if self.ready.load(Ordering::Relaxed) && !network_available(&full) {
             self.set_network_available().await?;
         }
         if let Ok(mut j) = self.joined.lock() {
@@ -185,7 +198,7 @@ impl Registry for KubeRegistry {
             return Ok(());
         };
         let cfg = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
-        let mut events = watcher::watcher(self.nodes.clone(), cfg)
+        let mut events = watcher::watcher(self.slim_nodes(), cfg)
             .backoff(crate::kube_client::watch_backoff())
             .boxed();
         let mut seen = false;
@@ -216,15 +229,19 @@ impl Registry for KubeRegistry {
         Err(unavailable("the own-Node watch ended"))
     }
 
-    /// Watches every Node. A lost connection keeps the last snapshot in place (the data
-    /// path stays as it is); the watcher re-lists when it is back, so Nodes deleted
-    /// meanwhile disappear then.
+    /// Watches every Node, as [`SlimNode`]s. A lost connection keeps the last snapshot
+    /// in place (the data path stays as it is); the watcher resumes from the last
+    /// resource version, or re-lists when the server no longer has it, and Nodes
+    /// deleted meanwhile disappear then. A re-list updates the one map of views in
+    /// place and drops what it did not see: no second copy of the peer set.
     async fn watch(&self, tx: watch::Sender<Snapshot>) -> Result<(), RegistryError> {
-        let mut events = watcher::watcher(self.nodes.clone(), watcher::Config::default())
+        let cfg = watcher::Config::default().page_size(LIST_PAGE);
+        let mut events = watcher::watcher(self.slim_nodes(), cfg)
             .backoff(crate::kube_client::watch_backoff())
             .boxed();
         let mut views: BTreeMap<String, NodeView> = BTreeMap::new();
-        let mut listing: Option<BTreeMap<String, NodeView>> = None;
+        // During a (re-)list: the names seen so far, and whether any view changed.
+        let mut listing: Option<(BTreeSet<String>, bool)> = None;
         let mut complete = false;
         // Since when the watch has been failing: one warning when lost, one info when back.
         let mut lost: Option<Instant> = None;
@@ -245,20 +262,26 @@ impl Registry for KubeRegistry {
                     continue;
                 }
                 Ok(Event::Init) => {
-                    listing = Some(BTreeMap::new());
+                    listing = Some((BTreeSet::new(), false));
                     false
                 }
                 Ok(Event::InitApply(n)) => {
-                    if let (Some(l), Some(name)) = (listing.as_mut(), n.metadata.name.clone()) {
-                        l.insert(name, node_view(&n, &self.networks));
+                    if let (Some((seen, changed)), Some(name)) =
+                        (listing.as_mut(), n.metadata.name.clone())
+                    {
+                        let v = node_view(&n, &self.networks);
+                        *changed |= views.get(&name) != Some(&v);
+                        seen.insert(name.clone());
+                        views.insert(name, v);
                     }
                     false
                 }
                 Ok(Event::InitDone) => {
                     back(&mut lost);
-                    let listed = listing.take().unwrap_or_default();
-                    let changed = !complete || listed != views;
-                    views = listed;
+                    let (seen, mut changed) = listing.take().unwrap_or_default();
+                    let before = views.len();
+                    views.retain(|name, _| seen.contains(name));
+                    changed |= views.len() != before || !complete;
                     complete = true;
                     changed
                 }

@@ -1,6 +1,7 @@
 //! What a Node object means to the overlay: the pure mapping between Nodes and
 //! records (annotations, podCIDRs, the readiness condition), no API calls.
 
+use super::slim_node::SlimNode;
 use crate::record::{Mac, VtepRecord};
 use crate::registry::{Announcement, Malformed, Snapshot};
 use ipnet::IpNet;
@@ -32,7 +33,7 @@ pub enum NodeView {
 /// family the cluster config does not carry (an IPv6 podCIDR on an IPv4-only Twill) is
 /// left out; whether the rest lies inside the cluster network is the peer validation's
 /// call.
-pub fn node_subnets(node: &Node, networks: &[PodNetwork]) -> Result<Vec<IpNet>, String> {
+pub fn node_subnets(node: &SlimNode, networks: &[PodNetwork]) -> Result<Vec<IpNet>, String> {
     let spec = node.spec.as_ref();
     let cidrs: Vec<&String> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
         Some(list) if !list.is_empty() => list.iter().collect(),
@@ -56,7 +57,7 @@ pub fn node_subnets(node: &Node, networks: &[PodNetwork]) -> Result<Vec<IpNet>, 
     Ok(out)
 }
 
-pub(super) fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+pub(super) fn annotation<'a>(node: &'a SlimNode, key: &str) -> Option<&'a str> {
     node.metadata
         .annotations
         .as_ref()
@@ -67,7 +68,7 @@ pub(super) fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 /// Maps one Node to a record. The user's `twill.io/public-ip-overwrite` wins over the
 /// address the agent published; a malformed annotation rejects the whole Node rather
 /// than guessing an endpoint.
-pub fn node_view(node: &Node, networks: &[PodNetwork]) -> NodeView {
+pub fn node_view(node: &SlimNode, networks: &[PodNetwork]) -> NodeView {
     let name = node.metadata.name.clone().unwrap_or_default();
     let malformed = |reason: String| {
         NodeView::Malformed(Malformed {
@@ -120,7 +121,7 @@ pub fn announcement_patch(me: &Announcement) -> serde_json::Value {
 }
 
 /// True when `node` carries exactly what `me` publishes.
-pub(super) fn announced(node: &Node, me: &Announcement) -> bool {
+pub(super) fn announced(node: &SlimNode, me: &Announcement) -> bool {
     annotation(node, PUBLIC_IP) == Some(me.public_ip.to_string().as_str())
         && annotation(node, VTEP_MAC) == Some(me.vtep_mac.to_string().as_str())
         && annotation(node, BACKEND) == Some("vxlan")
@@ -157,11 +158,11 @@ mod tests {
     use super::*;
     use crate::registry::fixtures::{dual_stack, v4};
 
-    fn node(doc: &str) -> Node {
+    fn node(doc: &str) -> SlimNode {
         serde_json::from_str(doc).expect("test document is a Node")
     }
 
-    fn with_annotations(doc: &str, ann: &[(&str, &str)]) -> Node {
+    fn with_annotations(doc: &str, ann: &[(&str, &str)]) -> SlimNode {
         let mut n = node(doc);
         let a = n.metadata.annotations.get_or_insert_with(Default::default);
         for (k, v) in ann {
