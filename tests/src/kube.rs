@@ -119,6 +119,11 @@ impl ControlPlane {
             .map(str::to_string)
     }
 
+    /// The network namespace the control plane serves in.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
     pub fn home(&self) -> &Path {
         self.home.path()
     }

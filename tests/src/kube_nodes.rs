@@ -3,7 +3,9 @@
 //! 40 images in `status.images`) plus Twill's annotations, about 12 KB of JSON before
 //! the API server adds its managed fields.
 
+use crate::kube::ControlPlane;
 use serde_json::{json, Value};
+use std::process::{Command, Stdio};
 
 /// Peer `i`: podCIDR `10.<1 + i/256>.<i%256>.0/24`, tunnel endpoint `172.16.<i/250>.<i%250+1>`.
 pub fn pod_cidr(i: usize) -> String {
@@ -103,4 +105,39 @@ pub fn status_patch(round: usize) -> Value {
             "sizeBytes": 10_000_000 + k * 1000 + round,
         })).collect::<Vec<_>>(),
     }})
+}
+
+/// Merge-patches the status of every Node in `names` with `body`, in one curl over one
+/// connection (admin client certificate): a kubelet heartbeat round in a second or
+/// two, where a kubectl per Node would take a minute.
+pub fn patch_node_status(cp: &ControlPlane, names: &[String], body: &Value) -> Result<(), String> {
+    let dir = crate::fixture::TempDir::new("status-patch");
+    let file = dir.path().join("patch.json");
+    std::fs::write(&file, body.to_string()).map_err(|e| format!("writing the patch: {e}"))?;
+    let pki = |f: &str| cp.home().join("pki").join(f).display().to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", cp.netns(), "curl", "-sS", "--fail"])
+        .args(["--cacert", &pki("ca.crt"), "--cert", &pki("admin.crt")])
+        .args(["--key", &pki("admin.key"), "-X", "PATCH"])
+        .args(["-H", "Content-Type: application/merge-patch+json"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .args(
+            names
+                .iter()
+                .map(|n| format!("https://{}:6443/api/v1/nodes/{n}/status", cp.addr)),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running curl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "patching Node status: curl {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
