@@ -219,6 +219,7 @@ pub async fn run(
         cache: None,
         device: None,
         files_ok: false,
+        firewall_problem: None,
         rejected_before: BTreeSet::new(),
     };
     state.host_setup();

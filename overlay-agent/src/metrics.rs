@@ -43,6 +43,10 @@ pub struct Metrics {
     pub kernel_changes: Family<ChangeLabel, Counter>,
     pub resyncs: Counter,
     pub ready: Gauge,
+    /// 1 while Twill's firewall table is in place as wanted.
+    pub firewall_ok: Gauge,
+    /// Times the table was found deleted or changed at a resync, and put back.
+    pub firewall_repairs: Counter,
     /// NetworkPolicies in the last snapshot.
     pub policies: Gauge,
     /// Allow entries compiled for this node's pods.
@@ -77,6 +81,8 @@ impl Metrics {
             kernel_changes: Family::default(),
             resyncs: Counter::default(),
             ready: Gauge::default(),
+            firewall_ok: Gauge::default(),
+            firewall_repairs: Counter::default(),
             policies: Gauge::default(),
             policy_rules: Gauge::default(),
             // 0.1 ms .. ~3 s
@@ -103,6 +109,8 @@ impl Metrics {
             "kernel_changes", "Routes, neighbour and FDB entries put or removed", kernel_changes;
             "resyncs", "Full resyncs against the kernel", resyncs;
             "ready", "1 when the agent is ready", ready;
+            "firewall_ok", "1 while Twill's nftables table (masquerade, forward) is in place as wanted", firewall_ok;
+            "firewall_repairs", "Times Twill's nftables table was found deleted or changed at a resync and put back", firewall_repairs;
             "policies", "NetworkPolicies in the cluster", policies;
             "policy_rules", "Allow entries compiled for this node's pods", policy_rules;
             "policy_compile_seconds", "Compiling and rendering the policy table of one snapshot", policy_compile_seconds;

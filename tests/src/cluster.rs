@@ -283,7 +283,8 @@ impl Cluster {
         self.spawn_agent(i, cmd);
     }
 
-    fn spawn_agent(&mut self, i: usize, mut cmd: Command) {
+    /// Starts node `i`'s agent with `cmd` (from [`Cluster::agent_command`], perhaps changed).
+    pub fn spawn_agent(&mut self, i: usize, mut cmd: Command) {
         self.nodes[i].stop_agent(libc::SIGKILL);
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -5,7 +5,7 @@ use super::peer_table::PeerTable;
 use super::AgentConf;
 use crate::datapath::Datapath;
 use crate::desired::{DesiredState, NextHop, Plan};
-use crate::firewall::{Firewall, FirewallRules};
+use crate::firewall::{Firewall, FirewallError, FirewallRules};
 use crate::peers::{OwnNode, PeerSet, Rejected};
 use crate::registry::Snapshot;
 use crate::status::Board;
@@ -28,6 +28,8 @@ pub(super) struct LoopState<'a> {
     pub(super) cache: Option<DesiredState>,
     pub(super) device: Option<u32>,
     pub(super) files_ok: bool,
+    /// Why the firewall table is not in place, with what fixes it; `None` when it is.
+    pub(super) firewall_problem: Option<String>,
     pub(super) rejected_before: BTreeSet<(String, String)>,
 }
 
@@ -49,10 +51,23 @@ impl LoopState<'_> {
             }
         }
         self.files_ok = host.files_current(self.subnet_file);
-        if let Err(e) = self.firewall.apply(self.firewall_rules) {
-            tracing::error!(error = %e, "cannot apply the firewall rules");
-            self.board.metrics.reconcile_errors.inc();
+        let metrics = &self.board.metrics;
+        match self.firewall.apply(self.firewall_rules) {
+            Ok(applied) => {
+                if applied.repaired.is_some() {
+                    metrics.firewall_repairs.inc();
+                }
+                self.firewall_problem = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot apply the firewall rules");
+                metrics.reconcile_errors.inc();
+                self.firewall_problem = Some(firewall_problem(&e));
+            }
         }
+        metrics
+            .firewall_ok
+            .set(i64::from(self.firewall_problem.is_none()));
     }
 
     /// One reconcile pass; false when something failed (retried soon).
@@ -228,9 +243,29 @@ impl LoopState<'_> {
         if !self.files_ok {
             not_ready.push("the subnet file or the CNI conflist is not written".into());
         }
+        if let Some(p) = &self.firewall_problem {
+            not_ready.push(p.clone());
+        }
         self.board.update(|s| {
             s.peers = table.rows;
             s.set_overlay_reasons(not_ready, true);
         });
     }
+}
+
+/// A not-ready reason for a firewall that could not be put in place: what failed and
+/// what usually fixes it. Without the table, pods lose their egress (no masquerade)
+/// and, behind a FORWARD drop policy, each other.
+fn firewall_problem(e: &FirewallError) -> String {
+    let fix = match e {
+        FirewallError::Spawn { .. } => "install the nftables package (apt-get install nftables)",
+        FirewallError::Nft { stderr, .. } if stderr.contains("Operation not permitted") => {
+            "run the agent with CAP_NET_ADMIN (the DaemonSet's securityContext)"
+        }
+        FirewallError::Nft { .. } => {
+            "check that the kernel has nf_tables with NAT (modprobe nf_tables nft_chain_nat)"
+        }
+        FirewallError::Output { .. } | FirewallError::TableName(_) => "see the agent's log",
+    };
+    format!("firewall table not in place ({e}); {fix}")
 }

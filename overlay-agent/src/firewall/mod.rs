@@ -130,11 +130,19 @@ pub enum FirewallError {
     TableName(String),
 }
 
+/// What an [`Firewall::apply`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Set when the table was no longer what the previous apply left (deleted by hand,
+    /// `nft flush ruleset`, edited): what was wrong. It has been put back.
+    pub repaired: Option<String>,
+}
+
 /// The agent's view of the firewall, so that it can hold a `Box<dyn Firewall>`.
 pub trait Firewall: Send + Sync {
     /// Brings the rules to `rules`; cheap when already there (the agent calls it on every
     /// resync, default 30 s).
-    fn apply(&self, rules: &FirewallRules) -> Result<(), FirewallError>;
+    fn apply(&self, rules: &FirewallRules) -> Result<Applied, FirewallError>;
     /// Removes everything Twill added (table and the FORWARD rules). Ok when nothing is
     /// there.
     fn remove(&self) -> Result<(), FirewallError>;

@@ -13,7 +13,8 @@ use super::script::{
     valid_table_name, wanted_forward_rules,
 };
 use super::{
-    Direction, Family, Firewall, FirewallError, FirewallRules, ForwardRule, IpNet, TaggedRule,
+    Applied, Direction, Family, Firewall, FirewallError, FirewallRules, ForwardRule, IpNet,
+    TaggedRule,
 };
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -30,6 +31,9 @@ pub struct Nft {
     table: String,
     /// The last table script applied, to log changes at info and repeats at debug.
     last: Mutex<Option<String>>,
+    /// The table as `nft -s list` showed it right after the last apply: a later listing
+    /// that differs means someone changed or deleted it.
+    applied_listing: Mutex<Option<String>>,
 }
 
 impl Default for Nft {
@@ -51,6 +55,7 @@ impl Nft {
             program: PathBuf::from("nft"),
             table: name.to_string(),
             last: Mutex::new(None),
+            applied_listing: Mutex::new(None),
         }
     }
 
@@ -110,6 +115,20 @@ impl Nft {
         })
     }
 
+    /// The table as `nft -s list table` prints it (counters left out), or `None` when
+    /// it does not exist.
+    fn listing(&self) -> Result<Option<String>, FirewallError> {
+        match self.nft(&["-s", "list", "table", "inet", &self.table], None) {
+            Ok(text) => Ok(Some(text)),
+            Err(FirewallError::Nft { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs `script` as one `nft -f -` transaction: all of it or nothing.
     pub fn run_script(&self, script: &str) -> Result<(), FirewallError> {
         self.check_table()?;
@@ -156,9 +175,24 @@ impl Nft {
 }
 
 impl Firewall for Nft {
-    fn apply(&self, rules: &FirewallRules) -> Result<(), FirewallError> {
+    fn apply(&self, rules: &FirewallRules) -> Result<Applied, FirewallError> {
         self.check_table()?;
         let started = Instant::now();
+        let before = self
+            .applied_listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let repaired = match before {
+            None => None,
+            Some(applied) => match self.listing()? {
+                None => Some(format!("table inet {} was deleted", self.table)),
+                Some(now) if now != applied => {
+                    Some(format!("table inet {} was changed", self.table))
+                }
+                Some(_) => None,
+            },
+        };
         let table_script = render_table_script(&self.table, rules);
         let mut script = table_script.clone();
         let mut forward_changes = 0;
@@ -195,7 +229,16 @@ impl Firewall for Nft {
             );
         }
         *last = Some(table_script);
-        Ok(())
+        drop(last);
+        let listing = self.listing()?;
+        *self
+            .applied_listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = listing;
+        if let Some(what) = &repaired {
+            tracing::warn!(table = %self.table, "{what} since the last apply; put back");
+        }
+        Ok(Applied { repaired })
     }
 
     fn remove(&self) -> Result<(), FirewallError> {
@@ -207,6 +250,10 @@ impl Firewall for Nft {
         script.push_str(&render_delete_table(&self.table));
         self.nft(&["-f", "-"], Some(&script))?;
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .applied_listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         tracing::info!(table = %self.table, "nftables rules removed");
         Ok(())
     }

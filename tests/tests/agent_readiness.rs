@@ -1,0 +1,89 @@
+//! A node that cannot do its job says so (issue 14 §1): the agent is not ready while
+//! its firewall table is not in place, names what is missing and what fixes it, and
+//! puts a table deleted or flushed by hand back within one resync, counting it.
+
+use std::time::Duration;
+use twill_tests::cluster::{tail, wait_until, Cluster, ClusterSpec};
+use twill_tests::promtool::http_body;
+use twill_tests::require_root;
+
+/// A sample of the agent's /metrics (no labels).
+fn metric(c: &Cluster, name: &str) -> Option<f64> {
+    let text = c.nodes[0].http_get("/metrics");
+    http_body(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn has_table(c: &Cluster) -> bool {
+    c.nodes[0]
+        .ns
+        .sh(&["nft", "list", "tables"])
+        .contains("inet twill")
+}
+
+#[test]
+fn without_its_firewall_a_node_is_not_ready_and_a_deleted_table_comes_back() {
+    require_root();
+    let mut c = Cluster::new(ClusterSpec::with_nodes(1));
+
+    // 1. No `nft` on the agent's PATH (nftables not installed): everything else works,
+    // but the node must not claim to be ready.
+    let mut cmd = c.agent_command(0, None);
+    cmd.env("PATH", "/usr/bin:/bin");
+    c.spawn_agent(0, cmd);
+    let mut said = String::new();
+    let explained = wait_until(Duration::from_secs(20), || {
+        said = c.nodes[0].http_get("/readyz");
+        said.contains("firewall table not in place") && said.contains("nftables")
+    });
+    assert!(
+        explained,
+        "/readyz must name the missing firewall: {said}\n{}",
+        tail(&c.nodes[0].log(), 10)
+    );
+    assert!(said.starts_with("HTTP/1.0 503"), "{said}");
+    assert_eq!(metric(&c, "twill_firewall_ok"), Some(0.0));
+    assert_eq!(metric(&c, "twill_ready"), Some(0.0));
+    let status = c.nodes[0].status().expect("status");
+    assert!(
+        status.to_string().contains("firewall table not in place"),
+        "{status}"
+    );
+    assert!(!has_table(&c));
+
+    // 2. With nft: ready, table in place.
+    c.start_agent(0);
+    c.expect_ready(Duration::from_secs(20));
+    assert!(has_table(&c));
+    assert_eq!(metric(&c, "twill_firewall_ok"), Some(1.0));
+    assert_eq!(metric(&c, "twill_firewall_repairs_total"), Some(0.0));
+
+    // 3. Deleted by hand, then the whole ruleset flushed: back within one resync (2 s
+    // here) each time, and counted.
+    let within = Duration::from_secs_f64(c.spec.resync_secs) + Duration::from_secs(3);
+    let n = &c.nodes[0];
+    for (k, how) in [
+        &["nft", "delete", "table", "inet", "twill"][..],
+        &["nft", "flush", "ruleset"][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        n.ns.sh(how);
+        assert!(!has_table(&c), "{how:?} left the table");
+        assert!(
+            wait_until(within, || has_table(&c)
+                && metric(&c, "twill_firewall_repairs_total")
+                    == Some(k as f64 + 1.0)),
+            "after {how:?}: table {}, repairs {:?}\n{}",
+            has_table(&c),
+            metric(&c, "twill_firewall_repairs_total"),
+            tail(&n.log(), 10)
+        );
+    }
+    assert!(n
+        .log()
+        .contains("was deleted since the last apply; put back"));
+    assert!(c.nodes[0].ready());
+}
