@@ -176,6 +176,19 @@ fn daemonset_on_a_kubelet_cluster_steps() -> Result<(), String> {
         if !left.is_empty() {
             return Err(format!("{node}: uninstall left {left:?}"));
         }
+        let annotations = k.kubectl(
+            &[
+                "get",
+                "node",
+                node,
+                "-o",
+                "jsonpath={.metadata.annotations}",
+            ],
+            None,
+        )?;
+        if annotations.contains("twill.io/") {
+            return Err(format!("{node}: uninstall left annotations {annotations}"));
+        }
         let (status, reason) = network_condition(&k, node)?;
         if (status.as_str(), reason.as_str()) != ("True", "TwillIsDown") {
             return Err(format!(
