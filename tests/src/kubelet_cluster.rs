@@ -20,6 +20,9 @@ pub const HOME: &str = "/tmp/k8s-node";
 /// Taken by every user of the harness for as long as its cluster is up.
 pub const LOCK_FILE: &str = "/tmp/k8s-node.lock";
 pub const NODES: [&str; 2] = ["node-1", "node-2"];
+/// kube-apiserver's own address (host, port), reachable from the nodes and covered by
+/// its serving certificate (`tests/k8s/up.sh` with `K8S_ADDR`).
+pub const API_SERVER: (&str, &str) = ("10.250.0.10", "6443");
 
 pub struct KubeletCluster {
     home: PathBuf,
@@ -38,6 +41,8 @@ impl KubeletCluster {
                 "the kubelet cluster harness is not installed in {HOME}: run `make k8s-node`"
             ));
         }
+        // Opened close-on-exec (std's default): the cluster's daemons must not inherit
+        // the lock, or they would hold it after this process is gone.
         let lock = File::options()
             .create(true)
             .truncate(false)

@@ -4,13 +4,11 @@
 //! ping each other, a replaced pod gets a new address, `rollout restart` loses no ping,
 //! and `kubectl delete -f` plus `twill-agent uninstall` leave nothing of Twill behind.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twill_tests::kube::manifests_dir;
 use twill_tests::kubelet_checks::{network_condition, pod_cidrs, running_pod, twill_leftovers};
-use twill_tests::kubelet_cluster::{wait_for, KubeletCluster, NODES};
+use twill_tests::kubelet_cluster::{wait_for, KubeletCluster, API_SERVER, NODES};
+use twill_tests::kubelet_ping::ContinuousPing;
 use twill_tests::{require_root, test_image, workspace_bin, TempDir};
 
 /// The image the manifest names.
@@ -116,9 +114,47 @@ fn daemonset_on_a_kubelet_cluster_steps() -> Result<(), String> {
     }
 
     // 3. `rollout restart` under a continuous cross-node ping (5 per second).
-    let lost = ping_across_restart(&k, &new_ip)?;
+    let lost = ping_across(&k, &new_ip, "rollout restart", || {
+        k.kubectl(
+            &["-n", "twill-system", "rollout", "restart", "ds/twill"],
+            None,
+        )?;
+        rollout_status(&k)
+    })?;
     if lost != 0 {
         return Err(format!("rollout restart lost {lost} ping replies"));
+    }
+
+    // 3b. The manifest's commented-out explicit API server address, uncommented: the
+    //     agents then talk to the API server itself, not through the Service.
+    let explicit = with_explicit_api_server(&manifest, API_SERVER)?;
+    let lost = ping_across(&k, &new_ip, "switching to an explicit API server", || {
+        k.kubectl(&["apply", "-f", "-"], Some(&explicit))?;
+        rollout_status(&k)
+    })?;
+    if lost != 0 {
+        return Err(format!(
+            "switching the API server address lost {lost} ping replies"
+        ));
+    }
+    let want = format!("https://{}:{}", API_SERVER.0, API_SERVER.1);
+    for pod in agent_pods(&k)? {
+        let status = k.kubectl(
+            &[
+                "-n",
+                "twill-system",
+                "exec",
+                &pod,
+                "--",
+                "twill-agent",
+                "status",
+                "--json",
+            ],
+            None,
+        )?;
+        if !status.contains(&want) {
+            return Err(format!("{pod} does not use {want}: {status}"));
+        }
     }
 
     // 4. Uninstall: pods first (their bridge ports go with them), then the manifest
@@ -223,6 +259,40 @@ fn test_manifest() -> Result<String, String> {
     Ok(out)
 }
 
+/// `manifest` with the DaemonSet's commented-out `KUBERNETES_SERVICE_HOST`/`PORT`
+/// uncommented and set to `(host, port)`.
+fn with_explicit_api_server(manifest: &str, (host, port): (&str, &str)) -> Result<String, String> {
+    let mut out = String::new();
+    let mut lines = manifest.lines();
+    let mut set = 0;
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let value = match trimmed {
+            "# - name: KUBERNETES_SERVICE_HOST" => host,
+            "# - name: KUBERNETES_SERVICE_PORT" => port,
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+        };
+        let name = trimmed.trim_start_matches("# ");
+        match lines.next().map(str::trim_start) {
+            Some(v) if v.starts_with("#   value: ") => {}
+            other => return Err(format!("after {name:?} the manifest has {other:?}")),
+        }
+        out.push_str(&format!("{indent}{name}\n{indent}  value: \"{value}\"\n"));
+        set += 1;
+    }
+    if set != 2 {
+        return Err(format!(
+            "the manifest has {set} commented-out KUBERNETES_SERVICE_* entries, not 2"
+        ));
+    }
+    Ok(out)
+}
+
 /// Deployments `sleep-1` and `sleep-2` (busybox, `sleep 3600`) pinned to node-1 and node-2.
 fn sleep_deployments() -> String {
     let mut yaml = String::new();
@@ -272,96 +342,57 @@ fn ping(k: &KubeletCluster, ip: &str, count: u32) -> Result<(), String> {
     .map(|_| ())
 }
 
-/// Restarts the DaemonSet while sleep-1 pings `ip` every 200 ms; counts the replies
-/// missing between the first and the last one received, the last one coming at least 5 s
-/// after the rollout finished.
-fn ping_across_restart(k: &KubeletCluster, ip: &str) -> Result<u64, String> {
+/// Runs `change` (which returns once the DaemonSet's rollout is done) while sleep-1
+/// pings `ip` every 200 ms, then counts replies until 5 s after the rollout: the replies
+/// missing between the first and the last one are lost. Every agent pod must have been
+/// replaced.
+fn ping_across(
+    k: &KubeletCluster,
+    ip: &str,
+    what: &str,
+    change: impl FnOnce() -> Result<(), String>,
+) -> Result<u64, String> {
     let before = agent_pods(k)?;
-    let mut pinger = k
-        .kubectl_command(&[
-            "exec",
-            "deploy/sleep-1",
-            "--",
-            "ping",
-            "-i",
-            "0.2",
-            "-w",
-            "600",
-            ip,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("kubectl exec ping: {e}"))?;
-    let replies: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
-    let stdout = pinger.stdout.take().ok_or("ping has no stdout")?;
-    let sink = replies.clone();
-    let reader = std::thread::spawn(move || {
-        // "64 bytes from 10.244.1.3: seq=12 ttl=63 time=0.180 ms"
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let seq = line.split("seq=").nth(1).and_then(|s| s.split(' ').next());
-            if let (Some(seq), Ok(mut r)) = (seq.and_then(|s| s.parse().ok()), sink.lock()) {
-                r.push((Instant::now(), seq));
-            }
-        }
-    });
-    let count = || replies.lock().map(|r| r.len()).unwrap_or(0);
-    let result = (|| {
-        wait_for("the first ping replies", Duration::from_secs(20), || {
-            count() >= 5
-        })?;
-        k.kubectl(
-            &["-n", "twill-system", "rollout", "restart", "ds/twill"],
-            None,
-        )?;
-        let t = Instant::now();
-        k.kubectl(
-            &[
-                "-n",
-                "twill-system",
-                "rollout",
-                "status",
-                "ds/twill",
-                "--timeout=240s",
-            ],
-            None,
-        )?;
-        let done = Instant::now();
-        eprintln!("rollout restart done in {:.1?}", done - t);
-        let last_after = |d: Duration| {
-            replies
-                .lock()
-                .is_ok_and(|r| r.last().is_some_and(|(at, _)| *at >= done + d))
-        };
-        wait_for(
-            "ping replies 5 s after the rollout",
-            Duration::from_secs(30),
-            || last_after(Duration::from_secs(5)),
-        )
-    })();
-    let _ = pinger.kill();
-    let _ = pinger.wait();
-    let _ = reader.join();
-    result?;
+    let ping = ContinuousPing::start(k, "sleep-1", ip)?;
+    wait_for("the first ping replies", Duration::from_secs(20), || {
+        ping.received() >= 5
+    })?;
+    let t = Instant::now();
+    change()?;
+    let done = Instant::now();
+    wait_for(
+        &format!("ping replies 5 s after {what}"),
+        Duration::from_secs(30),
+        || {
+            ping.last_reply_at()
+                .is_some_and(|at| at >= done + Duration::from_secs(5))
+        },
+    )?;
+    let count = ping.stop()?;
+    eprintln!("{what}: rollout done in {:.1?}; ping {count:?}", done - t);
     let after = agent_pods(k)?;
     if before.iter().any(|p| after.contains(p)) {
         return Err(format!(
-            "the rollout did not replace the agents: {before:?} -> {after:?}"
+            "{what} did not replace the agents: {before:?} -> {after:?}"
         ));
     }
-    let r = replies.lock().map_err(|_| "ping replies poisoned")?;
-    let seqs: std::collections::BTreeSet<u64> = r.iter().map(|(_, s)| *s).collect();
-    let (first, last) = match (seqs.first(), seqs.last()) {
-        (Some(f), Some(l)) => (*f, *l),
-        _ => return Err("no ping replies".into()),
-    };
-    let lost = (last - first + 1) - seqs.len() as u64;
-    eprintln!(
-        "ping across rollout restart: {} replies (seq {first}..={last}), {lost} lost",
-        seqs.len()
-    );
-    Ok(lost)
+    Ok(count.lost)
+}
+
+/// Waits for the DaemonSet's rollout.
+fn rollout_status(k: &KubeletCluster) -> Result<(), String> {
+    k.kubectl(
+        &[
+            "-n",
+            "twill-system",
+            "rollout",
+            "status",
+            "ds/twill",
+            "--timeout=240s",
+        ],
+        None,
+    )
+    .map(|_| ())
 }
 
 fn agent_pods(k: &KubeletCluster) -> Result<Vec<String>, String> {
