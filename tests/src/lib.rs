@@ -5,7 +5,8 @@
 //! them (`scenarios`), the NetworkPolicy reachability matrix (`policy_matrix`), real
 //! runtimes and registries (`containerd`, `etcd`, `kube`), the real two-node kubelet
 //! cluster, what a test reads off it and a container image of the binaries under test
-//! (`kubelet_cluster`, `kubelet_checks`, `kubelet_ping`, `test_image`), and
+//! (`kubelet_cluster`, `kubelet_checks`, `kubelet_manifests`, `kubelet_ping`,
+//! `test_image`), and
 //! private views of the machine's directories for a child process (`private_mounts`).
 //!
 //! Everything a test creates lives in namespaces whose names carry a per-run prefix, so
@@ -19,6 +20,7 @@ pub mod fixture;
 pub mod kube;
 pub mod kubelet_checks;
 pub mod kubelet_cluster;
+pub mod kubelet_manifests;
 pub mod kubelet_ping;
 pub mod netns;
 pub mod policy_matrix;

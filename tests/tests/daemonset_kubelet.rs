@@ -5,14 +5,13 @@
 //! and `kubectl delete -f` plus `twill-agent uninstall` leave nothing of Twill behind.
 
 use std::time::{Duration, Instant};
-use twill_tests::kube::manifests_dir;
 use twill_tests::kubelet_checks::{network_condition, pod_cidrs, running_pod, twill_leftovers};
 use twill_tests::kubelet_cluster::{wait_for, KubeletCluster, API_SERVER, NODES};
+use twill_tests::kubelet_manifests::{
+    sleep_deployments, test_manifest, with_explicit_api_server, IMAGE,
+};
 use twill_tests::kubelet_ping::ContinuousPing;
 use twill_tests::{require_root, test_image, workspace_bin, TempDir};
-
-/// The image the manifest names.
-const IMAGE: &str = "ghcr.io/twill-net/twill:0.1.0";
 
 #[test]
 fn daemonset_on_a_kubelet_cluster() {
@@ -187,13 +186,17 @@ fn daemonset_on_a_kubelet_cluster_steps() -> Result<(), String> {
     )?;
     let cidrs = pod_cidrs(&k)?;
     for node in NODES {
+        // SIGTERM left the data path in place (and so the checks after `uninstall` can
+        // fail): device, bridge, routes, tables, CNI files, socket.
         let left = twill_leftovers(&k, node, &cidrs)?;
-        // Else the checks after `uninstall` could not fail.
-        if left.len() < 5 {
+        let expected = ["link twill.1", "link twill0", "/run/twill/store.sock"];
+        let routes = left.iter().filter(|l| l.starts_with("route ")).count();
+        if expected.iter().any(|e| !left.iter().any(|l| l == e)) || routes < 2 {
             return Err(format!(
-                "{node}: kubectl delete removed the data path: {left:?}"
+                "{node}: after kubectl delete, expected {expected:?} and 2 routes: {left:?}"
             ));
         }
+        eprintln!("{node} before uninstall: {left:?}");
         let conf = net_conf.display().to_string();
         let kubeconfig = k.admin_kubeconfig().display().to_string();
         let argv = [
@@ -233,93 +236,6 @@ fn daemonset_on_a_kubelet_cluster_steps() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `conf/kubernetes/twill.yaml` with `imagePullPolicy: Never` under each of its images.
-fn test_manifest() -> Result<String, String> {
-    let path = manifests_dir().join("twill.yaml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = String::new();
-    let mut images = 0;
-    for line in text.lines() {
-        out.push_str(line);
-        out.push('\n');
-        if line.trim() == format!("image: {IMAGE}") {
-            let indent = &line[..line.len() - line.trim_start().len()];
-            out.push_str(&format!("{indent}imagePullPolicy: Never\n"));
-            images += 1;
-        }
-    }
-    if images != 2 {
-        return Err(format!(
-            "{} names {IMAGE} {images} times, not twice",
-            path.display()
-        ));
-    }
-    Ok(out)
-}
-
-/// `manifest` with the DaemonSet's commented-out `KUBERNETES_SERVICE_HOST`/`PORT`
-/// uncommented and set to `(host, port)`.
-fn with_explicit_api_server(manifest: &str, (host, port): (&str, &str)) -> Result<String, String> {
-    let mut out = String::new();
-    let mut lines = manifest.lines();
-    let mut set = 0;
-    while let Some(line) = lines.next() {
-        let trimmed = line.trim_start();
-        let indent = &line[..line.len() - trimmed.len()];
-        let value = match trimmed {
-            "# - name: KUBERNETES_SERVICE_HOST" => host,
-            "# - name: KUBERNETES_SERVICE_PORT" => port,
-            _ => {
-                out.push_str(line);
-                out.push('\n');
-                continue;
-            }
-        };
-        let name = trimmed.trim_start_matches("# ");
-        match lines.next().map(str::trim_start) {
-            Some(v) if v.starts_with("#   value: ") => {}
-            other => return Err(format!("after {name:?} the manifest has {other:?}")),
-        }
-        out.push_str(&format!("{indent}{name}\n{indent}  value: \"{value}\"\n"));
-        set += 1;
-    }
-    if set != 2 {
-        return Err(format!(
-            "the manifest has {set} commented-out KUBERNETES_SERVICE_* entries, not 2"
-        ));
-    }
-    Ok(out)
-}
-
-/// Deployments `sleep-1` and `sleep-2` (busybox, `sleep 3600`) pinned to node-1 and node-2.
-fn sleep_deployments() -> String {
-    let mut yaml = String::new();
-    for (i, node) in NODES.iter().enumerate() {
-        let name = format!("sleep-{}", i + 1);
-        yaml.push_str(&format!(
-            "---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      nodeSelector: {{kubernetes.io/hostname: {node}}}
-      terminationGracePeriodSeconds: 1
-      containers:
-        - name: sleep
-          image: busybox:local
-          imagePullPolicy: Never
-          command: [sleep, \"3600\"]
-"
-        ));
-    }
-    yaml
 }
 
 /// `ping -c count` from sleep-1 to `ip`.
