@@ -20,6 +20,8 @@ pub const HOME: &str = "/tmp/k8s-node";
 /// Taken by every user of the harness for as long as its cluster is up.
 pub const LOCK_FILE: &str = "/tmp/k8s-node.lock";
 pub const NODES: [&str; 2] = ["node-1", "node-2"];
+/// How long to wait for another user of the harness (a whole DaemonSet test takes ~3 min).
+const LOCK_WAIT: Duration = Duration::from_secs(15 * 60);
 /// kube-apiserver's own address (host, port), reachable from the nodes and covered by
 /// its serving certificate (`tests/k8s/up.sh` with `K8S_ADDR`).
 pub const API_SERVER: (&str, &str) = ("10.250.0.10", "6443");
@@ -49,15 +51,15 @@ impl KubeletCluster {
             .write(true)
             .open(LOCK_FILE)
             .map_err(|e| format!("{LOCK_FILE}: {e}"))?;
-        // SAFETY (both): flock on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // SAFETY: flock on a descriptor this function owns.
+        let take = || unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !take() {
             eprintln!("waiting for {LOCK_FILE}: another user of {HOME} holds it");
-        }
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(format!(
-                "flock {LOCK_FILE}: {}",
-                std::io::Error::last_os_error()
-            ));
+            wait_for(
+                &format!("{LOCK_FILE} (held by another user of {HOME})"),
+                LOCK_WAIT,
+                take,
+            )?;
         }
         let cluster = KubeletCluster { home, _lock: lock };
         if cluster.is_up() {
