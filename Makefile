@@ -18,7 +18,7 @@ endif
 endif
 endif
 
-.PHONY: deps deps-lab k8s build plugin test bench bench-overlay bench-policy bench-policy-latency bench-kube-registry check clean-netns lab lab-down
+.PHONY: deps deps-lab k8s k8s-node build plugin test bench bench-overlay bench-policy bench-policy-latency bench-kube-registry check clean-netns lab lab-down
 
 # The Debian packages the build and the lab need (deps-lab), or also the tests and
 # benchmarks (deps): apt-get installs only what is missing; a no-op when all is there.
@@ -42,7 +42,7 @@ plugin: deps-lab
 		$(CARGO) build --release -p twill-cni --target $(HOST_TRIPLE)
 
 # Unit tests, then the end-to-end tests over real namespaces (need root).
-test: deps build plugin k8s
+test: deps build plugin k8s k8s-node
 	$(CARGO) test --workspace --no-fail-fast
 	TWILL_PLUGIN=$(PLUGIN) $(CARGO) test -p twill-tests --test plugin_lifecycle --test plugin_errors --test plugin_repeat_add
 
@@ -51,6 +51,16 @@ test: deps build plugin k8s
 K8S_SCRIPTS ?= $(if $(wildcard ../shared/k8s/prepare.sh),../shared/k8s,tests/k8s)
 k8s:
 	bash $(K8S_SCRIPTS)/prepare.sh
+
+# A real two-node cluster (containerd + kubelet v1.20.2 per node, a scheduler) in
+# /tmp/k8s-node for the DaemonSet test (~5-8 min once, from the same source tree; a no-op
+# when built). Its control plane is $(K8S_SCRIPTS) (install.sh takes the sibling ../k8s).
+K8S_NODE_SCRIPTS ?= $(if $(wildcard ../shared/k8s-node/install.sh),../shared/k8s-node,tests/k8s-node)
+K8S_NODE_BUILT := /tmp/k8s-node/cluster-up.sh /tmp/k8s-node/bin/kubelet /tmp/k8s-node/bin/kube-scheduler \
+	/tmp/k8s-node/images/pause-3.2.tar /tmp/k8s-node/images/busybox-local.tar
+k8s-node: k8s
+	@if ls $(K8S_NODE_BUILT) >/dev/null 2>&1; then echo "k8s-node: built (/tmp/k8s-node)"; \
+	else bash $(K8S_NODE_SCRIPTS)/install.sh; fi
 
 # Benchmarks against the references, printed as tables (see BENCHMARKS.md).
 bench: deps plugin

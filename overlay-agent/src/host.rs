@@ -148,10 +148,12 @@ impl HostPaths {
     /// Removes what the agent wrote; missing files are fine.
     pub fn remove_all(&self) -> Result<Vec<PathBuf>, HostError> {
         let mut removed = Vec::new();
+        // The store socket outlives a stopped agent (nothing unlinks a bound socket).
         for p in [
             self.conflist_path(),
             self.subnet_file.clone(),
             self.plugin_path(),
+            self.store_socket.clone(),
         ] {
             match std::fs::remove_file(&p) {
                 Ok(()) => removed.push(p),
@@ -161,6 +163,23 @@ impl HostPaths {
         }
         Ok(removed)
     }
+}
+
+/// Deletes the pod bridge `name` if no interface is attached to it: with no pod left on
+/// the node nothing uses it, while a pod still running keeps its network. `Ok(false)` when
+/// it is absent or in use.
+pub async fn remove_idle_bridge(
+    nl: &twill_netlink::Netlink,
+    name: &str,
+) -> Result<bool, twill_netlink::NetlinkError> {
+    let links = nl.links().await?;
+    let Some(bridge) = links.iter().find(|l| l.name == name) else {
+        return Ok(false);
+    };
+    if links.iter().any(|l| l.master == Some(bridge.index)) {
+        return Ok(false);
+    }
+    nl.delete_link(bridge.index).await
 }
 
 #[cfg(test)]
@@ -229,7 +248,9 @@ mod tests {
         std::fs::write(&src, b"#!/bin/true\n").unwrap();
         p.install_plugin(&src).unwrap();
         assert_eq!(std::fs::read(p.plugin_path()).unwrap(), b"#!/bin/true\n");
-        assert_eq!(p.remove_all().unwrap().len(), 3);
+        let _store = std::os::unix::net::UnixListener::bind(&p.store_socket).unwrap();
+        assert_eq!(p.remove_all().unwrap().len(), 4);
+        assert!(!p.store_socket.exists(), "the store socket is removed");
         assert!(p.remove_all().unwrap().is_empty());
     }
 }

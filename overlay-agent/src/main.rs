@@ -393,7 +393,7 @@ async fn uninstall(a: RunArgs) -> Result<std::process::ExitCode> {
     let nl = twill_netlink::Netlink::connect()?;
     // Only the device name and route protocol matter for removal.
     let dp = Datapath::new(
-        nl,
+        nl.clone(),
         DeviceConf {
             name: device_name(vni),
             vni,
@@ -418,6 +418,11 @@ async fn uninstall(a: RunArgs) -> Result<std::process::ExitCode> {
     let removed = a.host.paths(false).remove_all()?;
     for p in &removed {
         println!("removed {}", p.display());
+    }
+    match twill_agent::host::remove_idle_bridge(&nl, &a.host.bridge).await {
+        Ok(true) => println!("removed bridge {}", a.host.bridge),
+        Ok(false) => {}
+        Err(e) => eprintln!("twill-agent: cannot remove bridge {}: {e}", a.host.bridge),
     }
     match registry_for(&cluster, &node, &a.kube).await {
         Ok((r, _, _)) => r

@@ -3,7 +3,10 @@
 //! exactly as a container runtime invokes it (`cni`), single nodes and pods
 //! (`fixture`), whole clusters with their agents (`cluster`) and the scenarios run on
 //! them (`scenarios`), the NetworkPolicy reachability matrix (`policy_matrix`), real
-//! runtimes and registries (`containerd`, `etcd`, `kube`), and
+//! runtimes and registries (`containerd`, `etcd`, `kube`), the real two-node kubelet
+//! cluster, what a test reads off it and a container image of the binaries under test
+//! (`kubelet_cluster`, `kubelet_checks`, `kubelet_manifests`, `kubelet_ping`,
+//! `test_image`), and
 //! private views of the machine's directories for a child process (`private_mounts`).
 //!
 //! Everything a test creates lives in namespaces whose names carry a per-run prefix, so
@@ -16,11 +19,16 @@ pub mod etcd;
 pub mod fixture;
 pub mod kube;
 pub mod kube_nodes;
+pub mod kubelet_checks;
+pub mod kubelet_cluster;
+pub mod kubelet_manifests;
+pub mod kubelet_ping;
 pub mod netns;
 pub mod policy_matrix;
 pub mod private_mounts;
 pub mod promtool;
 pub mod scenarios;
+pub mod test_image;
 
 pub use cni::{CniCall, CniOutcome, Plugin};
 pub use fixture::{ConfExt, Node, Pod, TempDir};

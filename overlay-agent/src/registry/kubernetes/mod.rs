@@ -20,13 +20,15 @@ pub use node_view::{
     VTEP_MAC,
 };
 
-use node_view::{announced, network_available, snapshot_of, NETWORK_UNAVAILABLE};
+use node_view::{
+    announced, leave_patch, network_available, network_condition, snapshot_of, NETWORK_UNAVAILABLE,
+};
 pub use slim_node::SlimNode;
 
 use super::{Announcement, Registry, RegistryError, Snapshot};
 use futures::StreamExt;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
@@ -118,15 +120,7 @@ impl KubeRegistry {
 
     async fn set_network_available(&self) -> Result<(), RegistryError> {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let cond = NodeCondition {
-            type_: NETWORK_UNAVAILABLE.into(),
-            status: "False".into(),
-            reason: Some("TwillIsUp".into()),
-            message: Some("Twill programmed this node's pod network".into()),
-            last_transition_time: Some(now.clone()),
-            last_heartbeat_time: Some(now),
-        };
-        let patch = json!({"status": {"conditions": [cond]}});
+        let patch = json!({"status": {"conditions": [network_condition(true, now)]}});
         self.nodes
             .patch_status(
                 &self.node,
@@ -315,20 +309,19 @@ impl Registry for KubeRegistry {
         Ok(())
     }
 
-    /// Removes the annotations (`twill-agent uninstall`); the user's override stays.
+    /// Removes the annotations (`twill-agent uninstall`; the user's override stays) and
+    /// sets `NetworkUnavailable=True` (`TwillIsDown`).
     async fn leave(&self, node: &str) -> Result<(), RegistryError> {
-        let patch = json!({"metadata": {"annotations": {
-            PUBLIC_IP: null, VTEP_MAC: null, BACKEND: null,
-        }}});
+        let patch = leave_patch(Time(k8s_openapi::jiff::Timestamp::now()));
         match self
             .nodes
-            .patch_status(node, &PatchParams::default(), &Patch::Merge(patch))
+            .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
             .await
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(unavailable(format!(
-                "removing annotations of Node {node}: {e}"
+                "removing annotations of Node {node} and marking its network down: {e}"
             ))),
         }
     }

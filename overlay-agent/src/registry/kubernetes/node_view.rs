@@ -5,7 +5,8 @@ use super::slim_node::SlimNode;
 use crate::record::{Mac, VtepRecord};
 use crate::registry::{Announcement, Malformed, Snapshot};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -135,6 +136,42 @@ pub(super) fn network_available(node: &Node) -> bool {
             cs.iter()
                 .any(|c| c.type_ == NETWORK_UNAVAILABLE && c.status == "False")
         })
+}
+
+/// Twill's `NetworkUnavailable` condition: `False` (`TwillIsUp`) once this node's pod
+/// network is programmed, `True` (`TwillIsDown`) after `uninstall`, so that a node without
+/// a pod network does not claim one.
+pub(super) fn network_condition(up: bool, now: Time) -> NodeCondition {
+    let (status, reason, message) = if up {
+        (
+            "False",
+            "TwillIsUp",
+            "Twill programmed this node's pod network",
+        )
+    } else {
+        (
+            "True",
+            "TwillIsDown",
+            "Twill was uninstalled from this node",
+        )
+    };
+    NodeCondition {
+        type_: NETWORK_UNAVAILABLE.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: Some(now.clone()),
+        last_heartbeat_time: Some(now),
+    }
+}
+
+/// `uninstall`'s strategic-merge patch of its own Node's status: Twill's annotations go
+/// (the operator's `twill.io/public-ip-overwrite` stays) and the network is marked down.
+pub(super) fn leave_patch(now: Time) -> serde_json::Value {
+    json!({
+        "metadata": {"annotations": {PUBLIC_IP: null, VTEP_MAC: null, BACKEND: null}},
+        "status": {"conditions": [network_condition(false, now)]},
+    })
 }
 
 /// The complete snapshot of the Nodes' views, by Node name.
@@ -283,6 +320,23 @@ mod tests {
             s.pod_cidrs = Some(vec!["banana".into()]);
         }
         assert!(matches!(node_view(&n, &v4()), NodeView::Malformed(_)));
+    }
+
+    #[test]
+    fn leave_patch_removes_the_annotations_and_marks_the_network_down() {
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let patch = leave_patch(now);
+        let anns = patch["metadata"]["annotations"].as_object().unwrap();
+        assert!(anns.values().all(|v| v.is_null()));
+        assert!(anns.contains_key(PUBLIC_IP) && anns.contains_key(VTEP_MAC));
+        assert!(
+            !anns.contains_key(PUBLIC_IP_OVERWRITE),
+            "the operator's override stays"
+        );
+        let cond = &patch["status"]["conditions"][0];
+        assert_eq!(cond["type"], NETWORK_UNAVAILABLE);
+        assert_eq!(cond["status"], "True");
+        assert_eq!(cond["reason"], "TwillIsDown");
     }
 
     #[test]
