@@ -123,12 +123,18 @@ impl HostPaths {
     /// plugin call does not pay for opening sled. On its own thread: opening waits for
     /// plugin processes that hold the store. Without it the plugin opens the store itself.
     /// `admission`: where NetworkPolicy is enforced, what admits new pods.
-    pub fn serve_address_store(&self, admission: Option<Arc<dyn AdmissionHook>>) {
+    /// `health`: what `Verify` (the plugin's STATUS) asks about the node first.
+    pub fn serve_address_store(
+        &self,
+        admission: Option<Arc<dyn AdmissionHook>>,
+        health: Arc<dyn twill_ipam::service::NodeHealth>,
+    ) {
         let (dir, socket) = (self.store_dir(), self.store_socket.clone());
         let spawned = std::thread::Builder::new()
             .name("store-service".into())
             .spawn(move || match twill_ipam::StoreService::start(&dir, &socket) {
                 Ok(service) => {
+                    let service = service.with_health(health);
                     let service = match admission {
                         Some(hook) => service.with_admission(hook),
                         None => service,

@@ -296,8 +296,10 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
     let (admit_hook, admits) = twill_agent::policy::admit::channel();
     let hook: Option<Arc<dyn twill_ipam::service::AdmissionHook>> =
         enforce_policy.then_some(admit_hook as _);
-    a.host.paths(enforce_policy).serve_address_store(hook);
     let board = Arc::new(Board::new(resync * 3 + Duration::from_secs(30)));
+    a.host
+        .paths(enforce_policy)
+        .serve_address_store(hook, board.clone());
     if let Some(addr) = listen_addr(&a.listen)? {
         let listener = http::bind(addr)
             .await

@@ -353,9 +353,9 @@ impl Cluster {
         Err(msg)
     }
 
-    /// Runs ADD for a new pod on node `i` with the conflist the agent wrote, as a runtime
-    /// does (plugin entry + the list's `cniVersion` and `name`).
-    pub fn add_pod(&self, i: usize, name: &str) -> Result<ClusterPod, String> {
+    /// What a runtime hands the plugin on node `i`: the conflist's plugin entry with the
+    /// list's `cniVersion` and `name`.
+    pub fn plugin_conf(&self, i: usize) -> Result<Value, String> {
         let node = &self.nodes[i];
         let list = node
             .conflist()
@@ -363,6 +363,14 @@ impl Cluster {
         let mut conf = list["plugins"][0].clone();
         conf["cniVersion"] = list["cniVersion"].clone();
         conf["name"] = list["name"].clone();
+        Ok(conf)
+    }
+
+    /// Runs ADD for a new pod on node `i` with the conflist the agent wrote, as a runtime
+    /// does (plugin entry + the list's `cniVersion` and `name`).
+    pub fn add_pod(&self, i: usize, name: &str) -> Result<ClusterPod, String> {
+        let node = &self.nodes[i];
+        let conf = self.plugin_conf(i)?;
         let ns = Netns::new(&format!("p{}", next_id()));
         let id = format!("{name}-{}", next_id());
         let out = Plugin::new(&node.ns).call(&CniCall::new("ADD", &conf).container(

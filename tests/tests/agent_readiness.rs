@@ -1,11 +1,13 @@
 //! A node that cannot do its job says so (issue 14 §1): the agent is not ready while
 //! its firewall table is not in place, names what is missing and what fixes it, and
-//! puts a table deleted or flushed by hand back within one resync, counting it.
+//! puts a table deleted or flushed by hand back within one resync, counting it; the
+//! plugin's STATUS answers 50 with the reason meanwhile.
 
 use std::time::Duration;
 use twill_tests::cluster::{tail, wait_until, Cluster, ClusterSpec};
 use twill_tests::promtool::http_body;
 use twill_tests::require_root;
+use twill_tests::{CniCall, CniOutcome, Plugin};
 
 /// A sample of the agent's /metrics (no labels).
 fn metric(c: &Cluster, name: &str) -> Option<f64> {
@@ -13,6 +15,14 @@ fn metric(c: &Cluster, name: &str) -> Option<f64> {
     http_body(&text)
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn plugin_status(c: &Cluster) -> CniOutcome {
+    let mut conf = c.plugin_conf(0).unwrap_or_else(|e| panic!("{e}"));
+    // The agent writes a 1.0.0 conflist (what containerd 1.6's libcni reads); STATUS
+    // is 1.1.0's, as a runtime with a 1.1.0 list would send it.
+    conf["cniVersion"] = "1.1.0".into();
+    Plugin::new(&c.nodes[0].ns).call(&CniCall::new("STATUS", &conf))
 }
 
 fn has_table(c: &Cluster) -> bool {
@@ -51,10 +61,26 @@ fn without_its_firewall_a_node_is_not_ready_and_a_deleted_table_comes_back() {
         "{status}"
     );
     assert!(!has_table(&c));
+    // The plugin's STATUS (asked through the agent's store service) says so too: 50.
+    let status = plugin_status(&c);
+    assert_eq!(
+        status.error_code(),
+        Some(50),
+        "{} {}",
+        status.stdout,
+        status.stderr
+    );
+    assert!(
+        status.stdout.contains("firewall table not in place"),
+        "{}",
+        status.stdout
+    );
 
-    // 2. With nft: ready, table in place.
+    // 2. With nft: ready, table in place, STATUS fine.
     c.start_agent(0);
     c.expect_ready(Duration::from_secs(20));
+    let status = plugin_status(&c);
+    assert!(status.success(), "{} {}", status.stdout, status.stderr);
     assert!(has_table(&c));
     assert_eq!(metric(&c, "twill_firewall_ok"), Some(1.0));
     assert_eq!(metric(&c, "twill_firewall_repairs_total"), Some(0.0));

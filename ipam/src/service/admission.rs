@@ -27,3 +27,11 @@ pub trait AdmissionHook: Send + Sync {
     /// `owner`'s addresses were released (DEL, GC): its admission no longer holds.
     fn released(&self, owner: &Attachment);
 }
+
+/// What the service asks before it answers `Verify` (the plugin's STATUS): whether the
+/// node can give a new pod a working network. The agent answers from its readiness: a
+/// missing firewall table or VXLAN device makes STATUS fail with the reason.
+pub trait NodeHealth: Send + Sync {
+    /// `Some(why)` when a pod added now would not get a working network.
+    fn not_ready(&self) -> Option<String>;
+}

@@ -27,7 +27,7 @@ use twill_conf::{Attachment, PodRange};
 
 use crate::{Reservation, Store, StoreError};
 
-pub use admission::{Admission, AdmissionHook};
+pub use admission::{Admission, AdmissionHook, NodeHealth};
 pub use client::{Pending, StoreClient};
 pub use server::StoreService;
 

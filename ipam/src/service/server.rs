@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use super::{AdmissionHook, Op, Outcome, Reply, Request, MAX_REQUEST, REPLY_TIMEOUT};
+use super::{AdmissionHook, NodeHealth, Op, Outcome, Reply, Request, MAX_REQUEST, REPLY_TIMEOUT};
 use crate::lock::ServedMark;
 use crate::{Store, StoreError};
 
@@ -19,6 +19,7 @@ pub struct StoreService {
     listener: UnixListener,
     socket: PathBuf,
     admission: Option<Arc<dyn AdmissionHook>>,
+    health: Option<Arc<dyn NodeHealth>>,
     _served: ServedMark,
 }
 
@@ -55,6 +56,7 @@ impl StoreService {
             listener,
             socket: socket.to_owned(),
             admission: None,
+            health: None,
             _served: served,
         })
     }
@@ -63,6 +65,12 @@ impl StoreService {
     /// admission is answered "not enforced".
     pub fn with_admission(mut self, hook: Arc<dyn AdmissionHook>) -> StoreService {
         self.admission = Some(hook);
+        self
+    }
+
+    /// Answers `Verify` with the node's problem when `health` has one.
+    pub fn with_health(mut self, health: Arc<dyn NodeHealth>) -> StoreService {
+        self.health = Some(health);
         self
     }
 
@@ -124,6 +132,11 @@ impl StoreService {
                 Ok(()) => Reply::Ok(Outcome::Admitted { enforced: true }),
                 Err(e) => Reply::Failed(e),
             };
+        }
+        if let (Op::Verify, Some(health)) = (&req.op, &self.health) {
+            if let Some(why) = health.not_ready() {
+                return Reply::Failed(format!("the node is not ready: {why}"));
+            }
         }
         match self.store.apply(&req.op) {
             Ok(outcome) => {

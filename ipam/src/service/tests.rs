@@ -177,3 +177,37 @@ fn the_request_keeps_its_wire_format() {
         })
     );
 }
+
+/// A node whose health can be flipped.
+struct Flag(std::sync::Mutex<Option<String>>);
+
+impl NodeHealth for Flag {
+    fn not_ready(&self) -> Option<String> {
+        self.0.lock().ok()?.clone()
+    }
+}
+
+#[test]
+fn verify_reports_what_the_node_health_hook_says() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (dir, socket) = (tmp.path().join("store"), tmp.path().join("s.sock"));
+    let flag = std::sync::Arc::new(Flag(std::sync::Mutex::new(Some(
+        "firewall table not in place".into(),
+    ))));
+    let service = StoreService::start(&dir, &socket)
+        .expect("service starts")
+        .with_health(flag.clone());
+    std::thread::spawn(move || service.serve());
+    let client = StoreClient::new(dir, Some(socket));
+    let err = client.verify().expect_err("an unhealthy node fails Verify");
+    assert!(
+        err.to_string().contains("firewall table not in place"),
+        "{err}"
+    );
+    // Only Verify asks: addresses are still served.
+    client
+        .allocate(&owner("a"), &[range("10.9.0.0/24", "10.9.0.1")])
+        .expect("allocate");
+    *flag.0.lock().expect("lock") = None;
+    client.verify().expect("a healthy node verifies");
+}

@@ -227,28 +227,29 @@ impl LoopState<'_> {
             .metrics
             .set_peers(table.programmed, table.pending, table.rejected);
 
-        let mut not_ready = Vec::new();
+        // What breaks a new pod's network here, then what only delays its peers.
+        let mut pod_network = Vec::new();
         if self.device.is_none() {
-            not_ready.push(format!(
+            pod_network.push(format!(
                 "VXLAN device {} is not up",
                 self.datapath.conf().name
             ));
         }
+        if !self.files_ok {
+            pod_network.push("the subnet file or the CNI conflist is not written".into());
+        }
+        pod_network.extend(self.firewall_problem.clone());
+        let mut not_ready = pod_network.clone();
         if !snap.complete {
             not_ready.push("the registry has not been listed yet".into());
         }
         if table.pending > 0 {
             not_ready.push(format!("{} peer(s) not programmed", table.pending));
         }
-        if !self.files_ok {
-            not_ready.push("the subnet file or the CNI conflist is not written".into());
-        }
-        if let Some(p) = &self.firewall_problem {
-            not_ready.push(p.clone());
-        }
         self.board.update(|s| {
             s.peers = table.rows;
             s.set_overlay_reasons(not_ready, true);
+            s.set_pod_network_problems(pod_network);
         });
     }
 }

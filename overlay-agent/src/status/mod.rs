@@ -55,6 +55,10 @@ pub struct AgentStatus {
     passed: bool,
     #[serde(skip)]
     policy_reason: Option<String>,
+    /// The reasons a pod added now would not get a working network (firewall, device,
+    /// CNI files): what the plugin's STATUS reports through the store service.
+    #[serde(skip)]
+    pod_network_problems: Vec<String>,
 }
 
 impl AgentStatus {
@@ -63,6 +67,11 @@ impl AgentStatus {
         self.overlay_reasons = reasons;
         self.passed |= pass;
         self.refresh_ready();
+    }
+
+    /// The reasons among the overlay's that break a new pod's network.
+    pub fn set_pod_network_problems(&mut self, problems: Vec<String>) {
+        self.pod_network_problems = problems;
     }
 
     /// Why NetworkPolicy enforcement is not ready; `None`: it is.
@@ -201,6 +210,16 @@ impl Board {
             f(&mut s);
             self.metrics.ready.set(i64::from(s.ready));
         }
+    }
+}
+
+impl twill_ipam::service::NodeHealth for Board {
+    fn not_ready(&self) -> Option<String> {
+        let s = self.status.lock().ok()?;
+        if !s.passed {
+            return Some("the agent has not finished its first reconcile pass".into());
+        }
+        (!s.pod_network_problems.is_empty()).then(|| s.pod_network_problems.join("; "))
     }
 }
 
