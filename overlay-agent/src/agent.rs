@@ -129,13 +129,6 @@ pub async fn run(
     tracing::info!(subnets = ?subnets, "joined the registry");
     board.update(|s| s.subnets = subnets.clone());
 
-    use twill_netlink::sysctl::IpFamily;
-    let v6 = subnets.iter().any(|s| s.addr().is_ipv6());
-    let families = [Some(IpFamily::V4), v6.then_some(IpFamily::V6)];
-    for e in twill_netlink::sysctl::enable_forwarding(families.into_iter().flatten()) {
-        tracing::warn!(key = e.key, error = %e.source, "cannot enable forwarding");
-    }
-
     let datapath = Datapath::new(
         nl.clone(),
         DeviceConf {
@@ -220,6 +213,9 @@ pub async fn run(
         device: None,
         files_ok: false,
         firewall_problem: None,
+        files_problem: None,
+        forwarding_problem: None,
+        device_problem: None,
         rejected_before: BTreeSet::new(),
     };
     state.host_setup();

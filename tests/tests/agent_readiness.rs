@@ -1,8 +1,10 @@
 //! A node that cannot do its job says so (issue 14 §1): the agent is not ready while
 //! its firewall table is not in place, names what is missing and what fixes it, and
 //! puts a table deleted or flushed by hand back within one resync, counting it; the
-//! plugin's STATUS answers 50 with the reason meanwhile.
+//! plugin's STATUS answers 50 with the reason meanwhile. Forwarding turned off and an
+//! unwritable CNI config dir are found and named the same way.
 
+use serde_json::Value;
 use std::time::Duration;
 use twill_tests::cluster::{tail, wait_until, Cluster, ClusterSpec};
 use twill_tests::promtool::http_body;
@@ -17,12 +19,17 @@ fn metric(c: &Cluster, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-fn plugin_status(c: &Cluster) -> CniOutcome {
+/// The plugin's config on node 1, as a runtime with a 1.1.0 list would send it.
+fn status_conf(c: &Cluster) -> Value {
     let mut conf = c.plugin_conf(0).unwrap_or_else(|e| panic!("{e}"));
     // The agent writes a 1.0.0 conflist (what containerd 1.6's libcni reads); STATUS
-    // is 1.1.0's, as a runtime with a 1.1.0 list would send it.
+    // is 1.1.0's.
     conf["cniVersion"] = "1.1.0".into();
-    Plugin::new(&c.nodes[0].ns).call(&CniCall::new("STATUS", &conf))
+    conf
+}
+
+fn plugin_status(c: &Cluster, conf: &Value) -> CniOutcome {
+    Plugin::new(&c.nodes[0].ns).call(&CniCall::new("STATUS", conf))
 }
 
 fn has_table(c: &Cluster) -> bool {
@@ -62,7 +69,7 @@ fn without_its_firewall_a_node_is_not_ready_and_a_deleted_table_comes_back() {
     );
     assert!(!has_table(&c));
     // The plugin's STATUS (asked through the agent's store service) says so too: 50.
-    let status = plugin_status(&c);
+    let status = plugin_status(&c, &status_conf(&c));
     assert_eq!(
         status.error_code(),
         Some(50),
@@ -79,7 +86,7 @@ fn without_its_firewall_a_node_is_not_ready_and_a_deleted_table_comes_back() {
     // 2. With nft: ready, table in place, STATUS fine.
     c.start_agent(0);
     c.expect_ready(Duration::from_secs(20));
-    let status = plugin_status(&c);
+    let status = plugin_status(&c, &status_conf(&c));
     assert!(status.success(), "{} {}", status.stdout, status.stderr);
     assert!(has_table(&c));
     assert_eq!(metric(&c, "twill_firewall_ok"), Some(1.0));
@@ -112,4 +119,38 @@ fn without_its_firewall_a_node_is_not_ready_and_a_deleted_table_comes_back() {
         .log()
         .contains("was deleted since the last apply; put back"));
     assert!(c.nodes[0].ready());
+
+    // 4. Forwarding turned off on the node (a sysctl reload): on again within a resync.
+    n.ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert!(
+        wait_until(within, || n
+            .ns
+            .sh(&["sysctl", "-n", "net.ipv4.ip_forward"])
+            .trim()
+            == "1"),
+        "forwarding stayed off\n{}",
+        tail(&n.log(), 10)
+    );
+
+    // 5. The CNI config dir not writable (here: a file where the directory should be):
+    // not ready, naming it, STATUS 50; ready again once it can be written.
+    let conf = status_conf(&c);
+    let conf_dir = n.files.cni_conf_dir.clone();
+    std::fs::remove_dir_all(&conf_dir).expect("removing the conf dir");
+    std::fs::write(&conf_dir, b"not a directory").expect("a file in its place");
+    let mut said = String::new();
+    let explained = wait_until(within, || {
+        said = n.http_get("/readyz");
+        said.contains("the CNI files are not written")
+            && said.contains(&conf_dir.display().to_string())
+    });
+    assert!(explained, "/readyz: {said}\n{}", tail(&n.log(), 10));
+    let status = plugin_status(&c, &conf);
+    assert_eq!(status.error_code(), Some(50), "{}", status.stdout);
+    std::fs::remove_file(&conf_dir).expect("removing the file");
+    assert!(
+        wait_until(within, || c.nodes[0].ready()),
+        "not ready again: {}",
+        c.nodes[0].http_get("/readyz")
+    );
 }

@@ -30,6 +30,10 @@ pub(super) struct LoopState<'a> {
     pub(super) files_ok: bool,
     /// Why the firewall table is not in place, with what fixes it; `None` when it is.
     pub(super) firewall_problem: Option<String>,
+    /// Why the CNI files, forwarding or the VXLAN device are not in place; same form.
+    pub(super) files_problem: Option<String>,
+    pub(super) forwarding_problem: Option<String>,
+    pub(super) device_problem: Option<String>,
     pub(super) rejected_before: BTreeSet<(String, String)>,
 }
 
@@ -41,6 +45,7 @@ impl LoopState<'_> {
         let files = host
             .write_subnet_file(self.subnet_file)
             .and_then(|a| host.write_conflist().map(|b| a || b));
+        self.files_problem = None;
         match files {
             Ok(true) => tracing::info!(subnet_file = %host.subnet_file.display(),
                 conflist = %host.conflist_path().display(), "wrote the CNI files"),
@@ -48,9 +53,14 @@ impl LoopState<'_> {
             Err(e) => {
                 tracing::error!(error = %e, "cannot write the CNI files");
                 self.board.metrics.reconcile_errors.inc();
+                self.files_problem = Some(format!(
+                    "the CNI files are not written ({e}); the agent needs write access there \
+                     (the DaemonSet's hostPath mounts)"
+                ));
             }
         }
         self.files_ok = host.files_current(self.subnet_file);
+        self.ensure_forwarding();
         let metrics = &self.board.metrics;
         match self.firewall.apply(self.firewall_rules) {
             Ok(applied) => {
@@ -68,6 +78,27 @@ impl LoopState<'_> {
         metrics
             .firewall_ok
             .set(i64::from(self.firewall_problem.is_none()));
+    }
+
+    /// Forwarding on for the node's families: pods on other nodes are reached through
+    /// it. Something on the node turning it off (a sysctl reload, a restarted
+    /// container engine) is put right here, at every resync.
+    fn ensure_forwarding(&mut self) {
+        use twill_netlink::sysctl::{enable_forwarding, IpFamily};
+        let subnets = &self.datapath.conf().own_subnets;
+        let v6 = subnets.iter().any(|s| s.addr().is_ipv6());
+        let families = [Some(IpFamily::V4), v6.then_some(IpFamily::V6)];
+        let errors = enable_forwarding(families.into_iter().flatten());
+        for e in &errors {
+            tracing::error!(key = e.key, error = %e.source, "cannot enable forwarding");
+        }
+        self.forwarding_problem = (!errors.is_empty()).then(|| {
+            let keys: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            format!(
+                "{}; run the agent privileged or set it to 1 in the node's sysctl configuration",
+                keys.join("; ")
+            )
+        });
     }
 
     /// One reconcile pass; false when something failed (retried soon).
@@ -175,12 +206,23 @@ impl LoopState<'_> {
                     self.cache = None;
                 }
                 self.device = Some(index);
+                self.device_problem = None;
                 true
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up the VXLAN device");
                 self.board.metrics.reconcile_errors.inc();
                 self.device = None;
+                let text = e.to_string();
+                let fix = if text.contains("not supported") || text.contains("Unknown device") {
+                    "; the kernel has no VXLAN driver loaded (modprobe vxlan)"
+                } else {
+                    ""
+                };
+                self.device_problem = Some(format!(
+                    "VXLAN device {} cannot be set up ({text}){fix}",
+                    self.datapath.conf().name
+                ));
                 false
             }
         }
@@ -229,15 +271,20 @@ impl LoopState<'_> {
 
         // What breaks a new pod's network here, then what only delays its peers.
         let mut pod_network = Vec::new();
-        if self.device.is_none() {
-            pod_network.push(format!(
+        match (&self.device_problem, self.device) {
+            (Some(p), _) => pod_network.push(p.clone()),
+            (None, None) => pod_network.push(format!(
                 "VXLAN device {} is not up",
                 self.datapath.conf().name
-            ));
+            )),
+            (None, Some(_)) => {}
         }
-        if !self.files_ok {
+        if let Some(p) = &self.files_problem {
+            pod_network.push(p.clone());
+        } else if !self.files_ok {
             pod_network.push("the subnet file or the CNI conflist is not written".into());
         }
+        pod_network.extend(self.forwarding_problem.clone());
         pod_network.extend(self.firewall_problem.clone());
         let mut not_ready = pod_network.clone();
         if !snap.complete {
