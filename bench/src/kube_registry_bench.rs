@@ -9,6 +9,7 @@
 //! - the API server's own count of LIST requests on nodes while the agent started
 //!   (pages of 500; the controller manager's would be in it too).
 
+mod cli;
 #[allow(dead_code)]
 mod overlay_agent_probe;
 #[allow(dead_code)]
@@ -23,12 +24,11 @@ mod report;
 use anyhow::{bail, Context, Result};
 use overlay_report::{Row, Target, Unit};
 use policy_latency_api::Api;
-use serde_json::json;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use twill_tests::cluster::{Cluster, ClusterSpec, RegistryKind};
+use twill_tests::cluster::Cluster;
 use twill_tests::kube::ControlPlane;
-use twill_tests::kube_nodes::{heavy_node, pod_cidr};
+use twill_tests::kube_nodes::{create_nodes, heavy_node, one_node_spec, pod_cidr};
 
 const USAGE: &str = "\
 usage: kube-registry-bench [options]   (as root; needs `make k8s`)
@@ -47,33 +47,11 @@ fn parse_args() -> Result<Args> {
         nodes: 1000,
         adds: 50,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || -> Result<usize> {
-            it.next()
-                .with_context(|| format!("{flag} needs a value"))?
-                .parse()
-                .with_context(|| format!("{flag}: not a number"))
-        };
-        match flag.as_str() {
-            "--nodes" => a.nodes = value()?,
-            "--adds" => a.adds = value()?,
-            _ => bail!("unknown option {flag}\n{USAGE}"),
-        }
-    }
+    cli::usize_flags(
+        USAGE,
+        &mut [("--nodes", &mut a.nodes), ("--adds", &mut a.adds)],
+    )?;
     Ok(a)
-}
-
-/// Creates Nodes `range` with kubectl, a List of 250 per call.
-fn create_nodes(cp: &ControlPlane, range: std::ops::Range<usize>) -> Result<()> {
-    let all: Vec<usize> = range.collect();
-    for chunk in all.chunks(250) {
-        let list = json!({"apiVersion": "v1", "kind": "List",
-            "items": chunk.iter().map(|&i| heavy_node(i)).collect::<Vec<_>>()});
-        cp.kubectl_result(&["create", "-f", "-"], Some(&list.to_string()))
-            .map_err(anyhow::Error::msg)?;
-    }
-    Ok(())
 }
 
 /// The API server's `apiserver_request_total` on nodes for `verb`, summed.
@@ -115,18 +93,11 @@ fn route_present(c: &Cluster, cidr: &str) -> bool {
 }
 
 fn run(args: &Args) -> Result<Vec<Row>> {
-    let mut c = Cluster::new(ClusterSpec {
-        nodes: 1,
-        registry: RegistryKind::Kubernetes,
-        // Room for the peers' /24s (10.1.0.0 onwards) beside node-ipam's own.
-        network: "10.0.0.0/8".into(),
-        resync_secs: 30.0,
-        ..ClusterSpec::default()
-    });
+    let mut c = Cluster::new(one_node_spec());
     let cp = ControlPlane::for_cluster(&c).map_err(anyhow::Error::msg)?;
     let api = Api::new(&cp, c.underlay.ns.name());
     let started = Instant::now();
-    create_nodes(&cp, 0..args.nodes)?;
+    create_nodes(&cp, 0..args.nodes).map_err(anyhow::Error::msg)?;
     let sample = cp
         .kubectl_result(
             &[

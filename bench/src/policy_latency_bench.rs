@@ -15,6 +15,7 @@
 //! `twill_policy_enforce_latency_seconds` (watch event arrival to nft applied) is read
 //! before and after each kind and shown beside it, as bucket bounds.
 
+mod cli;
 #[allow(dead_code)]
 mod overlay_agent_probe;
 #[allow(dead_code)]
@@ -60,21 +61,14 @@ fn parse_args() -> Result<Args> {
         policies: 100,
         trials: 40,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || -> Result<usize> {
-            it.next()
-                .with_context(|| format!("{flag} needs a value"))?
-                .parse()
-                .with_context(|| format!("{flag}: not a number"))
-        };
-        match flag.as_str() {
-            "--pods" => a.pods = value()?,
-            "--policies" => a.policies = value()?,
-            "--trials" => a.trials = value()?,
-            _ => bail!("unknown option {flag}\n{USAGE}"),
-        }
-    }
+    cli::usize_flags(
+        USAGE,
+        &mut [
+            ("--pods", &mut a.pods),
+            ("--policies", &mut a.policies),
+            ("--trials", &mut a.trials),
+        ],
+    )?;
     Ok(a)
 }
 

@@ -107,6 +107,30 @@ pub fn status_patch(round: usize) -> Value {
     }})
 }
 
+/// Creates Nodes `range` ([`heavy_node`]) with kubectl, a List of 250 per call.
+pub fn create_nodes(cp: &ControlPlane, range: std::ops::Range<usize>) -> Result<(), String> {
+    let all: Vec<usize> = range.collect();
+    for chunk in all.chunks(250) {
+        let list = json!({"apiVersion": "v1", "kind": "List",
+            "items": chunk.iter().map(|&i| heavy_node(i)).collect::<Vec<_>>()});
+        cp.kubectl_result(&["create", "-f", "-"], Some(&list.to_string()))?;
+    }
+    Ok(())
+}
+
+/// One node whose agent uses the kubernetes registry, with room in its cluster network
+/// (10.0.0.0/8) for the peers' /24s beside node-ipam's own, and the agent's default
+/// resync.
+pub fn one_node_spec() -> crate::cluster::ClusterSpec {
+    crate::cluster::ClusterSpec {
+        nodes: 1,
+        registry: crate::cluster::RegistryKind::Kubernetes,
+        network: "10.0.0.0/8".into(),
+        resync_secs: 30.0,
+        ..crate::cluster::ClusterSpec::default()
+    }
+}
+
 /// Merge-patches the status of every Node in `names` with `body`, in one curl over one
 /// connection (admin client certificate): a kubelet heartbeat round in a second or
 /// two, where a kubectl per Node would take a minute.

@@ -5,9 +5,11 @@
 //! programmed them all.
 
 use std::time::Duration;
-use twill_tests::cluster::{wait_until, Cluster, ClusterSpec, RegistryKind};
+use twill_tests::cluster::{wait_until, Cluster};
 use twill_tests::kube::ControlPlane;
-use twill_tests::kube_nodes::{heavy_node, name, patch_node_status, status_patch};
+use twill_tests::kube_nodes::{
+    create_nodes, heavy_node, name, one_node_spec, patch_node_status, status_patch,
+};
 use twill_tests::require_root;
 
 const NODES: usize = 500;
@@ -35,21 +37,10 @@ fn programmed(c: &Cluster) -> usize {
 #[test]
 fn node_status_churn_does_not_grow_the_agent() {
     require_root();
-    let mut c = Cluster::new(ClusterSpec {
-        nodes: 1,
-        registry: RegistryKind::Kubernetes,
-        // Room for the peers' /24s beside node-ipam's own.
-        network: "10.0.0.0/8".into(),
-        resync_secs: 30.0,
-        ..ClusterSpec::default()
-    });
+    let mut c = Cluster::new(one_node_spec());
     let cp = ControlPlane::for_cluster(&c).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<String> = (0..NODES).map(name).collect();
-    for chunk in (0..NODES).collect::<Vec<_>>().chunks(250) {
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List",
-            "items": chunk.iter().map(|&i| heavy_node(i)).collect::<Vec<_>>()});
-        cp.kubectl_ok(&["create", "-f", "-"], Some(&list.to_string()));
-    }
+    create_nodes(&cp, 0..NODES).unwrap_or_else(|e| panic!("{e}"));
     c.start_all();
     assert!(
         wait_until(Duration::from_secs(60), || programmed(&c) == NODES),
