@@ -208,14 +208,7 @@ fn run(args: &Args) -> Result<Vec<Row>> {
 }
 
 fn row(metric: &str, twill: f64, target: Target, unit: Unit) -> Row {
-    Row {
-        metric: metric.into(),
-        twill,
-        reference: None,
-        unit,
-        target,
-        paired_ratio: None,
-    }
+    Row::alone(metric, twill, unit, target)
 }
 
 fn main() -> ExitCode {
@@ -226,22 +219,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
-        Ok(rows) => {
-            println!(
-                "kubernetes registry, {} Nodes of realistic weight, {} added one at a time",
-                args.nodes, args.adds
-            );
-            println!("{}", overlay_report::table(&rows));
-            if rows.iter().all(|r| r.pass() != Some(false)) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("kube-registry-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let title = format!(
+        "kubernetes registry, {} Nodes of realistic weight, {} added one at a time",
+        args.nodes, args.adds
+    );
+    overlay_report::finish("kube-registry-bench", &title, run(&args))
 }

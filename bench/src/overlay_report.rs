@@ -71,6 +71,20 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row without a reference: a figure and its bound (the policy and registry
+    /// benches'; overlay-bench compares every row with a reference).
+    #[allow(dead_code)]
+    pub fn alone(metric: impl Into<String>, twill: f64, unit: Unit, target: Target) -> Row {
+        Row {
+            metric: metric.into(),
+            twill,
+            reference: None,
+            unit,
+            target,
+            paired_ratio: None,
+        }
+    }
+
     pub fn ratio(&self) -> Option<f64> {
         self.paired_ratio
             .or_else(|| self.reference.filter(|r| *r > 0.0).map(|r| self.twill / r))
@@ -166,6 +180,27 @@ pub fn median(v: &[f64]) -> f64 {
         s[n / 2]
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// A bench's end: `title` and the table, exit 0 when no target was missed, 1 when one
+/// was or the run failed (`bench` names it in the error).
+#[allow(dead_code)] // overlay-bench prints a summary of its own
+pub fn finish(bench: &str, title: &str, rows: anyhow::Result<Vec<Row>>) -> std::process::ExitCode {
+    match rows {
+        Ok(rows) => {
+            println!("{title}");
+            println!("{}", table(&rows));
+            if rows.iter().all(|r| r.pass() != Some(false)) {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("{bench}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

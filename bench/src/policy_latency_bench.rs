@@ -380,14 +380,7 @@ fn run(args: &Args) -> Result<Vec<Row>> {
 }
 
 fn row(metric: String, twill: f64, target: Target) -> Row {
-    Row {
-        metric,
-        twill,
-        reference: None,
-        unit: Unit::Ms,
-        target,
-        paired_ratio: None,
-    }
+    Row::alone(metric, twill, Unit::Ms, target)
 }
 
 fn main() -> ExitCode {
@@ -398,22 +391,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
-        Ok(rows) => {
-            println!(
-                "NetworkPolicy change to enforcement, {} trials per kind, {} background pods, {} policies (target: p99 < 1 s)",
-                args.trials, args.pods, args.policies
-            );
-            println!("{}", overlay_report::table(&rows));
-            if rows.iter().all(|r| r.pass() != Some(false)) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("policy-latency-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let title = format!(
+        "NetworkPolicy change to enforcement, {} trials per kind, {} background pods, {} policies (target: p99 < 1 s)",
+        args.trials, args.pods, args.policies
+    );
+    overlay_report::finish("policy-latency-bench", &title, run(&args))
 }
