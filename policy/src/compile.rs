@@ -132,7 +132,7 @@ impl Prepared {
                 for peer in &peers {
                     for (range, addrs) in named_destinations(objects, peer, name, port.protocol) {
                         named_egress.push(AllowEntry {
-                            peer: PeerMatch::Addrs(addrs),
+                            peer: PeerMatch::Addrs(addrs.into()),
                             ports: PortMatch::List(BTreeSet::from([range])),
                             policy: policy_ref.clone(),
                         });

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
@@ -54,8 +55,10 @@ impl PortRange {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum PeerMatch {
     Any,
-    /// Pod IPs chosen by selectors (empty while no pod matches).
-    Addrs(BTreeSet<IpAddr>),
+    /// Pod IPs chosen by selectors (empty while no pod matches). Shared: one selector's
+    /// set sits in the entries of every pod its policies select (hundreds of MB as copies
+    /// at 5,000 pods and 1,000 policies).
+    Addrs(Arc<BTreeSet<IpAddr>>),
     Cidr {
         cidr: IpNet,
         except: BTreeSet<IpNet>,
