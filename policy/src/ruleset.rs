@@ -58,7 +58,7 @@ pub enum PeerMatch {
     /// Pod IPs chosen by selectors (empty while no pod matches). Shared: one selector's
     /// set sits in the entries of every pod its policies select (hundreds of MB as copies
     /// at 5,000 pods and 1,000 policies).
-    Addrs(Arc<BTreeSet<IpAddr>>),
+    Addrs(#[serde(serialize_with = "shared_addrs")] Arc<BTreeSet<IpAddr>>),
     Cidr {
         cidr: IpNet,
         except: BTreeSet<IpNet>,
@@ -75,6 +75,14 @@ impl PeerMatch {
             }
         }
     }
+}
+
+/// As the set itself (serde's `rc` feature would rebuild every crate that uses serde).
+fn shared_addrs<S: Serializer>(
+    addrs: &Arc<BTreeSet<IpAddr>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    addrs.as_ref().serialize(serializer)
 }
 
 /// Which destination ports an entry admits.
