@@ -59,7 +59,7 @@ pub struct NodeCompiler {
     /// Every policy that selects a local pod (and maybe some that no longer do).
     prepared: BTreeMap<Key, Prepared>,
     /// The rules of every local pod.
-    local: BTreeMap<Key, PodRules>,
+    local: BTreeMap<Key, Arc<PodRules>>,
     rules: RuleSet,
 }
 
@@ -360,7 +360,7 @@ impl NodeCompiler {
         for key in keys {
             match self.pods.get(&key).filter(|p| is_local(p, &self.node)) {
                 Some(pod) => {
-                    self.local.insert(key, pod_rules(&policies, pod));
+                    self.local.insert(key, Arc::new(pod_rules(&policies, pod)));
                     ips.extend(pod.ips.iter().copied());
                 }
                 None => {
@@ -389,7 +389,7 @@ impl NodeCompiler {
 fn set_ip_rules(
     rules: &mut RuleSet,
     owners: &HashMap<IpAddr, BTreeSet<Key>>,
-    local: &BTreeMap<Key, PodRules>,
+    local: &BTreeMap<Key, Arc<PodRules>>,
     ip: IpAddr,
 ) {
     let owner = owners

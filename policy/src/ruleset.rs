@@ -150,10 +150,19 @@ pub struct RuleSet {
     pub node: String,
     /// Traffic between these and the node's pods is always allowed.
     pub node_ips: BTreeSet<IpAddr>,
-    pub pods: BTreeMap<IpAddr, PodRules>,
+    /// Shared: a pod's rules under each of its IPs, and in the incremental compiler.
+    #[serde(serialize_with = "shared_pods")]
+    pub pods: BTreeMap<IpAddr, Arc<PodRules>>,
     /// Objects the compile left out, and why.
     #[serde(serialize_with = "as_messages")]
     pub rejected: Vec<Rejected>,
+}
+
+fn shared_pods<S: Serializer>(
+    pods: &BTreeMap<IpAddr, Arc<PodRules>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(pods.iter().map(|(ip, rules)| (ip, rules.as_ref())))
 }
 
 fn as_messages<S: Serializer>(rejected: &[Rejected], serializer: S) -> Result<S::Ok, S::Error> {

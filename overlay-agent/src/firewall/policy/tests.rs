@@ -1,6 +1,7 @@
 use super::*;
 use ipnet::IpNet;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use twill_policy::ruleset::{AllowEntry, PeerMatch, PodRules, PortMatch, PortRange};
 use twill_policy::Protocol;
 
@@ -69,7 +70,7 @@ fn rules(pods: Vec<(&str, PodRules)>) -> RuleSet {
     RuleSet {
         node: "n1".to_string(),
         node_ips: BTreeSet::from([ip("192.168.0.1")]),
-        pods: pods.into_iter().map(|(a, p)| (ip(a), p)).collect(),
+        pods: pods.into_iter().map(|(a, p)| (ip(a), p.into())).collect(),
         rejected: Vec::new(),
     }
 }
@@ -448,7 +449,7 @@ fn entries_on_the_same_ports_become_one_rule_over_their_union() {
     // Anyone on port 80 swallows the group's peers.
     let mut open = set.clone();
     if let Some(pod) = open.pods.values_mut().next() {
-        if let Isolation::Isolated { entries, .. } = &mut pod.ingress {
+        if let Isolation::Isolated { entries, .. } = &mut Arc::make_mut(pod).ingress {
             entries.insert(entry(PeerMatch::Any, &web, "e"));
         }
     }
