@@ -116,6 +116,13 @@ impl Nft {
         self.nft(&["-f", "-"], Some(script)).map(drop)
     }
 
+    /// Table `inet <table>` as `nft -s list` prints it: without counter values, so two
+    /// listings of an untouched table are equal.
+    pub fn listing(&self) -> Result<String, FirewallError> {
+        self.check_table()?;
+        self.nft(&["-s", "list", "table", "inet", self.table.as_str()], None)
+    }
+
     /// The named counters of table `inet <table>`: (name, packets).
     pub fn counters(&self) -> Result<Vec<(String, u64)>, FirewallError> {
         self.check_table()?;
