@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::model::{Cluster, Peer, Pod, Policy, PolicyPort, PortRef, Protocol, Rule};
 use crate::peers::{peer_addrs, Objects, PeerKey, PeerSets};
@@ -31,7 +32,7 @@ pub fn compile(cluster: &Cluster, node: &str) -> RuleSet {
     let policies: Vec<&Prepared> = policies.iter().collect();
     let mut pods = BTreeMap::new();
     for pod in local {
-        let rules = pod_rules(&policies, pod);
+        let rules = Arc::new(pod_rules(&policies, pod));
         for ip in &pod.ips {
             pods.insert(*ip, rules.clone());
         }
@@ -132,7 +133,7 @@ impl Prepared {
                 for peer in &peers {
                     for (range, addrs) in named_destinations(objects, peer, name, port.protocol) {
                         named_egress.push(AllowEntry {
-                            peer: PeerMatch::Addrs(addrs),
+                            peer: PeerMatch::Addrs(addrs.into()),
                             ports: PortMatch::List(BTreeSet::from([range])),
                             policy: policy_ref.clone(),
                         });

@@ -5,17 +5,23 @@
 //! A changed pod is tested against each peer selector; only the policies whose peers
 //! moved are prepared again, and only the local pods those policies select (plus the
 //! changed pod itself) get their rules again. A changed policy redoes the local pods it
-//! selects, before and after. Namespace label changes (rare, and felt by most selectors)
-//! and large batches rebuild from scratch. The result always equals a full compile.
+//! selects, before and after. A namespace's labels matter only to peer selectors with a
+//! namespace selector: a relabelled (added, deleted) namespace moves its pods in or out of
+//! those whose verdict on it flipped, and the policies naming them are prepared again.
+//! Large batches rebuild from scratch. The result always equals a full compile.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::compile::{is_local, node_ips, pod_rules, selects, Prepared};
 use crate::model::{Cluster, Pod, Policy};
 use crate::peers::{Objects, PeerKey, PeerSets};
 use crate::ruleset::{PodRules, RuleSet};
 use crate::selector::Labels;
+use namespaces::{namespace_diff, namespaces_of};
+
+mod namespaces;
 
 /// An object's namespace and name.
 type Key = (String, String);
@@ -31,6 +37,15 @@ pub struct Changed {
     /// Pod IPs whose rules were worked out again (they may have come out the same), or
     /// that left the rule set.
     pub ips: BTreeSet<IpAddr>,
+    /// The node IPs or the rejected objects changed.
+    pub others: bool,
+}
+
+impl Changed {
+    /// Whether the rule set is as before the update.
+    pub fn is_empty(&self) -> bool {
+        !self.rebuilt && !self.others && self.ips.is_empty()
+    }
 }
 
 pub struct NodeCompiler {
@@ -44,21 +59,12 @@ pub struct NodeCompiler {
     /// Every policy that selects a local pod (and maybe some that no longer do).
     prepared: BTreeMap<Key, Prepared>,
     /// The rules of every local pod.
-    local: BTreeMap<Key, PodRules>,
+    local: BTreeMap<Key, Arc<PodRules>>,
     rules: RuleSet,
 }
 
 fn key_of(namespace: &str, name: &str) -> Key {
     (namespace.to_string(), name.to_string())
-}
-
-fn namespaces_of(cluster: &Cluster) -> BTreeMap<String, Labels> {
-    let mut map = BTreeMap::new();
-    for ns in &cluster.namespaces {
-        map.entry(ns.name.clone())
-            .or_insert_with(|| ns.labels.clone());
-    }
-    map
 }
 
 /// `(key, Some(new))` for added or changed objects, `(key, None)` for removed ones.
@@ -86,7 +92,6 @@ impl NodeCompiler {
     /// Compiles `cluster` for `node` in full.
     pub fn new(cluster: &Cluster, node: &str) -> NodeCompiler {
         let mut compiler = NodeCompiler {
-            node: node.to_string(),
             policies: cluster
                 .policies
                 .iter()
@@ -98,16 +103,13 @@ impl NodeCompiler {
                 .map(|p| (key_of(&p.namespace, &p.name), p.clone()))
                 .collect(),
             namespaces: namespaces_of(cluster),
-            owners: HashMap::new(),
-            peers: PeerSets::new(),
-            prepared: BTreeMap::new(),
-            local: BTreeMap::new(),
             rules: RuleSet {
                 node: node.to_string(),
                 node_ips: node_ips(cluster, node),
                 pods: BTreeMap::new(),
                 rejected: cluster.rejected.clone(),
             },
+            ..NodeCompiler::empty(node)
         };
         for (key, pod) in &compiler.pods {
             for ip in &pod.ips {
@@ -130,6 +132,26 @@ impl NodeCompiler {
         compiler
     }
 
+    /// A compiler of an empty cluster.
+    fn empty(node: &str) -> NodeCompiler {
+        NodeCompiler {
+            node: node.to_string(),
+            policies: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            owners: HashMap::new(),
+            peers: PeerSets::new(),
+            prepared: BTreeMap::new(),
+            local: BTreeMap::new(),
+            rules: RuleSet {
+                node: node.to_string(),
+                node_ips: BTreeSet::new(),
+                pods: BTreeMap::new(),
+                rejected: Vec::new(),
+            },
+        }
+    }
+
     pub fn rules(&self) -> &RuleSet {
         &self.rules
     }
@@ -137,41 +159,44 @@ impl NodeCompiler {
     /// Brings the rules to those of `cluster` (what `compile(cluster, node)` returns) by
     /// applying only what changed since the last call.
     pub fn update(&mut self, cluster: &Cluster) -> Changed {
-        let namespaces_changed = namespaces_of(cluster) != self.namespaces;
-        let pod_changes = if namespaces_changed {
-            Vec::new()
-        } else {
-            diff(
-                &self.pods,
-                cluster
-                    .pods
-                    .iter()
-                    .map(|p| ((p.namespace.as_str(), p.name.as_str()), p)),
-            )
-        };
-        let policy_changes = if namespaces_changed {
-            Vec::new()
-        } else {
-            diff(
-                &self.policies,
-                cluster
-                    .policies
-                    .iter()
-                    .map(|p| ((p.namespace.as_str(), p.name.as_str()), p)),
-            )
-        };
-        if namespaces_changed || pod_changes.len() + policy_changes.len() > REBUILD_ABOVE {
+        let namespace_changes = namespace_diff(&self.namespaces, namespaces_of(cluster));
+        let pod_changes = diff(
+            &self.pods,
+            cluster
+                .pods
+                .iter()
+                .map(|p| ((p.namespace.as_str(), p.name.as_str()), p)),
+        );
+        let policy_changes = diff(
+            &self.policies,
+            cluster
+                .policies
+                .iter()
+                .map(|p| ((p.namespace.as_str(), p.name.as_str()), p)),
+        );
+        let count = namespace_changes.len() + pod_changes.len() + policy_changes.len();
+        if count > REBUILD_ABOVE {
+            // Free the old state first: both at once would double the peak.
+            let node = std::mem::take(&mut self.node);
+            *self = NodeCompiler::empty(&node);
+            *self = NodeCompiler::new(cluster, &node);
             *self = NodeCompiler::new(cluster, &self.node);
             return Changed {
                 rebuilt: true,
-                ips: BTreeSet::new(),
+                ..Changed::default()
             };
         }
-        self.rules.node_ips = node_ips(cluster, &self.node);
-        if self.rules.rejected != cluster.rejected {
+        let node_ips = node_ips(cluster, &self.node);
+        let others = self.rules.node_ips != node_ips || self.rules.rejected != cluster.rejected;
+        if others {
+            self.rules.node_ips = node_ips;
             self.rules.rejected = cluster.rejected.clone();
         }
         let mut ips = BTreeSet::new();
+        // Namespaces first: the pod changes then test peers against the new labels.
+        for (name, labels) in namespace_changes {
+            ips.extend(self.change_namespace(name, labels));
+        }
         for (key, pod) in pod_changes {
             ips.extend(self.change_pod(key, pod));
         }
@@ -184,6 +209,7 @@ impl NodeCompiler {
         Changed {
             rebuilt: false,
             ips,
+            others,
         }
     }
 
@@ -226,14 +252,18 @@ impl NodeCompiler {
                                 .is_some_and(|p| peer.matches(p, labels_of(&k.0)))
                         })
                     });
-                    if !held {
-                        changed |= addrs.remove(ip);
+                    if !held && addrs.contains(ip) {
+                        Arc::make_mut(addrs).remove(ip);
+                        changed = true;
                     }
                 }
             }
             if is {
                 for ip in &new_ips {
-                    changed |= addrs.insert(*ip);
+                    if !addrs.contains(ip) {
+                        Arc::make_mut(addrs).insert(*ip);
+                        changed = true;
+                    }
                 }
             }
             if changed {
@@ -330,7 +360,7 @@ impl NodeCompiler {
         for key in keys {
             match self.pods.get(&key).filter(|p| is_local(p, &self.node)) {
                 Some(pod) => {
-                    self.local.insert(key, pod_rules(&policies, pod));
+                    self.local.insert(key, Arc::new(pod_rules(&policies, pod)));
                     ips.extend(pod.ips.iter().copied());
                 }
                 None => {
@@ -359,7 +389,7 @@ impl NodeCompiler {
 fn set_ip_rules(
     rules: &mut RuleSet,
     owners: &HashMap<IpAddr, BTreeSet<Key>>,
-    local: &BTreeMap<Key, PodRules>,
+    local: &BTreeMap<Key, Arc<PodRules>>,
     ip: IpAddr,
 ) {
     let owner = owners

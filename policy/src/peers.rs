@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::model::{Cluster, Pod};
 use crate::selector::{LabelSelector, Labels};
@@ -87,20 +88,22 @@ impl PeerKey {
 }
 
 /// The pod addresses of each peer key asked for so far.
-pub(crate) type PeerSets = HashMap<PeerKey, BTreeSet<IpAddr>>;
+pub(crate) type PeerSets = HashMap<PeerKey, Arc<BTreeSet<IpAddr>>>;
 
 /// The addresses of `key`, worked out from `objects` the first time.
 pub(crate) fn peer_addrs<'s>(
     sets: &'s mut PeerSets,
     key: &PeerKey,
     objects: &Objects,
-) -> &'s BTreeSet<IpAddr> {
+) -> &'s Arc<BTreeSet<IpAddr>> {
     sets.entry(key.clone()).or_insert_with(|| {
-        objects
-            .pods
-            .iter()
-            .filter(|pod| key.matches(pod, objects.namespace_labels(&pod.namespace)))
-            .flat_map(|pod| pod.ips.iter().copied())
-            .collect()
+        Arc::new(
+            objects
+                .pods
+                .iter()
+                .filter(|pod| key.matches(pod, objects.namespace_labels(&pod.namespace)))
+                .flat_map(|pod| pod.ips.iter().copied())
+                .collect(),
+        )
     })
 }

@@ -306,6 +306,18 @@ fn network_policy_is_enforced_from_the_api_server() {
             cp.kubectl_ok(&["create", "-f", "-"], Some(&deny));
         },
     );
+    // 6b. The table edited or removed by hand: a resync finds the drift and restores it.
+    for (what, edit) in [
+        ("table flushed by hand", "flush"),
+        ("table deleted by hand", "delete"),
+    ] {
+        step(what, &c, &clients, &servers, &closed, || {
+            let out = c.nodes[0]
+                .ns
+                .run(&["nft", edit, "table", "inet", "twill_policy"]);
+            assert!(out.status.success(), "nft {edit}: {out:?}");
+        });
+    }
     c.nodes[0].stop_agent(libc::SIGTERM);
     let out = c
         .agent_command(0, Some("uninstall"))

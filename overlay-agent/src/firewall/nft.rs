@@ -115,9 +115,10 @@ impl Nft {
         })
     }
 
-    /// The table as `nft -s list table` prints it (counters left out), or `None` when
-    /// it does not exist.
-    fn listing(&self) -> Result<Option<String>, FirewallError> {
+    /// Table `inet <table>` as `nft -s list` prints it: without counter values, so two
+    /// listings of an untouched table are equal. `None` when it does not exist.
+    pub fn listing(&self) -> Result<Option<String>, FirewallError> {
+        self.check_table()?;
         match self.nft(&["-s", "list", "table", "inet", &self.table], None) {
             Ok(text) => Ok(Some(text)),
             Err(FirewallError::Nft { stderr, .. })

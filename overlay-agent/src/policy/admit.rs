@@ -98,6 +98,8 @@ struct Waiter {
 pub struct Admissions {
     bindings: BTreeMap<Attachment, Binding>,
     waiting: Vec<Waiter>,
+    /// Counts changes to `bindings`: the same view under the same revision overlays the same.
+    revision: u64,
 }
 
 /// A view with the bindings laid over it, and which bound pods it knew by their objects.
@@ -113,6 +115,7 @@ impl Admissions {
                 // An address released and given again: the older binding is stale.
                 self.bindings
                     .retain(|_, b| !b.ips.iter().any(|ip| admission.ips.contains(ip)));
+                self.revision += 1;
                 self.bindings.insert(
                     admission.owner.clone(),
                     Binding {
@@ -128,7 +131,9 @@ impl Admissions {
                 });
             }
             AdmitEvent::Released(owner) => {
-                self.bindings.remove(&owner);
+                if self.bindings.remove(&owner).is_some() {
+                    self.revision += 1;
+                }
                 self.waiting.retain(|w| {
                     w.owner != owner || {
                         let _ = w.reply.send(Err("released while admitted".into()));
@@ -137,6 +142,10 @@ impl Admissions {
                 });
             }
         }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// When the loop must wake up to answer a waiter that ran out of patience.
@@ -208,6 +217,7 @@ impl Admissions {
         }
         for owner in taken_over {
             self.bindings.remove(&owner);
+            self.revision += 1;
         }
         Overlaid {
             view: PolicyView {
@@ -222,8 +232,18 @@ impl Admissions {
     /// whose wait for the Pod object is over (they get the fallback). `applied` is
     /// whether the table in the kernel is the one rendered from `overlaid`.
     pub fn answer(&mut self, overlaid: &Overlaid, applied: bool, now: Instant) {
+        self.answer_known(&overlaid.known, applied, now);
+    }
+
+    /// When the view and the bindings are those of the last apply: its known pods had
+    /// their answer then, so only the waiters whose wait is over are due.
+    pub fn answer_due(&mut self, applied: bool, now: Instant) {
+        self.answer_known(&BTreeSet::new(), applied, now);
+    }
+
+    fn answer_known(&mut self, known: &BTreeSet<Attachment>, applied: bool, now: Instant) {
         self.waiting.retain(|w| {
-            let due = overlaid.known.contains(&w.owner) || now >= w.since + WAIT_FOR_POD;
+            let due = known.contains(&w.owner) || now >= w.since + WAIT_FOR_POD;
             if !due && applied {
                 return true;
             }

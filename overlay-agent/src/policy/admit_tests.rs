@@ -181,3 +181,30 @@ fn unsynced_waiters_are_refused_after_the_sync_wait() {
     a.refuse_unsynced(now + WAIT_FOR_SYNC);
     assert!(matches!(answer.try_recv(), Ok(Err(_))));
 }
+
+#[test]
+fn the_revision_moves_with_the_bindings_only() {
+    let mut a = Admissions::default();
+    let now = Instant::now();
+    let start = a.revision();
+    let answer = admit(&mut a, "c1", "w", "10.0.0.5", now);
+    let bound = a.revision();
+    assert_ne!(bound, start, "a new binding");
+    let view = cluster(vec![web_policy()], vec![pod("cl", "client", &["10.0.0.9"])]);
+    a.overlay(&view, NODE);
+    assert_eq!(a.revision(), bound, "an overlay that drops nothing");
+    // The wait is over: the fallback in force answers without another overlay.
+    a.answer_due(true, now);
+    assert!(answer.try_recv().is_err(), "answered before its wait");
+    a.answer_due(true, now + WAIT_FOR_POD);
+    assert_eq!(answer.try_recv(), Ok(Ok(())));
+    let view = cluster(vec![web_policy()], vec![pod("w", "web", &["10.0.0.5"])]);
+    a.overlay(&view, NODE);
+    let taken = a.revision();
+    assert_ne!(taken, bound, "the Pod object took the binding over");
+    a.take(AdmitEvent::Released(owner("c1")), now);
+    assert_eq!(a.revision(), taken, "releasing what is not bound");
+    let _answer = admit(&mut a, "c2", "v", "10.0.0.6", now);
+    a.take(AdmitEvent::Released(owner("c2")), now);
+    assert_ne!(a.revision(), taken + 1, "bound, then released");
+}

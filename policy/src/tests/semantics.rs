@@ -229,7 +229,7 @@ fn compiled_entries_carry_addresses_ports_and_their_policy() {
     let db = &rules.pods[&ip(DB)];
     assert_eq!(db.egress, Direction::NotIsolated);
     let expected = AllowEntry {
-        peer: PeerMatch::Addrs([ip(WEB)].into()),
+        peer: PeerMatch::Addrs(std::collections::BTreeSet::from([ip(WEB)]).into()),
         ports: PortMatch::List(
             [PortRange {
                 protocol: Tcp,

@@ -18,12 +18,38 @@ use super::names::PolicyNames;
 use super::table::SetDecl;
 
 /// A peer set's identity: the content it is made from, borrowed from the rule set.
+/// Sets of equal content under different keys get one name and one declaration.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum PeerKey<'a> {
-    Addrs(&'a BTreeSet<IpAddr>),
+    Addrs(Shared<'a>),
     Cidr(&'a IpNet, &'a BTreeSet<IpNet>),
     /// Several peers admitted on the same ports, in order, without repeats.
     Union(Vec<PeerKey<'a>>),
+}
+
+/// A selector's addresses, told apart by where they are: the rule set shares one set
+/// per selector, and comparing contents cost most of a render at 1,000 policies.
+#[derive(Debug, Clone, Copy)]
+struct Shared<'a>(&'a BTreeSet<IpAddr>);
+
+impl PartialEq for Shared<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for Shared<'_> {}
+
+impl PartialOrd for Shared<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Shared<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        std::ptr::from_ref(self.0).cmp(&std::ptr::from_ref(other.0))
+    }
 }
 
 /// The elements of one peer set, per family (an empty family is not declared).
@@ -39,6 +65,8 @@ pub(super) struct NamedSets<'a, 'n> {
     names: &'n mut PolicyNames,
     /// Index into `peers` by content.
     peer_ids: BTreeMap<PeerKey<'a>, usize>,
+    /// Index into `peers` by name: keys of equal content share one set.
+    peer_names: BTreeMap<u64, usize>,
     peers: Vec<(u64, PeerSet)>,
     port_ids: BTreeMap<&'a BTreeSet<PortRange>, u64>,
     ports: Vec<(u64, Vec<String>)>,
@@ -80,7 +108,7 @@ fn union_nets(parts: &[PeerKey<'_>]) -> Vec<IpNet> {
     let mut nets = Vec::new();
     for part in parts {
         match part {
-            PeerKey::Addrs(addrs) => nets.extend(addrs.iter().map(|ip| IpNet::from(*ip))),
+            PeerKey::Addrs(addrs) => nets.extend(addrs.0.iter().map(|ip| IpNet::from(*ip))),
             PeerKey::Cidr(cidr, except) => nets.extend(cidr_minus(**cidr, except)),
             PeerKey::Union(inner) => nets.extend(union_nets(inner)),
         }
@@ -105,6 +133,7 @@ impl<'a, 'n> NamedSets<'a, 'n> {
         NamedSets {
             names,
             peer_ids: BTreeMap::new(),
+            peer_names: BTreeMap::new(),
             peers: Vec::new(),
             port_ids: BTreeMap::new(),
             ports: Vec::new(),
@@ -131,7 +160,7 @@ impl<'a, 'n> NamedSets<'a, 'n> {
             let key = match &entry.peer {
                 PeerMatch::Any => None,
                 PeerMatch::Addrs(addrs) if addrs.is_empty() => continue,
-                PeerMatch::Addrs(addrs) => Some(PeerKey::Addrs(addrs)),
+                PeerMatch::Addrs(addrs) => Some(PeerKey::Addrs(Shared(addrs))),
                 PeerMatch::Cidr { cidr, except } => Some(PeerKey::Cidr(cidr, except)),
             };
             let group = groups.entry(ports).or_insert_with(|| Some(BTreeSet::new()));
@@ -175,7 +204,10 @@ impl<'a, 'n> NamedSets<'a, 'n> {
         }
         let set = match &key {
             PeerKey::Addrs(addrs) => {
-                let (v4, v6) = addrs.iter().partition::<Vec<&IpAddr>, _>(|ip| ip.is_ipv4());
+                let (v4, v6) = addrs
+                    .0
+                    .iter()
+                    .partition::<Vec<&IpAddr>, _>(|ip| ip.is_ipv4());
                 PeerSet {
                     v4: v4.iter().map(ToString::to_string).collect(),
                     v6: v6.iter().map(ToString::to_string).collect(),
@@ -201,8 +233,14 @@ impl<'a, 'n> NamedSets<'a, 'n> {
         };
         let content = format!("{}|{}|{}", set.interval, set.v4.join(","), set.v6.join(","));
         let id = self.names.peers.id(&content);
-        let index = self.peers.len();
-        self.peers.push((id, set));
+        let index = match self.peer_names.get(&id) {
+            Some(&index) => index,
+            None => {
+                self.peers.push((id, set));
+                self.peer_names.insert(id, self.peers.len() - 1);
+                self.peers.len() - 1
+            }
+        };
         self.peer_ids.insert(key, index);
         index
     }

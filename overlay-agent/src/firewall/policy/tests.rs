@@ -1,6 +1,7 @@
 use super::*;
 use ipnet::IpNet;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use twill_policy::ruleset::{AllowEntry, PeerMatch, PodRules, PortMatch, PortRange};
 use twill_policy::Protocol;
 
@@ -69,7 +70,7 @@ fn rules(pods: Vec<(&str, PodRules)>) -> RuleSet {
     RuleSet {
         node: "n1".to_string(),
         node_ips: BTreeSet::from([ip("192.168.0.1")]),
-        pods: pods.into_iter().map(|(a, p)| (ip(a), p)).collect(),
+        pods: pods.into_iter().map(|(a, p)| (ip(a), p.into())).collect(),
         rejected: Vec::new(),
     }
 }
@@ -213,11 +214,11 @@ fn entries_become_shared_disjoint_sets() {
                 ],
                 "b",
             ),
-            entry(PeerMatch::Addrs(web_peers.clone()), &[], "b"),
+            entry(PeerMatch::Addrs(web_peers.clone().into()), &[], "b"),
             // The same peers and ports from another policy: no second rule.
-            entry(PeerMatch::Addrs(web_peers.clone()), &[], "c"),
+            entry(PeerMatch::Addrs(web_peers.clone().into()), &[], "c"),
             // Admits nothing: no rule.
-            entry(PeerMatch::Addrs(BTreeSet::new()), &[], "c"),
+            entry(PeerMatch::Addrs(BTreeSet::new().into()), &[], "c"),
         ])
     };
     let set = rules(vec![
@@ -285,7 +286,7 @@ fn ipv6_and_counters_per_policy() {
     let egress = isolated(vec![
         entry(PeerMatch::Any, &[(Protocol::Udp, 53, 53)], "dns"),
         entry(
-            PeerMatch::Addrs(BTreeSet::from([ip("fd00::9")])),
+            PeerMatch::Addrs(BTreeSet::from([ip("fd00::9")]).into()),
             &[],
             "api",
         ),
@@ -400,12 +401,12 @@ fn entries_on_the_same_ports_become_one_rule_over_their_union() {
     let web = [(Protocol::Tcp, 80, 80)];
     let ingress = isolated(vec![
         entry(
-            PeerMatch::Addrs(BTreeSet::from([ip("10.0.2.1")])),
+            PeerMatch::Addrs(BTreeSet::from([ip("10.0.2.1")]).into()),
             &web,
             "a",
         ),
         entry(
-            PeerMatch::Addrs(BTreeSet::from([ip("10.1.0.7"), ip("fd00::7")])),
+            PeerMatch::Addrs(BTreeSet::from([ip("10.1.0.7"), ip("fd00::7")]).into()),
             &web,
             "b",
         ),
@@ -418,7 +419,11 @@ fn entries_on_the_same_ports_become_one_rule_over_their_union() {
             &web,
             "c",
         ),
-        entry(PeerMatch::Addrs(BTreeSet::from([ip("10.0.9.9")])), &[], "d"),
+        entry(
+            PeerMatch::Addrs(BTreeSet::from([ip("10.0.9.9")]).into()),
+            &[],
+            "d",
+        ),
     ]);
     let set = rules(vec![(
         "10.0.1.2",
@@ -444,7 +449,7 @@ fn entries_on_the_same_ports_become_one_rule_over_their_union() {
     // Anyone on port 80 swallows the group's peers.
     let mut open = set.clone();
     if let Some(pod) = open.pods.values_mut().next() {
-        if let Isolation::Isolated { entries, .. } = &mut pod.ingress {
+        if let Isolation::Isolated { entries, .. } = &mut Arc::make_mut(pod).ingress {
             entries.insert(entry(PeerMatch::Any, &web, "e"));
         }
     }

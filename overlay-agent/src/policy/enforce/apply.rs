@@ -1,0 +1,258 @@
+//! The enforcer's state between applies: the compiler, the table in force and its
+//! counters; an apply compiles, renders and runs nft only for what changed.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use twill_policy::incremental::NodeCompiler;
+use twill_policy::Cluster;
+
+use super::PolicyEnforcement;
+use crate::firewall::policy::{render_diff, PolicyNames, PolicyTable};
+use crate::firewall::Nft;
+use crate::metrics::DenyLabel;
+use crate::policy::report::{pod_rows, rule_count};
+use crate::policy::PolicyView;
+use crate::status::policy::PolicyStatus;
+use crate::status::Board;
+
+#[derive(Default)]
+pub(super) struct ApplyState {
+    /// Rebuilt at each resync, updated per change in between.
+    compiler: Option<NodeCompiler>,
+    names: PolicyNames,
+    /// The table in the kernel; `None` when unknown (then it is replaced whole).
+    pub(super) applied: Option<PolicyTable>,
+    ever_applied: bool,
+    /// The applied table's counters: name → (metric labels, packets already counted).
+    counters: HashMap<String, (DenyLabel, u64)>,
+    /// The source's snapshot and the admissions' revision the applied table came from.
+    pub(super) source: Option<(Arc<Cluster>, u64)>,
+    /// A hash of the kernel's listing right after the last whole apply; `None` once a
+    /// diff or a failure came after it.
+    listed: Option<u64>,
+}
+
+impl ApplyState {
+    /// Whether the table in force was made from `view` under admissions `revision`.
+    pub(super) fn in_force(&self, view: &PolicyView, revision: u64) -> bool {
+        self.source
+            .as_ref()
+            .is_some_and(|(cluster, r)| Arc::ptr_eq(cluster, &view.cluster) && *r == revision)
+    }
+
+    /// Whether nft ran: `Some(ok)`, or `None` when the table was already in force.
+    pub(super) async fn apply(
+        &mut self,
+        conf: &PolicyEnforcement,
+        nft: &Arc<Nft>,
+        board: &Board,
+        view: &PolicyView,
+        resync: bool,
+    ) -> Option<bool> {
+        let started = Instant::now();
+        // A resync compiles afresh: a bug in the incremental path cannot last.
+        let (compiler, changed) = match self.compiler.take() {
+            Some(mut c) if !resync => {
+                let changed = c.update(&view.cluster);
+                (c, !changed.is_empty())
+            }
+            old => {
+                // Dropped first: the old and the new compiler at once would double the peak.
+                drop(old);
+                (NodeCompiler::new(&view.cluster, &conf.node), true)
+            }
+        };
+        let policies = view.cluster.policies.len();
+        board.metrics.policies.set(policies as i64);
+        if !changed && self.applied.is_some() {
+            // Nothing of this node's rules moved: the table in force stays, and so do the
+            // status rows (only the policy count may have).
+            self.compiler = Some(compiler);
+            board.update(|s| {
+                if let Some(status) = s.network_policy.as_mut() {
+                    status.policies = policies;
+                }
+            });
+            return None;
+        }
+        let rules = compiler.rules();
+        let table = PolicyTable::build(rules, &conf.render, &mut self.names);
+        let metrics = &board.metrics;
+        metrics
+            .policy_compile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.policy_rules.set(rule_count(rules) as i64);
+        metrics
+            .policy_rejected_objects
+            .set(rules.rejected.len() as i64);
+        // A resync replaces the table unless the fresh compile renders the applied table
+        // and the kernel still lists what it listed after that table was applied whole:
+        // someone may have removed or edited it.
+        let same = self.applied.as_ref() == Some(&table);
+        let (error, nft_ran) = if same && (!resync || self.kernel_unchanged(nft).await) {
+            (None, None)
+        } else {
+            let error = self.apply_table(conf, nft, board, table, resync).await;
+            let ok = error.is_none();
+            (error, Some(ok))
+        };
+        let reason = match (&error, self.ever_applied) {
+            (Some(e), false) => Some(format!("the policy table is not applied: {e}")),
+            _ => None,
+        };
+        let rows = pod_rows(rules);
+        let rejected = rules.rejected.iter().map(ToString::to_string).collect();
+        board.update(|s| {
+            s.network_policy = Some(PolicyStatus {
+                table: conf.table.clone(),
+                synced: true,
+                applied: error.is_none(),
+                policies,
+                rules: rule_count(rules),
+                rejected,
+                last_error: error.clone(),
+                pods: rows,
+            });
+            s.set_policy_reason(reason);
+        });
+        self.compiler = Some(compiler);
+        nft_ran
+    }
+
+    /// Applies `table`: as a diff from the applied one when that is known and this is
+    /// no resync, else whole. The error, if it failed.
+    async fn apply_table(
+        &mut self,
+        conf: &PolicyEnforcement,
+        nft: &Arc<Nft>,
+        board: &Board,
+        table: PolicyTable,
+        resync: bool,
+    ) -> Option<String> {
+        let diff = self
+            .applied
+            .as_ref()
+            .filter(|_| !resync)
+            .and_then(|old| render_diff(&conf.table, old, &table));
+        let whole = diff.is_none();
+        // A replacement zeroes every counter and a diff may delete some: read them first.
+        if diff.as_ref().is_none_or(|d| d.deletes_counters) {
+            self.read_counters(nft, board).await;
+        }
+        let script = match diff {
+            Some(d) => d.script,
+            None => table.render_full(&conf.table),
+        };
+        let runner = nft.clone();
+        let result = tokio::task::spawn_blocking(move || runner.run_script(&script)).await;
+        let result = match result {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the nft task failed: {e}")),
+        };
+        board.metrics.count_policy_apply(result.is_ok());
+        if let Err(e) = result {
+            tracing::error!(table = %conf.table, error = %e, "applying the NetworkPolicy table failed; retrying on the next change or resync");
+            self.applied = None;
+            self.listed = None;
+            return Some(e);
+        }
+        // Only a whole apply tells what the kernel holds; a diff leaves it unknown.
+        self.listed = match whole {
+            true => listing_hash(nft).await,
+            false => None,
+        };
+        if !self.ever_applied || whole {
+            tracing::info!(table = %conf.table, chains = table.chains.len(),
+                counters = table.counters.len(), "NetworkPolicy table applied whole");
+        }
+        self.ever_applied = true;
+        // Counters a diff kept go on counting from what was read; new ones start at 0.
+        let mut counters = HashMap::new();
+        for c in &table.counters {
+            let kept = self.counters.remove(&c.name).filter(|_| !whole);
+            let entry = kept.unwrap_or_else(|| {
+                let (namespace, policy) = c
+                    .policy
+                    .clone()
+                    .map(|p| (p.namespace, p.name))
+                    .unwrap_or_default();
+                let label = DenyLabel {
+                    namespace,
+                    policy,
+                    direction: c.direction.name().into(),
+                };
+                (label, 0)
+            });
+            counters.insert(c.name.clone(), entry);
+        }
+        self.counters = counters;
+        self.applied = Some(table);
+        None
+    }
+
+    /// Whether the kernel lists the table as it did right after the last whole apply.
+    async fn kernel_unchanged(&self, nft: &Arc<Nft>) -> bool {
+        let Some(listed) = self.listed else {
+            return false;
+        };
+        let unchanged = listing_hash(nft).await == Some(listed);
+        if !unchanged {
+            tracing::info!(table = %nft.table(), "the NetworkPolicy table in the kernel drifted; replacing it");
+        }
+        unchanged
+    }
+
+    /// Adds what the deny counters counted since the last read to the metrics.
+    pub(super) async fn read_counters(&mut self, nft: &Arc<Nft>, board: &Board) {
+        if self.counters.is_empty() || self.applied.is_none() {
+            return;
+        }
+        let runner = nft.clone();
+        let read = match tokio::task::spawn_blocking(move || runner.counters()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "the nft task failed");
+                return;
+            }
+        };
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the NetworkPolicy deny counters");
+                return;
+            }
+        };
+        for (name, packets) in read {
+            if let Some((label, seen)) = self.counters.get_mut(&name) {
+                let new = packets.saturating_sub(*seen);
+                if new > 0 {
+                    board.metrics.policy_denied.get_or_create(label).inc_by(new);
+                }
+                *seen = packets.max(*seen);
+            }
+        }
+    }
+}
+
+/// A hash of the kernel's listing of the table; `None` when it cannot be listed.
+async fn listing_hash(nft: &Arc<Nft>) -> Option<u64> {
+    let runner = nft.clone();
+    let listing = match tokio::task::spawn_blocking(move || runner.listing()).await {
+        // A missing table hashes as an empty listing: drift from any applied one.
+        Ok(Ok(listing)) => listing.unwrap_or_default(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot list the NetworkPolicy table");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the nft task failed");
+            return None;
+        }
+    };
+    let mut hasher = DefaultHasher::new();
+    listing.hash(&mut hasher);
+    Some(hasher.finish())
+}
