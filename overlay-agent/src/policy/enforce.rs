@@ -3,9 +3,10 @@
 //! rendered as table `inet <firewall table>_policy` and applied in one `nft -f -`
 //! transaction each (all or nothing: a failed apply leaves the previous table whole).
 //! A change is applied as a diff against the table in the kernel; the first apply and
-//! the apply after a failure replace the table whole. A resync compiles afresh and
-//! replaces the table only if it differs from the applied one or the kernel's listing
-//! drifted since the last whole apply (a diff since then counts as drift). An event that
+//! the apply after a failure replace the table whole. A resync renders the table and
+//! replaces it only if it differs from the applied one or the kernel's listing drifted
+//! since the last whole apply (a diff since then counts as drift); every tenth resync
+//! also compiles afresh. An event that
 //! leaves this node's rules as they were renders nothing. A failure is logged and
 //! retried on the next snapshot or resync.
 
@@ -13,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apply::ApplyState;
+use apply::{ApplyState, Resync, FRESH_EVERY};
 use tokio::sync::{mpsc, watch};
 use twill_conf::RegistryConf;
 
@@ -117,6 +118,7 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = ApplyState::default();
     let mut admissions = Admissions::default();
+    let mut resyncs: u64 = 0;
     loop {
         let deadline = admissions.next_deadline(Instant::now());
         let resync = tokio::select! {
@@ -151,9 +153,13 @@ async fn run(
             continue;
         }
         let overlaid = admissions.overlay(&view, &conf.node);
-        let nft_ran = state
-            .apply(&conf, &nft, &board, &overlaid.view, resync)
-            .await;
+        let pass = match (resync, resyncs % FRESH_EVERY) {
+            (false, _) => Resync::No,
+            (true, 0) => Resync::Fresh,
+            (true, _) => Resync::Check,
+        };
+        resyncs += u64::from(resync);
+        let nft_ran = state.apply(&conf, &nft, &board, &overlaid.view, pass).await;
         state.source = (nft_ran != Some(false) && state.applied.is_some())
             .then(|| (view.cluster.clone(), admissions.revision()));
         if let Some(since) = since {
