@@ -245,13 +245,7 @@ impl NodeCompiler {
             if was {
                 for ip in &old_ips {
                     // Another matching pod may still hold the address.
-                    let held = self.owners.get(ip).is_some_and(|owners| {
-                        owners.iter().any(|k| {
-                            self.pods
-                                .get(k)
-                                .is_some_and(|p| peer.matches(p, labels_of(&k.0)))
-                        })
-                    });
+                    let held = held_by_peer(&self.owners, &self.pods, peer, ip, labels_of);
                     if !held && addrs.contains(ip) {
                         Arc::make_mut(addrs).remove(ip);
                         changed = true;
@@ -403,6 +397,23 @@ fn set_ip_rules(
             rules.pods.remove(&ip);
         }
     }
+}
+
+/// Whether a pod `peer` selects still claims `ip` (several pods may claim one address
+/// while one of them is going away).
+fn held_by_peer<'a>(
+    owners: &HashMap<IpAddr, BTreeSet<Key>>,
+    pods: &BTreeMap<Key, Pod>,
+    peer: &PeerKey,
+    ip: &IpAddr,
+    labels_of: impl Fn(&str) -> &'a Labels,
+) -> bool {
+    owners.get(ip).is_some_and(|keys| {
+        keys.iter().any(|k| {
+            pods.get(k)
+                .is_some_and(|p| peer.matches(p, labels_of(&k.0)))
+        })
+    })
 }
 
 fn objects<'a>(

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{Key, NodeCompiler};
+use super::{held_by_peer, Key, NodeCompiler};
 use crate::model::{Cluster, Pod};
 use crate::peers::PeerKey;
 use crate::selector::Labels;
@@ -85,13 +85,7 @@ impl NodeCompiler {
                         continue;
                     }
                     // A pod of another namespace may still hold the address as a peer.
-                    let held = self.owners.get(ip).is_some_and(|owners| {
-                        owners.iter().any(|k| {
-                            self.pods
-                                .get(k)
-                                .is_some_and(|p| peer.matches(p, labels_of(&k.0)))
-                        })
-                    });
+                    let held = held_by_peer(&self.owners, &self.pods, peer, ip, labels_of);
                     if !held && addrs.contains(ip) {
                         Arc::make_mut(addrs).remove(ip);
                         changed = true;
