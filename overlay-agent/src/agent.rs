@@ -214,7 +214,7 @@ pub async fn run(
         files_ok: false,
         firewall_problem: None,
         files_problem: None,
-        forwarding_problem: None,
+        forwarding_failure: None,
         device_problem: None,
         rejected_before: BTreeSet::new(),
     };

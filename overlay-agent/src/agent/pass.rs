@@ -30,9 +30,10 @@ pub(super) struct LoopState<'a> {
     pub(super) files_ok: bool,
     /// Why the firewall table is not in place, with what fixes it; `None` when it is.
     pub(super) firewall_problem: Option<String>,
-    /// Why the CNI files, forwarding or the VXLAN device are not in place; same form.
+    /// Why the CNI files or the VXLAN device are not in place; same form.
     pub(super) files_problem: Option<String>,
-    pub(super) forwarding_problem: Option<String>,
+    /// The last failure to turn forwarding on, so that it is logged once.
+    pub(super) forwarding_failure: Option<String>,
     pub(super) device_problem: Option<String>,
     pub(super) rejected_before: BTreeSet<(String, String)>,
 }
@@ -82,23 +83,27 @@ impl LoopState<'_> {
 
     /// Forwarding on for the node's families: pods on other nodes are reached through
     /// it. Something on the node turning it off (a sysctl reload, a restarted
-    /// container engine) is put right here, at every resync.
+    /// container engine) is put right here, at every resync. Not a readiness reason:
+    /// in the DaemonSet `/proc/sys` is read-only (an unprivileged container), and the
+    /// plugin, which runs on the host, turns forwarding on at every ADD and fails the
+    /// ADD if it cannot. Logged once per distinct failure.
     fn ensure_forwarding(&mut self) {
         use twill_netlink::sysctl::{enable_forwarding, IpFamily};
         let subnets = &self.datapath.conf().own_subnets;
         let v6 = subnets.iter().any(|s| s.addr().is_ipv6());
         let families = [Some(IpFamily::V4), v6.then_some(IpFamily::V6)];
-        let errors = enable_forwarding(families.into_iter().flatten());
-        for e in &errors {
-            tracing::error!(key = e.key, error = %e.source, "cannot enable forwarding");
+        let errors: Vec<String> = enable_forwarding(families.into_iter().flatten())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let failure = (!errors.is_empty()).then(|| errors.join("; "));
+        if failure.is_some() && failure != self.forwarding_failure {
+            tracing::warn!(
+                error = failure.as_deref().unwrap_or_default(),
+                "forwarding stays as it is; the plugin turns it on at each ADD"
+            );
         }
-        self.forwarding_problem = (!errors.is_empty()).then(|| {
-            let keys: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            format!(
-                "{}; run the agent privileged or set it to 1 in the node's sysctl configuration",
-                keys.join("; ")
-            )
-        });
+        self.forwarding_failure = failure;
     }
 
     /// One reconcile pass; false when something failed (retried soon).
@@ -284,7 +289,6 @@ impl LoopState<'_> {
         } else if !self.files_ok {
             pod_network.push("the subnet file or the CNI conflist is not written".into());
         }
-        pod_network.extend(self.forwarding_problem.clone());
         pod_network.extend(self.firewall_problem.clone());
         let mut not_ready = pod_network.clone();
         if !snap.complete {
