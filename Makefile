@@ -18,7 +18,7 @@ endif
 endif
 endif
 
-.PHONY: deps deps-lab k8s k8s-node build plugin test bench bench-overlay bench-policy bench-policy-latency bench-kube-registry check clean-netns lab lab-down
+.PHONY: deps deps-lab k8s k8s-node build plugin test bench bench-overlay bench-policy bench-policy-latency bench-kube-registry bench-churn check clean-netns lab lab-down
 
 # The Debian packages the build and the lab need (deps-lab), or also the tests and
 # benchmarks (deps): apt-get installs only what is missing; a no-op when all is there.
@@ -95,6 +95,13 @@ bench-policy-latency: deps k8s
 bench-kube-registry: deps k8s
 	$(CARGO) build --release -p twill-agent -p twill-bench
 	./target/release/kube-registry-bench $(BENCH_ARGS)
+
+# Churn without growth (issue 14 §5): 10,000 ADD/DEL pairs on one node whose agent
+# serves the store; the agent's RSS and fds, the store's size, reservations left, per
+# 1,000 (about 5 minutes).
+bench-churn: deps
+	$(CARGO) build --release -p twill-agent -p twill-cni -p twill-bench
+	./target/release/churn-bench $(BENCH_ARGS)
 
 check:
 	$(CARGO) fmt --all -- --check
