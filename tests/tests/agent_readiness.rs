@@ -1,8 +1,8 @@
 //! A node that cannot do its job says so (issue 14 §1): the agent is not ready while
 //! its firewall table is not in place, names what is missing and what fixes it, and
 //! puts a table deleted or flushed by hand back within one resync, counting it; the
-//! plugin's STATUS answers 50 with the reason meanwhile. Forwarding turned off and an
-//! unwritable CNI config dir are found and named the same way.
+//! plugin's STATUS answers 50 with the reason meanwhile. An unwritable CNI config dir
+//! is named the same way; forwarding turned off is turned on again at the next resync.
 
 use serde_json::Value;
 use std::time::Duration;
