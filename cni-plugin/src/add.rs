@@ -127,9 +127,28 @@ async fn prepare(
         }
     };
 
-    if let Some(host) = nl.link_by_name(host_name).await? {
+    let spec = VethSpec {
+        name: host_name,
+        mtu,
+        master: Some(br.index),
+        peer_name: ifname,
+        peer_netns: netns,
+    };
+    // The common case first: a new pair costs no lookup. Only an ADD that finds its
+    // names taken looks at what holds them.
+    if let Err(e) = nl.add_veth(&spec).await {
+        if !e.is_exists() {
+            return Err(e.into());
+        }
+        let Some(host) = nl.link_by_name(host_name).await? else {
+            return Err(CniError::new(
+                INTERNAL,
+                format!("the pod already has an interface named {ifname} (CNI_IFNAME)"),
+            ));
+        };
         let (pod_nl, ()) = Netlink::connect_in_here_with(netns, pod_sysctls_set)?;
         match pod_nl.link_by_name(ifname).await? {
+            // A repeated ADD of this attachment: kept, repaired in `finish`.
             Some(pod) if repair::is_pair(&host, &pod) => {
                 return Ok(PodLinks {
                     host,
@@ -147,27 +166,19 @@ async fn prepare(
                 nl.delete_link(host.index).await?;
             }
         }
-    }
-
-    let spec = VethSpec {
-        name: host_name,
-        mtu,
-        master: Some(br.index),
-        peer_name: ifname,
-        peer_netns: netns,
-    };
-    if let Err(e) = nl.add_veth(&spec).await {
-        if !e.is_exists() {
-            return Err(e.into());
+        if let Err(e) = nl.add_veth(&spec).await {
+            if !e.is_exists() {
+                return Err(e.into());
+            }
+            // Ours was just deleted: either a concurrent ADD of this same attachment
+            // made it again, or the pod has an interface of that name.
+            let msg = if nl.link_by_name(host_name).await?.is_some() {
+                format!("host veth {host_name} appeared during this ADD (a concurrent ADD of the same attachment?)")
+            } else {
+                format!("the pod already has an interface named {ifname} (CNI_IFNAME)")
+            };
+            return Err(CniError::new(INTERNAL, msg));
         }
-        // Ours did not exist a moment ago: either a concurrent ADD of this same
-        // attachment made it, or the pod already has an interface of that name.
-        let msg = if nl.link_by_name(host_name).await?.is_some() {
-            format!("host veth {host_name} appeared during this ADD (a concurrent ADD of the same attachment?)")
-        } else {
-            format!("the pod already has an interface named {ifname} (CNI_IFNAME)")
-        };
-        return Err(CniError::new(INTERNAL, msg));
     }
     let host = nl.link_by_name(host_name).await?.ok_or_else(|| {
         CniError::new(
