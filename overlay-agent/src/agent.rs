@@ -211,7 +211,6 @@ pub async fn run(
         board: &board,
         cache: None,
         device: None,
-        files_ok: false,
         firewall_problem: None,
         files_problem: None,
         forwarding_failure: None,

@@ -27,10 +27,10 @@ pub(super) struct LoopState<'a> {
     /// What the kernel held after the last successful pass; `None` forces a dump.
     pub(super) cache: Option<DesiredState>,
     pub(super) device: Option<u32>,
-    pub(super) files_ok: bool,
     /// Why the firewall table is not in place, with what fixes it; `None` when it is.
     pub(super) firewall_problem: Option<String>,
-    /// Why the CNI files or the VXLAN device are not in place; same form.
+    /// Why the CNI files or the VXLAN device are not in place; same form. The files'
+    /// reason is set before the first pass (`host_setup`), so it starts out `None`.
     pub(super) files_problem: Option<String>,
     /// The last failure to turn forwarding on, so that it is logged once.
     pub(super) forwarding_failure: Option<String>,
@@ -46,21 +46,24 @@ impl LoopState<'_> {
         let files = host
             .write_subnet_file(self.subnet_file)
             .and_then(|a| host.write_conflist().map(|b| a || b));
-        self.files_problem = None;
-        match files {
-            Ok(true) => tracing::info!(subnet_file = %host.subnet_file.display(),
-                conflist = %host.conflist_path().display(), "wrote the CNI files"),
-            Ok(false) => {}
+        self.files_problem = match files {
+            Ok(written) => {
+                if written {
+                    tracing::info!(subnet_file = %host.subnet_file.display(),
+                        conflist = %host.conflist_path().display(), "wrote the CNI files");
+                }
+                (!host.files_current(self.subnet_file))
+                    .then(|| "the subnet file or the CNI conflist is not written".to_string())
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot write the CNI files");
                 self.board.metrics.reconcile_errors.inc();
-                self.files_problem = Some(format!(
+                Some(format!(
                     "the CNI files are not written ({e}); the agent needs write access there \
                      (the DaemonSet's hostPath mounts)"
-                ));
+                ))
             }
-        }
-        self.files_ok = host.files_current(self.subnet_file);
+        };
         self.ensure_forwarding();
         let metrics = &self.board.metrics;
         match self.firewall.apply(self.firewall_rules) {
@@ -284,11 +287,7 @@ impl LoopState<'_> {
             )),
             (None, Some(_)) => {}
         }
-        if let Some(p) = &self.files_problem {
-            pod_network.push(p.clone());
-        } else if !self.files_ok {
-            pod_network.push("the subnet file or the CNI conflist is not written".into());
-        }
+        pod_network.extend(self.files_problem.clone());
         pod_network.extend(self.firewall_problem.clone());
         let mut not_ready = pod_network.clone();
         if !snap.complete {

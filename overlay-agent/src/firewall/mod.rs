@@ -17,9 +17,11 @@
 //! - `forward` (filter, priority filter, policy accept): accepts traffic from and to the
 //!   cluster network.
 //!
-//! The table is replaced atomically on every [`Firewall::apply`], in one `nft -f -`
-//! transaction `add table …; delete table …; table … { … }`: rules never disappear in
-//! between, and a re-run does not duplicate anything. Replacing does not disturb
+//! [`Firewall::apply`] replaces the table atomically, in one `nft -f -` transaction
+//! `add table …; delete table …; table … { … }`, when its rules changed or the kernel's
+//! copy no longer lists as the last apply left it (deleted, flushed, edited); otherwise
+//! it leaves it alone. Rules never disappear in between, and a re-run does not
+//! duplicate anything. Replacing does not disturb
 //! established connections: conntrack keeps their NAT bindings; the nat chain is only
 //! consulted for a connection's first packet.
 //!

@@ -179,29 +179,40 @@ impl Firewall for Nft {
     fn apply(&self, rules: &FirewallRules) -> Result<Applied, FirewallError> {
         self.check_table()?;
         let started = Instant::now();
-        let before = self
+        let table_script = render_table_script(&self.table, rules);
+        let same_rules = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            == Some(table_script.as_str());
+        let applied = self
             .applied_listing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let repaired = match before {
+        let repaired = match &applied {
             None => None,
             Some(applied) => match self.listing()? {
                 None => Some(format!("table inet {} was deleted", self.table)),
-                Some(now) if now != applied => {
+                Some(now) if &now != applied => {
                     Some(format!("table inet {} was changed", self.table))
                 }
                 Some(_) => None,
             },
         };
-        let table_script = render_table_script(&self.table, rules);
-        let mut script = table_script.clone();
-        let mut forward_changes = 0;
+        // The table in the kernel is what the last apply left and the rules are the
+        // same: nothing to replace (its counters keep counting).
+        let replace = !same_rules || applied.is_none() || repaired.is_some();
+        let mut script = if replace {
+            table_script.clone()
+        } else {
+            String::new()
+        };
         for family in self.foreign_forward_chains()? {
             let existing = self.tagged_rules(family)?;
             let wanted = wanted_forward_rules(family, rules);
             if let Some(fix) = render_forward_fix(family, &self.table, &existing, &wanted) {
-                forward_changes += 1;
                 tracing::info!(
                     family = family.name(),
                     had = existing.len(),
@@ -211,34 +222,34 @@ impl Firewall for Nft {
                 script.push_str(&fix);
             }
         }
-        self.nft(&["-f", "-"], Some(&script))?;
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = last.as_deref() != Some(table_script.as_str());
-        if changed {
+        if !script.is_empty() {
+            self.nft(&["-f", "-"], Some(&script))?;
+        }
+        if !replace {
+            tracing::debug!(
+                table = %self.table,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "nftables rules in place"
+            );
+            return Ok(Applied { repaired });
+        }
+        if !same_rules {
             tracing::info!(
                 table = %self.table,
                 networks = ?rules.cluster_networks,
                 ip_masq = rules.ip_masq,
                 "nftables rules installed"
             );
-        } else {
-            tracing::debug!(
-                table = %self.table,
-                forward_changes,
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "nftables rules reapplied"
-            );
         }
-        *last = Some(table_script);
-        drop(last);
+        if let Some(what) = &repaired {
+            tracing::warn!(table = %self.table, "{what} since the last apply; put back");
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(table_script);
         let listing = self.listing()?;
         *self
             .applied_listing
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = listing;
-        if let Some(what) = &repaired {
-            tracing::warn!(table = %self.table, "{what} since the last apply; put back");
-        }
         Ok(Applied { repaired })
     }
 
