@@ -61,6 +61,27 @@ pub fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
 /// The longest pause between two attempts of [`watch_backoff`], jitter included.
 pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Since when one watch has been failing, so that an outage is logged twice: once
+/// when it starts and once, with its length, when the watch is back.
+#[derive(Debug, Default)]
+pub struct Outage(Option<std::time::Instant>);
+
+impl Outage {
+    /// True for the first failure of an outage: the one to log.
+    pub fn lost(&mut self) -> bool {
+        let first = self.0.is_none();
+        self.0.get_or_insert_with(std::time::Instant::now);
+        first
+    }
+
+    /// The outage's length, formatted in seconds, when the watch was failing until now.
+    pub fn back(&mut self) -> Option<String> {
+        self.0
+            .take()
+            .map(|since| format!("{:.1}", since.elapsed().as_secs_f64()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +99,17 @@ mod tests {
             return Err(format!("does not back off: {waits:?}"));
         }
         Ok(())
+    }
+
+    #[test]
+    fn an_outage_is_reported_once_lost_and_once_back() {
+        let mut o = Outage::default();
+        assert_eq!(o.back(), None, "never lost");
+        assert!(o.lost());
+        assert!(!o.lost(), "the same outage");
+        assert!(o.back().is_some());
+        assert_eq!(o.back(), None, "reported once");
+        assert!(o.lost(), "a new outage");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::fmt::Debug;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::kube_client::Outage;
 use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -135,9 +136,9 @@ impl PolicySource {
     }
 }
 
-/// Which watches are failing and since when, so each failure and recovery is logged once.
+/// Each kind's watch outage, so each failure and recovery is logged once.
 #[derive(Default)]
-struct Failing(Vec<(Kind, std::time::Instant)>);
+struct Failing(std::collections::BTreeMap<Kind, Outage>);
 
 impl Failing {
     fn apply(
@@ -146,18 +147,16 @@ impl Failing {
         kind: Kind,
         event: Result<Option<WatchEvent>, watcher::Error>,
     ) -> bool {
+        let outage = self.0.entry(kind).or_default();
         match event {
             Err(error) => {
-                if !self.0.iter().any(|(k, _)| *k == kind) {
+                if outage.lost() {
                     tracing::warn!(?kind, %error, "lost a policy watch; the last view stays while it reconnects");
-                    self.0.push((kind, std::time::Instant::now()));
                 }
                 false
             }
             Ok(event) => {
-                if let Some(at) = self.0.iter().position(|(k, _)| *k == kind) {
-                    let (_, since) = self.0.remove(at);
-                    let outage_s = format!("{:.1}", since.elapsed().as_secs_f64());
+                if let Some(outage_s) = outage.back() {
                     tracing::info!(?kind, %outage_s, "the policy watch is back");
                 }
                 event.is_some_and(|event| store.apply(kind, event))
