@@ -61,8 +61,33 @@ pub enum RegistryConf {
         prefix: String,
         lease_ttl_secs: u32,
     },
-    /// Node objects: `spec.podCIDR(s)` and `twill.io/` annotations.
-    Kubernetes { kubeconfig: Option<PathBuf> },
+    /// Node objects: `spec.podCIDR(s)` and `twill.io/` annotations; or, with
+    /// `records: twillnodes`, one small `TwillNode` object per node.
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        records: KubeRecords,
+    },
+}
+
+/// Which objects the `kubernetes` registry watches for the other nodes' records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KubeRecords {
+    /// Every Node: no extra object, but every Node update (kubelet heartbeats, image
+    /// lists) reaches every agent, and a start lists whole Nodes.
+    #[default]
+    Nodes,
+    /// `twill.io/v1` `TwillNode`s, written by each agent for its own node: a start
+    /// lists records of a few hundred bytes and only record changes reach the agents.
+    TwillNodes,
+}
+
+impl KubeRecords {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KubeRecords::Nodes => "nodes",
+            KubeRecords::TwillNodes => "twillnodes",
+        }
+    }
 }
 
 /// One pod network and how it is cut into per-node subnets.
@@ -175,10 +200,16 @@ impl ClusterConf {
                 lease_ttl_secs,
             } => json!({"kind": "etcd", "endpoints": endpoints, "prefix": prefix,
                         "leaseTtl": lease_ttl_secs}),
-            RegistryConf::Kubernetes { kubeconfig } => match kubeconfig {
-                Some(p) => json!({"kind": "kubernetes", "kubeconfig": p}),
-                None => json!({"kind": "kubernetes"}),
-            },
+            RegistryConf::Kubernetes {
+                kubeconfig,
+                records,
+            } => {
+                let mut r = json!({"kind": "kubernetes", "records": records.as_str()});
+                if let Some(p) = kubeconfig {
+                    r["kubeconfig"] = json!(p);
+                }
+                r
+            }
         };
         m.insert("registry".into(), r);
         Value::Object(m)
@@ -333,6 +364,16 @@ fn parse_registry(map: &Map<String, Value>) -> Result<RegistryConf, ConfError> {
         }
         Some("kubernetes") => Ok(RegistryConf::Kubernetes {
             kubeconfig: k.string("kubeconfig")?.map(PathBuf::from),
+            records: match k.string("records")? {
+                None | Some("nodes") => KubeRecords::Nodes,
+                Some("twillnodes") => KubeRecords::TwillNodes,
+                Some(other) => {
+                    return Err(ConfError::invalid(
+                        k.path("records"),
+                        format!("{other:?} is neither \"nodes\" nor \"twillnodes\""),
+                    ))
+                }
+            },
         }),
         Some(other) => Err(ConfError::invalid(
             k.path("kind"),
@@ -391,6 +432,39 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_records_default_to_nodes_and_round_trip() {
+        let plain = ClusterConf::parse(
+            br#"{"network": "10.244.0.0/16", "registry": {"kind": "kubernetes"}}"#,
+        )
+        .unwrap();
+        let twill = ClusterConf::parse(
+            br#"{"network": "10.244.0.0/16",
+                 "registry": {"kind": "kubernetes", "records": "twillnodes", "kubeconfig": "/k"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            plain.registry,
+            RegistryConf::Kubernetes {
+                kubeconfig: None,
+                records: KubeRecords::Nodes
+            }
+        );
+        assert_eq!(
+            twill.registry,
+            RegistryConf::Kubernetes {
+                kubeconfig: Some("/k".into()),
+                records: KubeRecords::TwillNodes
+            }
+        );
+        for c in [plain, twill] {
+            assert_eq!(
+                ClusterConf::parse(c.to_json().to_string().as_bytes()).unwrap(),
+                c
+            );
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases: &[(&str, &str)] = &[
             (r#"{}"#, "network"),
@@ -409,6 +483,10 @@ mod tests {
                 "subnetLen",
             ),
             (r#"{"network": "10.244.0.0/16", "ipMasq": "yes"}"#, "ipMasq"),
+            (
+                r#"{"network": "10.244.0.0/16", "registry": {"kind": "kubernetes", "records": "pods"}}"#,
+                "registry.records",
+            ),
             (
                 r#"{"network": "10.244.0.0/16", "backend": {"type": "udp"}}"#,
                 "backend.type",

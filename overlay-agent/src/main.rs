@@ -268,10 +268,13 @@ async fn registry_for(
             format!("etcd {}", endpoints.join(",")),
             None,
         ),
-        RegistryConf::Kubernetes { kubeconfig } => {
+        RegistryConf::Kubernetes {
+            kubeconfig,
+            records,
+        } => {
             let path = kube_args.kubeconfig.as_ref().or(kubeconfig.as_ref());
-            let r = KubeRegistry::connect(path.map(|p| p.as_path()), node, nets).await?;
-            let name = format!("kubernetes {}", r.server);
+            let r = KubeRegistry::connect(path.map(|p| p.as_path()), node, nets, *records).await?;
+            let name = format!("kubernetes {} ({})", r.server, records.as_str());
             let client = r.client();
             (Arc::new(r), name, Some(client))
         }

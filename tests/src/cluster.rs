@@ -33,6 +33,9 @@ pub enum RegistryKind {
     /// Node objects of a Kubernetes API server, through the kubeconfig at
     /// [`Cluster::kubeconfig_path`] (written by the test before the agents start).
     Kubernetes,
+    /// Like `Kubernetes`, with `records: twillnodes`: each agent publishes a TwillNode
+    /// and watches those instead of every Node.
+    KubernetesTwillNodes,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +118,10 @@ impl Cluster {
             }
             RegistryKind::Kubernetes => {
                 json!({"kind": "kubernetes", "kubeconfig": dir.path().join("kubeconfig")})
+            }
+            RegistryKind::KubernetesTwillNodes => {
+                json!({"kind": "kubernetes", "kubeconfig": dir.path().join("kubeconfig"),
+                       "records": "twillnodes"})
             }
         };
         let mut backend = json!({"type": "vxlan", "directRouting": if spec.direct_routing { "auto" } else { "never" }});

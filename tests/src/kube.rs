@@ -301,6 +301,7 @@ impl ControlPlane {
             .map_err(|e| format!("conf/kubernetes/twill.yaml: {e}"))?;
         let kinds = [
             "Namespace",
+            "CustomResourceDefinition",
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",

@@ -94,6 +94,19 @@ pub fn heavy_node(i: usize) -> Value {
     })
 }
 
+/// The TwillNode that peer `i`'s agent would publish with `records: twillnodes`
+/// (no owner reference: the bench never deletes its Nodes).
+pub fn twill_node(i: usize) -> Value {
+    let node = heavy_node(i);
+    let a = &node["metadata"]["annotations"];
+    json!({
+        "apiVersion": "twill.io/v1", "kind": "TwillNode",
+        "metadata": {"name": name(i)},
+        "spec": {"podCIDRs": [pod_cidr(i)], "publicIP": a["twill.io/public-ip"],
+                 "vtepMAC": a["twill.io/vtep-mac"], "backend": "vxlan"},
+    })
+}
+
 /// A heartbeat-like status change: new heartbeat times and a changed image list.
 pub fn status_patch(round: usize) -> Value {
     let t = format!("2026-11-24T11:{:02}:{:02}Z", round / 60 % 60, round % 60);
@@ -109,10 +122,23 @@ pub fn status_patch(round: usize) -> Value {
 
 /// Creates Nodes `range` ([`heavy_node`]) with kubectl, a List of 250 per call.
 pub fn create_nodes(cp: &ControlPlane, range: std::ops::Range<usize>) -> Result<(), String> {
+    create_objects(cp, range, heavy_node)
+}
+
+/// Creates the TwillNodes ([`twill_node`]) of peers `range`, as [`create_nodes`].
+pub fn create_twill_nodes(cp: &ControlPlane, range: std::ops::Range<usize>) -> Result<(), String> {
+    create_objects(cp, range, twill_node)
+}
+
+fn create_objects(
+    cp: &ControlPlane,
+    range: std::ops::Range<usize>,
+    object: fn(usize) -> Value,
+) -> Result<(), String> {
     let all: Vec<usize> = range.collect();
     for chunk in all.chunks(250) {
         let list = json!({"apiVersion": "v1", "kind": "List",
-            "items": chunk.iter().map(|&i| heavy_node(i)).collect::<Vec<_>>()});
+            "items": chunk.iter().map(|&i| object(i)).collect::<Vec<_>>()});
         cp.kubectl_result(&["create", "-f", "-"], Some(&list.to_string()))?;
     }
     Ok(())

@@ -127,6 +127,7 @@ fn kubernetes_registry_against_a_real_api_server() {
         "daemonset.apps/twill",
         "configmap/twill-config",
         "clusterrole.rbac.authorization.k8s.io/twill",
+        "customresourcedefinition.apiextensions.k8s.io/twillnodes.twill.io",
     ] {
         assert!(
             dry_out.contains(kind),
@@ -151,6 +152,9 @@ fn kubernetes_registry_against_a_real_api_server() {
         ("watch", "networkpolicies.networking.k8s.io", true),
         ("create", "networkpolicies.networking.k8s.io", false),
         ("get", "secrets", false),
+        ("watch", "twillnodes.twill.io", true),
+        ("patch", "twillnodes.twill.io", true),
+        ("update", "twillnodes.twill.io", false),
     ] {
         let mut args = vec!["auth", "can-i", verb];
         args.extend(resource.split(' '));

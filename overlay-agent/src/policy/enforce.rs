@@ -226,7 +226,10 @@ mod tests {
 
     #[test]
     fn auto_follows_the_registry_and_on_needs_kubernetes() {
-        let kube = RegistryConf::Kubernetes { kubeconfig: None };
+        let kube = RegistryConf::Kubernetes {
+            kubeconfig: None,
+            records: Default::default(),
+        };
         let file = RegistryConf::File {
             dir: "/tmp/r".into(),
         };

@@ -2,7 +2,11 @@
 //! `spec.podCIDRs`, assigned by kube-controller-manager (`--allocate-node-cidrs`); the
 //! agent adds its tunnel endpoint as annotations on its own Node and watches every Node.
 //!
-//! What this registry calls: `nodes` get, list, watch; `nodes/status` patch. The
+//! With `records: twillnodes` the agent also applies a `TwillNode` for its own node and
+//! watches TwillNodes instead of every Node (see `twill_node`).
+//!
+//! What this registry calls: `nodes` get, list, watch; `nodes/status` patch;
+//! `twillnodes` get, list, watch, patch, delete. The
 //! ClusterRole also grants get, list, watch on `pods`, `namespaces` and
 //! `networking.k8s.io` `networkpolicies`, for the NetworkPolicy source (`crate::policy`),
 //! which shares this registry's client; nothing more. Annotations are written through the status subresource (the
@@ -13,7 +17,11 @@
 //! records is pure, in `node_view`.
 
 mod node_view;
+mod peer_watch;
 mod slim_node;
+mod twill_node;
+
+use peer_watch::{NODE_PAGE, TWILL_NODE_PAGE};
 
 pub use node_view::{
     announcement_patch, node_subnets, node_view, NodeView, BACKEND, PUBLIC_IP, PUBLIC_IP_OVERWRITE,
@@ -21,39 +29,30 @@ pub use node_view::{
 };
 
 use node_view::{
-    announced, leave_patch, network_available, network_condition, snapshot_of, NETWORK_UNAVAILABLE,
+    annotation, announced, leave_patch, network_available, network_condition, NETWORK_UNAVAILABLE,
 };
 pub use slim_node::SlimNode;
+use twill_node::{manifest, published_spec, twill_node_view};
+pub use twill_node::{TwillNode, TwillNodeSpec};
 
 use super::{Announcement, Registry, RegistryError, Snapshot};
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::Resource;
+use serde::de::DeserializeOwned;
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
 use tokio::sync::watch;
-use twill_conf::cluster::PodNetwork;
-
-/// Nodes per page of the initial list: a page is parsed whole before its objects are
-/// slimmed, so this bounds the list's transient memory (100 kubelet Nodes ≈ 1.7 MB of
-/// JSON) at 50 requests for 5,000 Nodes.
-const LIST_PAGE: u32 = 100;
-
-/// Says once that the Node watch is back, with how long it was gone.
-fn back(lost: &mut Option<Instant>) {
-    if let Some(since) = lost.take() {
-        let outage_s = format!("{:.1}", since.elapsed().as_secs_f64());
-        tracing::info!(%outage_s, "the Node watch is back");
-    }
-}
+use twill_conf::cluster::{KubeRecords, PodNetwork};
 
 fn unavailable(e: impl std::fmt::Display) -> RegistryError {
     RegistryError::Unavailable(e.to_string())
@@ -64,12 +63,17 @@ fn unavailable(e: impl std::fmt::Display) -> RegistryError {
 struct Joined {
     me: Announcement,
     subnets: Vec<IpNet>,
+    /// The operator's endpoint override on the Node, as it was.
+    overwrite: Option<String>,
+    /// The TwillNode's spec, with `records: twillnodes`.
+    published: Option<TwillNodeSpec>,
 }
 
 pub struct KubeRegistry {
     nodes: Api<Node>,
     node: String,
     networks: Vec<PodNetwork>,
+    records: KubeRecords,
     joined: Mutex<Option<Joined>>,
     /// Set once the agent was ready; a recreated Node gets the condition again.
     ready: AtomicBool,
@@ -83,6 +87,7 @@ impl KubeRegistry {
         kubeconfig: Option<&Path>,
         node: &str,
         networks: Vec<PodNetwork>,
+        records: KubeRecords,
     ) -> Result<Self, RegistryError> {
         let (client, server) = crate::kube_client::connect(kubeconfig)
             .await
@@ -91,6 +96,7 @@ impl KubeRegistry {
             nodes: Api::all(client),
             node: node.to_string(),
             networks,
+            records,
             joined: Mutex::new(None),
             ready: AtomicBool::new(false),
             server,
@@ -99,6 +105,10 @@ impl KubeRegistry {
 
     /// Every Node, read as the overlay's slice of it.
     fn slim_nodes(&self) -> Api<SlimNode> {
+        Api::all(self.nodes.clone().into_client())
+    }
+
+    fn twill_nodes(&self) -> Api<TwillNode> {
         Api::all(self.nodes.clone().into_client())
     }
 
@@ -131,6 +141,92 @@ impl KubeRegistry {
             .map_err(|e| unavailable(format!("setting {NETWORK_UNAVAILABLE}=False: {e}")))?;
         Ok(())
     }
+
+    /// Applies this node's TwillNode (server-side apply: created or brought back to
+    /// what this agent publishes), owned by its Node so that it goes with the Node.
+    async fn apply_twill_node(
+        &self,
+        node: &Node,
+        spec: &TwillNodeSpec,
+    ) -> Result<(), RegistryError> {
+        let uid = node.metadata.uid.as_deref().unwrap_or_default();
+        let params = PatchParams::apply(twill_node::FIELD_MANAGER).force();
+        match self
+            .twill_nodes()
+            .patch(
+                &self.node,
+                &params,
+                &Patch::Apply(manifest(&self.node, uid, spec)),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(RegistryError::NotAssigned(format!(
+                "the TwillNode resource is not served: install the CustomResourceDefinition \
+                 twillnodes.twill.io from twill.yaml, or set registry.records to \"nodes\" ({})",
+                s.message
+            ))),
+            Err(e) => Err(unavailable(format!(
+                "applying TwillNode {}: {e}",
+                self.node
+            ))),
+        }
+    }
+}
+
+/// The endpoint peers send to: the operator's `twill.io/public-ip-overwrite`, else the
+/// address the agent found.
+fn endpoint(node: &SlimNode, me: &Announcement) -> Result<IpAddr, RegistryError> {
+    match annotation(node, PUBLIC_IP_OVERWRITE) {
+        None => Ok(me.public_ip),
+        Some(s) => s.parse().map_err(|_| {
+            RegistryError::Invalid(format!(
+                "Node {}: annotation {PUBLIC_IP_OVERWRITE}: {s:?} is not an IP address",
+                me.node
+            ))
+        }),
+    }
+}
+
+/// Watches the object `name` of `api` and returns when it is gone, or when `same`
+/// says it no longer holds what this agent published.
+async fn watch_own<K>(
+    api: Api<K>,
+    name: &str,
+    what: &str,
+    same: impl Fn(&K) -> bool,
+) -> Result<(), RegistryError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher::watcher(api, cfg)
+        .backoff(crate::kube_client::watch_backoff())
+        .boxed();
+    let mut seen = false;
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(Event::Apply(n) | Event::InitApply(n)) => {
+                seen = true;
+                if !same(&n) {
+                    tracing::warn!(node = %name, "this node's {what} changed");
+                    return Ok(());
+                }
+            }
+            Ok(Event::Delete(_)) => {
+                tracing::warn!(node = %name, "this node's {what} was deleted");
+                return Ok(());
+            }
+            Ok(Event::Init) => seen = false,
+            Ok(Event::InitDone) if !seen => {
+                tracing::warn!(node = %name, "this node's {what} is not in the API server");
+                return Ok(());
+            }
+            Ok(Event::InitDone) => {}
+            Err(e) => tracing::debug!(error = %e, "own {what} watch interrupted; retrying"),
+        }
+    }
+    Err(unavailable(format!("the own-{what} watch ended")))
 }
 
 #[async_trait::async_trait]
@@ -171,6 +267,14 @@ impl Registry for KubeRegistry {
                 .await
                 .map_err(|e| unavailable(format!("annotating Node {}: {e}", self.node)))?;
         }
+        let published = match self.records {
+            KubeRecords::Nodes => None,
+            KubeRecords::TwillNodes => {
+                let spec = published_spec(me, &subnets, endpoint(&node, me)?);
+                self.apply_twill_node(&full, &spec).await?;
+                Some(spec)
+            }
+        };
         if self.ready.load(Ordering::Relaxed) && !network_available(&full) {
             self.set_network_available().await?;
         }
@@ -178,127 +282,68 @@ impl Registry for KubeRegistry {
             *j = Some(Joined {
                 me: me.clone(),
                 subnets: subnets.clone(),
+                overwrite: annotation(&node, PUBLIC_IP_OVERWRITE).map(str::to_string),
+                published,
             });
         }
         Ok(subnets)
     }
 
-    /// Watches this node's own Node and returns when what `join` published is gone: the
-    /// annotations were removed or changed, the podCIDR changed, or the Node was deleted
-    /// (a kubelet re-registering it). The agent then joins again.
+    /// Watches this node's own Node (and TwillNode) and returns when what `join`
+    /// published is gone: the annotations were removed or changed, the podCIDR or the
+    /// endpoint override changed, the TwillNode was changed or deleted, or the Node was
+    /// deleted (a kubelet re-registering it). The agent then joins again.
     async fn keep_alive(&self) -> Result<(), RegistryError> {
         let joined = self.joined.lock().ok().and_then(|j| j.clone());
         let Some(joined) = joined else {
             return Ok(());
         };
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
-        let mut events = watcher::watcher(self.slim_nodes(), cfg)
-            .backoff(crate::kube_client::watch_backoff())
-            .boxed();
-        let mut seen = false;
-        while let Some(ev) = events.next().await {
-            match ev {
-                Ok(Event::Apply(n) | Event::InitApply(n)) => {
-                    seen = true;
-                    let same = announced(&n, &joined.me)
-                        && node_subnets(&n, &self.networks).ok().as_ref() == Some(&joined.subnets);
-                    if !same {
-                        tracing::warn!(node = %self.node, "this Node's podCIDR or Twill annotations changed");
-                        return Ok(());
-                    }
+        let node = watch_own(self.slim_nodes(), &self.node, "Node", |n: &SlimNode| {
+            announced(n, &joined.me)
+                && node_subnets(n, &self.networks).ok().as_ref() == Some(&joined.subnets)
+                && annotation(n, PUBLIC_IP_OVERWRITE) == joined.overwrite.as_deref()
+        });
+        match &joined.published {
+            None => node.await,
+            Some(spec) => {
+                let own = watch_own(
+                    self.twill_nodes(),
+                    &self.node,
+                    "TwillNode",
+                    |t: &TwillNode| &t.spec == spec,
+                );
+                tokio::select! {
+                    r = node => r,
+                    r = own => r,
                 }
-                Ok(Event::Delete(_)) => {
-                    tracing::warn!(node = %self.node, "this Node was deleted from the API server");
-                    return Ok(());
-                }
-                Ok(Event::Init) => seen = false,
-                Ok(Event::InitDone) if !seen => {
-                    tracing::warn!(node = %self.node, "this Node is not in the API server");
-                    return Ok(());
-                }
-                Ok(Event::InitDone) => {}
-                Err(e) => tracing::debug!(error = %e, "own Node watch interrupted; retrying"),
             }
         }
-        Err(unavailable("the own-Node watch ended"))
     }
 
-    /// Watches every Node, as [`SlimNode`]s. A lost connection keeps the last snapshot
-    /// in place (the data path stays as it is); the watcher resumes from the last
-    /// resource version, or re-lists when the server no longer has it, and Nodes
-    /// deleted meanwhile disappear then. A re-list updates the one map of views in
-    /// place and drops what it did not see: no second copy of the peer set.
+    /// Watches every Node, or every TwillNode, as the overlay's records
+    /// (`peer_watch`).
     async fn watch(&self, tx: watch::Sender<Snapshot>) -> Result<(), RegistryError> {
-        let cfg = watcher::Config::default().page_size(LIST_PAGE);
-        let mut events = watcher::watcher(self.slim_nodes(), cfg)
-            .backoff(crate::kube_client::watch_backoff())
-            .boxed();
-        let mut views: BTreeMap<String, NodeView> = BTreeMap::new();
-        // During a (re-)list: the names seen so far, and whether any view changed.
-        let mut listing: Option<(BTreeSet<String>, bool)> = None;
-        let mut complete = false;
-        // Since when the watch has been failing: one warning when lost, one info when back.
-        let mut lost: Option<Instant> = None;
-        loop {
-            let ev = tokio::select! {
-                ev = events.next() => ev,
-                _ = tx.closed() => return Ok(()),
-            };
-            let Some(ev) = ev else {
-                return Err(unavailable("the Node watch ended"));
-            };
-            let changed = match ev {
-                Err(e) => {
-                    if lost.is_none() {
-                        tracing::warn!(error = %e, "lost the Node watch; the data path stays as it is while it reconnects");
-                        lost = Some(Instant::now());
-                    }
-                    continue;
-                }
-                Ok(Event::Init) => {
-                    listing = Some((BTreeSet::new(), false));
-                    false
-                }
-                Ok(Event::InitApply(n)) => {
-                    if let (Some((seen, changed)), Some(name)) =
-                        (listing.as_mut(), n.metadata.name.clone())
-                    {
-                        let v = node_view(&n, &self.networks);
-                        *changed |= views.get(&name) != Some(&v);
-                        seen.insert(name.clone());
-                        views.insert(name, v);
-                    }
-                    false
-                }
-                Ok(Event::InitDone) => {
-                    back(&mut lost);
-                    let (seen, mut changed) = listing.take().unwrap_or_default();
-                    let before = views.len();
-                    views.retain(|name, _| seen.contains(name));
-                    changed |= views.len() != before || !complete;
-                    complete = true;
-                    changed
-                }
-                Ok(Event::Apply(n)) => {
-                    back(&mut lost);
-                    match n.metadata.name.clone() {
-                        Some(name) => {
-                            let v = node_view(&n, &self.networks);
-                            views.insert(name, v.clone()) != Some(v)
-                        }
-                        None => false,
-                    }
-                }
-                Ok(Event::Delete(n)) => {
-                    back(&mut lost);
-                    n.metadata
-                        .name
-                        .as_ref()
-                        .is_some_and(|name| views.remove(name).is_some())
-                }
-            };
-            if changed && complete && tx.send(snapshot_of(&views)).is_err() {
-                return Ok(());
+        let nets = &self.networks;
+        match self.records {
+            KubeRecords::Nodes => {
+                peer_watch::watch_peers(
+                    self.slim_nodes(),
+                    "Node",
+                    NODE_PAGE,
+                    |n| node_view(n, nets),
+                    tx,
+                )
+                .await
+            }
+            KubeRecords::TwillNodes => {
+                peer_watch::watch_peers(
+                    self.twill_nodes(),
+                    "TwillNode",
+                    TWILL_NODE_PAGE,
+                    |t| twill_node_view(t, nets),
+                    tx,
+                )
+                .await
             }
         }
     }
@@ -312,6 +357,19 @@ impl Registry for KubeRegistry {
     /// Removes the annotations (`twill-agent uninstall`; the user's override stays) and
     /// sets `NetworkUnavailable=True` (`TwillIsDown`).
     async fn leave(&self, node: &str) -> Result<(), RegistryError> {
+        // Deleted whatever `records` says: an agent switched back to Nodes leaves none.
+        match self
+            .twill_nodes()
+            .delete(node, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => tracing::info!(%node, "deleted this node's TwillNode"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) if self.records == KubeRecords::Nodes => {
+                tracing::debug!(error = %e, "no TwillNode to delete")
+            }
+            Err(e) => return Err(unavailable(format!("deleting TwillNode {node}: {e}"))),
+        }
         let patch = leave_patch(Time(k8s_openapi::jiff::Timestamp::now()));
         match self
             .nodes

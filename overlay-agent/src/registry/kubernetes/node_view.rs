@@ -40,13 +40,22 @@ pub fn node_subnets(node: &SlimNode, networks: &[PodNetwork]) -> Result<Vec<IpNe
         Some(list) if !list.is_empty() => list.iter().collect(),
         _ => spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
     };
+    parse_subnets("spec.podCIDRs", cidrs, networks)
+}
+
+/// `cidrs` (the value of `field`) as subnets, those of an unconfigured family left out.
+pub(super) fn parse_subnets<'a>(
+    field: &str,
+    cidrs: impl IntoIterator<Item = &'a String>,
+    networks: &[PodNetwork],
+) -> Result<Vec<IpNet>, String> {
     let mut out = Vec::new();
     for c in cidrs {
         let net: IpNet = c
             .parse()
-            .map_err(|_| format!("spec.podCIDRs: {c:?} is not a CIDR"))?;
+            .map_err(|_| format!("{field}: {c:?} is not a CIDR"))?;
         if net.trunc() != net {
-            return Err(format!("spec.podCIDRs: {c:?} has host bits set"));
+            return Err(format!("{field}: {c:?} has host bits set"));
         }
         if networks
             .iter()

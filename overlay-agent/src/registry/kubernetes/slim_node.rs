@@ -84,7 +84,7 @@ impl kube::Resource for SlimNode {
 /// What the watcher and the overlay read of `metadata`: the resource version (watches
 /// resume from it), the name, the uid and Twill's annotations. Managed fields, labels
 /// and other annotations are skipped unparsed.
-fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+pub(super) fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Wire {
