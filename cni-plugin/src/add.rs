@@ -186,7 +186,6 @@ async fn prepare(
             format!("host veth {host_name} vanished after creation"),
         )
     })?;
-    configure_port(nl, env, conf, host.index).await?;
     let (pod_nl, ()) = Netlink::connect_in_here_with(netns, pod_sysctls_set)?;
     let pod = pod_nl
         .link_by_name(ifname)
@@ -203,13 +202,17 @@ async fn prepare(
     })
 }
 
+/// Hairpin, isolation and the alias that records the pod's addresses (what a lost
+/// address store is rebuilt from), in one request.
 async fn configure_port(
     nl: &Netlink,
     env: &Env,
     conf: &PluginConf,
     index: u32,
+    addrs: &[IpNet],
 ) -> Result<(), CniError> {
-    let alias = env.attachment.alias();
+    let addrs: Vec<IpAddr> = addrs.iter().map(IpNet::addr).collect();
+    let alias = env.attachment.alias(&addrs);
     nl.configure_port(index, conf.hairpin_mode, conf.isolate_ports, Some(&alias))
         .await?;
     Ok(())
@@ -238,6 +241,10 @@ async fn finish(
         adds.chain(routes.iter().cloned().map(Repair::SetRoute))
             .collect()
     };
+    if !links.reused {
+        // The kernel records the address before the pod can use it.
+        configure_port(nl, env, conf, links.host.index, addrs).await?;
+    }
     for r in &repairs {
         if links.reused {
             tracing::warn!(pod_ifname = %links.pod.name, host = %links.host.name, "repair: {r}");
@@ -246,8 +253,9 @@ async fn finish(
     }
     if links.reused {
         // isolatePorts is decided per ADD; hairpin and alias are set again as they are
-        // (no change to a running pod). Only a bridge port has these: after JoinBridge.
-        configure_port(nl, env, conf, links.host.index).await?;
+        // (no change to a running pod; an alias of an older plugin gains the addresses).
+        // Only a bridge port has these: after JoinBridge.
+        configure_port(nl, env, conf, links.host.index, addrs).await?;
     }
     let PodLinks { host, pod, mtu, .. } = links;
     Ok(CniResult {

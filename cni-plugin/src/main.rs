@@ -13,6 +13,7 @@ mod gc;
 mod logging;
 mod netns;
 mod node;
+mod pod_ports;
 mod repair;
 mod status;
 mod store;

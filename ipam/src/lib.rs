@@ -32,6 +32,7 @@
 mod codec;
 mod error;
 mod lock;
+pub mod recovery;
 pub mod service;
 mod span;
 mod store;
@@ -42,8 +43,9 @@ use serde::{Deserialize, Serialize};
 use twill_conf::Attachment;
 
 pub use error::StoreError;
+pub use recovery::{PodPort, PodPorts};
 pub use service::{StoreClient, StoreService};
-pub use store::Store;
+pub use store::{Rebuilt, Store};
 
 /// One address held by one owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +54,8 @@ pub struct Reservation {
     pub address: IpAddr,
 }
 
+#[cfg(test)]
+mod rebuild_tests;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]

@@ -176,6 +176,18 @@ impl Netlink {
         Ok(msgs.iter().map(Link::from_message).collect())
     }
 
+    /// The veths whose master is the bridge named `bridge` (none when it does not exist).
+    pub async fn veth_ports(&self, bridge: &str) -> Result<Vec<Link>> {
+        let links = self.links().await?;
+        let Some(br) = links.iter().find(|l| l.name == bridge).map(|l| l.index) else {
+            return Ok(Vec::new());
+        };
+        Ok(links
+            .into_iter()
+            .filter(|l| l.master == Some(br) && l.kind.as_deref() == Some("veth"))
+            .collect())
+    }
+
     /// Changes what `msg` sets on the existing link of its index.
     pub(crate) async fn set_link(
         &self,
