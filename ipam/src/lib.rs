@@ -15,7 +15,9 @@
 //! # On-disk layout
 //!
 //! `<dir>/lock` is the flock file; `<dir>/served` is locked by a store service
-//! while it runs; `<dir>/db/` is the sled database, with
+//! while it runs; `<dir>/db.damaged-<unix time>/` is a database found unreadable or
+//! inconsistent and replaced by one rebuilt from the pod interfaces ([`recovery`]);
+//! `<dir>/db/` is the sled database, with
 //! these trees (address key = family byte 4 or 6 ++ big-endian address
 //! bytes, so keys sort numerically within a family):
 //!
