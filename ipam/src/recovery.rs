@@ -84,6 +84,32 @@ pub fn recover(ports: &[PodPort]) -> Recovered {
     out
 }
 
+/// The aliases to write so that every pod interface records its addresses: those of
+/// older plugins (no addresses) whose owner `held` has addresses for, as (link, alias).
+pub fn completed_aliases(ports: &[PodPort], held: &[Reservation]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for port in ports {
+        let Some(Ok(parsed)) = port.alias.as_deref().map(port_alias::parse) else {
+            continue;
+        };
+        let AliasOwner::Whole(owner) = parsed.owner else {
+            continue;
+        };
+        if !parsed.addrs.is_empty() {
+            continue;
+        }
+        let addrs: Vec<IpAddr> = held
+            .iter()
+            .filter(|r| r.owner == owner)
+            .map(|r| r.address)
+            .collect();
+        if !addrs.is_empty() {
+            out.push((port.link.clone(), owner.alias(&addrs)));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +158,31 @@ mod tests {
         let r = recover(&[port(&whole.host_veth_name(), Some(&alias))]);
         assert_eq!(r.reservations.len(), 1);
         assert_eq!(r.reservations[0].owner, whole.stand_in());
+    }
+
+    #[test]
+    fn aliases_of_older_plugins_gain_the_addresses_the_store_holds() {
+        let held = vec![
+            Reservation {
+                owner: Attachment::new("old", "eth0"),
+                address: "10.0.0.4".parse().unwrap(),
+            },
+            Reservation {
+                owner: Attachment::new("new", "eth0"),
+                address: "10.0.0.5".parse().unwrap(),
+            },
+        ];
+        let ports = [
+            port("tw1", Some("twill:old:eth0")),
+            port("tw2", Some("twill:new:eth0:ip=10.0.0.5")),
+            port("tw3", Some("twill:gone:eth0")),
+            port("tw4", Some("uplink")),
+            port("tw5", None),
+        ];
+        assert_eq!(
+            completed_aliases(&ports, &held),
+            vec![("tw1".to_string(), "twill:old:eth0:ip=10.0.0.4".to_string())]
+        );
     }
 
     #[test]

@@ -241,6 +241,13 @@ impl Netlink {
             .await
     }
 
+    /// Sets the link's alias (cut to what the kernel keeps).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).alias(truncate(alias, MAX_ALIAS_LEN));
+        self.set_link(msg, || format!("set alias of link {index}"))
+            .await
+    }
+
     /// Makes the link a port of `master` (a bridge).
     pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).controller(master);

@@ -127,7 +127,8 @@ impl HostPaths {
     /// `admission`: where NetworkPolicy is enforced, what admits new pods.
     /// `health`: what `Verify` (the plugin's STATUS) asks about the node first.
     /// A store found missing, unreadable or inconsistent is moved aside and rebuilt from
-    /// the host veths on the bridge first, counted in `rebuilds`.
+    /// the host veths on the bridge first, counted in `rebuilds`; host veths of older
+    /// plugins then get their pods' addresses in their aliases.
     pub fn serve_address_store(
         &self,
         admission: Option<Arc<dyn AdmissionHook>>,
@@ -144,6 +145,14 @@ impl HostPaths {
                 twill_ipam::StoreService::start_rebuilding(&dir, &socket, &ports)?;
             if rebuilt.is_some() {
                 rebuilds.inc();
+            }
+            // Best effort: without it those pods are only as safe as before.
+            let completed = service
+                .reservations()
+                .map_err(|e| e.to_string())
+                .and_then(|held| ports.complete_aliases(&held));
+            if let Err(e) = completed {
+                tracing::warn!(error = %e, "cannot record the pods' addresses in older host veth aliases");
             }
             Ok::<_, twill_ipam::StoreError>(service)
         };

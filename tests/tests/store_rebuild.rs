@@ -10,7 +10,9 @@ use std::time::Duration;
 use twill_conf::Attachment;
 use twill_ipam::Store;
 use twill_tests::cluster::{Cluster, ClusterNode, ClusterSpec};
-use twill_tests::fixture::{assert_cni_error, ip_of, result_address, TempDir};
+use twill_tests::fixture::{
+    assert_cni_error, host_veth_name, ip_of, result_address, wait_for, TempDir,
+};
 use twill_tests::{CniCall, Netns, Node, Plugin, Pod};
 
 /// Running pods before the store is lost, and new pods after.
@@ -184,7 +186,15 @@ fn the_agent_rebuilds_a_damaged_store_before_serving_it() {
     cluster.start_agent(0);
     cluster.expect_ready(Duration::from_secs(30));
     let node = &cluster.nodes[0];
-    assert_eq!(metric(node, "twill_store_rebuilds_total"), Some(1.0));
+    // The store is served from a thread of its own, which readiness does not wait for.
+    let counted = wait_for(Duration::from_secs(10), || {
+        metric(node, "twill_store_rebuilds_total") == Some(1.0)
+    });
+    assert!(
+        counted,
+        "twill_store_rebuilds_total is {:?}",
+        metric(node, "twill_store_rebuilds_total")
+    );
     let aside = moved_aside(&store_dir);
     assert_eq!(aside.len(), 1);
     let log = node.log();
@@ -198,6 +208,47 @@ fn the_agent_rebuilds_a_damaged_store_before_serving_it() {
     let new = add_pods(&plugin, &conf, "new", PODS);
     assert_no_address_lost(&plugin, &conf, &running, &new);
     for pod in running.iter().chain(&new) {
+        let out = plugin.call(&pod.call("DEL", &conf));
+        assert!(out.success(), "DEL of {}: {}", pod.id, out.stdout);
+    }
+}
+
+fn alias_of(ns: &Netns, link: &str) -> String {
+    let out = ns.ip(&["-j", "-d", "link", "show", "dev", link]);
+    let v: Value = serde_json::from_str(&out).expect("ip -j output is JSON");
+    v[0]["ifalias"].as_str().unwrap_or_default().to_string()
+}
+
+/// Host veths of a plugin that did not record addresses get them in their alias at the
+/// agent's next start, so a store lost later still protects those pods.
+#[test]
+fn the_agent_records_the_addresses_in_aliases_of_older_plugins() {
+    let mut cluster = Cluster::up(ClusterSpec::with_nodes(1));
+    let conf = cluster.plugin_conf(0).expect("the agent wrote a conflist");
+    let plugin = Plugin::new(&cluster.nodes[0].ns);
+    let pods = add_pods(&plugin, &conf, "old", 2);
+    for pod in &pods {
+        let veth = host_veth_name(&pod.id, "eth0");
+        let old = format!("twill:{}:eth0", pod.id);
+        cluster.nodes[0]
+            .ns
+            .ip(&["link", "set", "dev", &veth, "alias", &old]);
+    }
+
+    cluster.nodes[0].stop_agent(libc::SIGTERM);
+    cluster.start_agent(0);
+    let ns = &cluster.nodes[0].ns;
+    for pod in &pods {
+        let veth = host_veth_name(&pod.id, "eth0");
+        let want = format!("twill:{}:eth0:ip={}", pod.id, pod.ip());
+        let done = wait_for(Duration::from_secs(15), || alias_of(ns, &veth) == want);
+        assert!(
+            done,
+            "{veth}: alias {:?}, want {want:?}",
+            alias_of(ns, &veth)
+        );
+    }
+    for pod in &pods {
         let out = plugin.call(&pod.call("DEL", &conf));
         assert!(out.success(), "DEL of {}: {}", pod.id, out.stdout);
     }

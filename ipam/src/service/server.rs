@@ -91,6 +91,11 @@ impl StoreService {
         self
     }
 
+    /// Every reservation of the served store.
+    pub fn reservations(&self) -> Result<Vec<crate::Reservation>, StoreError> {
+        self.store.reservations()
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
