@@ -14,6 +14,7 @@ mod logging;
 mod netns;
 mod node;
 mod pod_ports;
+mod pod_routes;
 mod repair;
 mod status;
 mod store;
