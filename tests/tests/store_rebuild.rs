@@ -164,6 +164,41 @@ fn a_store_overwritten_with_garbage_is_moved_aside_and_rebuilt_by_the_plugin() {
     plugin_alone(Damage::Garbage);
 }
 
+/// A container ID too long for the alias: after a rebuild its address is held by the
+/// attachment's stand-in, which GC keeps while the pod runs and its DEL releases.
+#[test]
+fn a_cut_container_id_keeps_its_address_until_its_del() {
+    let node = Node::new("cut");
+    let conf = node.conf("1.1.0");
+    let mut long = Pod::new("long");
+    long.id = format!("{}-{}", long.id, "x".repeat(300));
+    let first = node.add_ok(&conf, &long);
+    let ip = ip_of(&result_address(&first));
+    damage(&node.store_dir(), Damage::Removed);
+
+    let other = Pod::new("other");
+    let second = node.add_ok(&conf, &other);
+    assert_ne!(result_address(&second), result_address(&first));
+    let stand_in = long.owner().stand_in();
+    let held = |who: &Attachment| node.with_store(|s| s.lookup(who).expect("lookup"));
+    assert_eq!(held(&stand_in), vec![ip]);
+    let out = node.gc(&conf, &[&long, &other]);
+    assert!(out.success(), "GC failed: {}", out.stdout);
+    assert_eq!(
+        held(&stand_in),
+        vec![ip],
+        "GC released a running pod's address"
+    );
+
+    node.del_ok(&conf, &long);
+    assert!(
+        held(&stand_in).is_empty(),
+        "DEL left the stand-in's address"
+    );
+    node.del_ok(&conf, &other);
+    node.assert_empty();
+}
+
 fn metric(node: &ClusterNode, name: &str) -> Option<f64> {
     let text = node.http_get("/metrics");
     text.lines()
