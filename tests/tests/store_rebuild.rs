@@ -79,7 +79,7 @@ impl Running {
     }
 }
 
-/// ADDs `n` pods with the real plugin in `node_ns`; panics when one fails.
+/// ADDs `n` new pods with the real plugin of a node; panics when one fails.
 fn add_pods(plugin: &Plugin, conf: &Value, label: &str, n: usize) -> Vec<Running> {
     (0..n)
         .map(|i| {
@@ -113,8 +113,7 @@ fn assert_no_address_lost(plugin: &Plugin, conf: &Value, running: &[Running], ne
     for pod in running {
         let on_link = twill_tests::fixture::ipv4_of(&pod.ns, "eth0");
         assert_eq!(on_link, vec![result_address(&pod.result)], "{}", pod.id);
-        let check = conf.clone();
-        let mut check = check;
+        let mut check = conf.clone();
         check["prevResult"] = pod.result.clone();
         let out = plugin.call(&pod.call("CHECK", &check));
         assert!(
