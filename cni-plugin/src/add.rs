@@ -5,11 +5,12 @@
 
 use crate::bridge;
 use crate::cni::error::{CniError, INTERNAL};
-use crate::cni::{CniResult, CniVersion, Env, Interface, IpConfig, Route};
+use crate::cni::{CniResult, CniVersion, Env, Interface, IpConfig};
+use crate::pod_routes::{gateway_for, pod_routes};
 use crate::repair::{self, Found, Repair, Wanted};
 use crate::{admit, netns, node, store};
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use twill_conf::{PluginConf, PodNetwork, PodRange};
 use twill_ipam::service::Op;
 use twill_netlink::{sysctl, NetNs, Netlink, VethSpec};
@@ -186,7 +187,6 @@ async fn prepare(
             format!("host veth {host_name} vanished after creation"),
         )
     })?;
-    configure_port(nl, env, conf, host.index).await?;
     let (pod_nl, ()) = Netlink::connect_in_here_with(netns, pod_sysctls_set)?;
     let pod = pod_nl
         .link_by_name(ifname)
@@ -203,13 +203,17 @@ async fn prepare(
     })
 }
 
+/// Hairpin, isolation and the alias that records the pod's addresses (what a lost
+/// address store is rebuilt from), in one request.
 async fn configure_port(
     nl: &Netlink,
     env: &Env,
     conf: &PluginConf,
     index: u32,
+    addrs: &[IpNet],
 ) -> Result<(), CniError> {
-    let alias = env.attachment.alias();
+    let addrs: Vec<IpAddr> = addrs.iter().map(IpNet::addr).collect();
+    let alias = env.attachment.alias(&addrs);
     nl.configure_port(index, conf.hairpin_mode, conf.isolate_ports, Some(&alias))
         .await?;
     Ok(())
@@ -238,6 +242,10 @@ async fn finish(
         adds.chain(routes.iter().cloned().map(Repair::SetRoute))
             .collect()
     };
+    if !links.reused {
+        // The kernel records the address before the pod can use it.
+        configure_port(nl, env, conf, links.host.index, addrs).await?;
+    }
     for r in &repairs {
         if links.reused {
             tracing::warn!(pod_ifname = %links.pod.name, host = %links.host.name, "repair: {r}");
@@ -246,8 +254,9 @@ async fn finish(
     }
     if links.reused {
         // isolatePorts is decided per ADD; hairpin and alias are set again as they are
-        // (no change to a running pod). Only a bridge port has these: after JoinBridge.
-        configure_port(nl, env, conf, links.host.index).await?;
+        // (no change to a running pod; an alias of an older plugin gains the addresses).
+        // Only a bridge port has these: after JoinBridge.
+        configure_port(nl, env, conf, links.host.index, addrs).await?;
     }
     let PodLinks { host, pod, mtu, .. } = links;
     Ok(CniResult {
@@ -321,51 +330,6 @@ async fn apply(
         },
     }
     Ok(())
-}
-
-fn gateway_for(ranges: &[PodRange], addr: IpAddr) -> Option<IpAddr> {
-    ranges
-        .iter()
-        .find(|r| r.subnet.contains(&addr))
-        .map(|r| r.gateway)
-}
-
-/// With `isolatePorts`, first the pod subnets through their gateways (the pod's
-/// addresses have no prefix route, so even the node's other pods are reached through the
-/// node); then a default route per family through that family's gateway, then the
-/// configured routes.
-pub fn pod_routes(ranges: &[PodRange], conf: &PluginConf) -> Vec<Route> {
-    let mut out: Vec<Route> = Vec::new();
-    if conf.isolate_ports {
-        out.extend(ranges.iter().map(|r| Route {
-            dst: r.subnet,
-            gw: Some(r.gateway),
-        }));
-    }
-    for r in ranges {
-        let any = if r.gateway.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        };
-        out.push(Route {
-            dst: IpNet::new(any, 0).unwrap_or(r.subnet),
-            gw: Some(r.gateway),
-        });
-    }
-    for spec in &conf.routes {
-        let gw = spec.gw.or_else(|| {
-            ranges
-                .iter()
-                .find(|r| r.gateway.is_ipv4() == spec.dst.addr().is_ipv4())
-                .map(|r| r.gateway)
-        });
-        let route = Route { dst: spec.dst, gw };
-        if gw.is_some() && !out.iter().any(|r| r.dst == route.dst) {
-            out.push(route);
-        }
-    }
-    out
 }
 
 fn enable_forwarding(ranges: &[PodRange]) -> Result<(), CniError> {

@@ -5,10 +5,12 @@
 //! first by setting its host veth down, which takes microseconds; from then on it cannot
 //! use its address, so the address is released while the deletion runs.
 
+use crate::cni::error::IO_FAILURE;
 use crate::cni::{CniError, Env};
 use crate::store;
+use twill_conf::port_alias::may_be_cut;
 use twill_conf::PluginConf;
-use twill_ipam::service::Op;
+use twill_ipam::service::{Op, Outcome};
 use twill_netlink::Netlink;
 
 pub fn run(env: &Env, conf: &PluginConf, rt: &tokio::runtime::Runtime) -> Result<(), CniError> {
@@ -31,7 +33,22 @@ pub fn run(env: &Env, conf: &PluginConf, rt: &tokio::runtime::Runtime) -> Result
         Some(h) => rt.block_on(nl.delete_link(h.index)).map_err(CniError::from),
         None => Ok(false),
     });
-    let (deleted, released) = (deleted?, released?);
+    let deleted = deleted?;
+    let released = match released {
+        Ok(outcome) => outcome,
+        // The pod is cut off and its veth gone: a reservation left behind only wastes an
+        // address, never hands it out twice. A GC that no longer lists this attachment
+        // (or a repeated DEL) releases it once the store can be written again.
+        Err(e) if e.code == IO_FAILURE => {
+            tracing::warn!(container = %env.attachment.container_id, ifname = %env.attachment.ifname, veth_deleted = deleted, error = %e, "deleted; the release could not be written and is left for GC");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if may_be_cut(&env.attachment) && matches!(&released, Outcome::Addresses(a) if a.is_empty()) {
+        // A rebuilt store may hold this pod's address under its stand-in.
+        store::with_store(conf, |s| s.release(&env.attachment.stand_in()))?;
+    }
     tracing::info!(container = %env.attachment.container_id, ifname = %env.attachment.ifname, veth_deleted = deleted, released = ?released, "deleted");
     Ok(())
 }

@@ -5,7 +5,8 @@ use crate::cni::error::INVALID_CONFIG;
 use crate::cni::CniError;
 use std::collections::HashSet;
 use twill_conf::plugin::VALID_ATTACHMENTS_KEY;
-use twill_conf::{PluginConf, HOST_VETH_PREFIX};
+use twill_conf::port_alias::may_be_cut;
+use twill_conf::{Attachment, PluginConf, HOST_VETH_PREFIX};
 use twill_netlink::Netlink;
 
 pub async fn run(conf: &PluginConf) -> Result<(), CniError> {
@@ -21,19 +22,21 @@ pub async fn run(conf: &PluginConf) -> Result<(), CniError> {
     // Interfaces first, addresses after, as in DEL.
     let nl = Netlink::connect()?;
     let mut removed_links = 0;
-    if let Some(bridge) = nl.link_by_name(&conf.bridge).await? {
-        for link in nl.links().await? {
-            let ours = link.master == Some(bridge.index)
-                && link.kind.as_deref() == Some("veth")
-                && link.name.starts_with(HOST_VETH_PREFIX);
-            if ours && !keep_links.contains(&link.name) {
-                tracing::info!(link = %link.name, alias = ?link.alias, "GC: removing stale host veth");
-                nl.delete_link(link.index).await?;
-                removed_links += 1;
-            }
+    for link in nl.veth_ports(&conf.bridge).await? {
+        let ours = link.name.starts_with(HOST_VETH_PREFIX);
+        if ours && !keep_links.contains(&link.name) {
+            tracing::info!(link = %link.name, alias = ?link.alias, "GC: removing stale host veth");
+            nl.delete_link(link.index).await?;
+            removed_links += 1;
         }
     }
-    let released = crate::store::with_store(conf, |s| s.retain(valid.clone()))?;
+    // A reservation rebuilt from a cut alias is held by the attachment's stand-in.
+    let stand_ins = valid
+        .iter()
+        .filter(|a| may_be_cut(a))
+        .map(Attachment::stand_in);
+    let keep: Vec<Attachment> = valid.iter().cloned().chain(stand_ins).collect();
+    let released = crate::store::with_store(conf, |s| s.retain(keep))?;
     for r in &released {
         tracing::info!(container = %r.owner.container_id, ifname = %r.owner.ifname, address = %r.address, "GC: released");
     }

@@ -13,6 +13,8 @@ mod gc;
 mod logging;
 mod netns;
 mod node;
+mod pod_ports;
+mod pod_routes;
 mod repair;
 mod status;
 mod store;

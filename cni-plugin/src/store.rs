@@ -2,12 +2,20 @@
 //! answers, else opened here for one operation; errors mapped to CNI codes.
 
 use crate::cni::error::{CniError, INVALID_CONFIG, IO_FAILURE, NO_FREE_ADDRESS, TRY_AGAIN_LATER};
+use crate::pod_ports::BridgePorts;
+use std::sync::Arc;
 use twill_conf::PluginConf;
 use twill_ipam::service::{Op, Outcome};
 use twill_ipam::{StoreClient, StoreError};
 
+/// When no agent serves the store and the plugin finds it lost or damaged, it rebuilds
+/// it from the host veths on the pod bridge.
 pub fn client(conf: &PluginConf) -> StoreClient {
+    let ports = BridgePorts {
+        bridge: conf.bridge.clone(),
+    };
     StoreClient::new(conf.store_dir(), Some(conf.store_socket.clone()))
+        .rebuilding_from(Arc::new(ports))
 }
 
 /// Runs `f` against this network's store.

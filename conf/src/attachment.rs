@@ -38,9 +38,17 @@ impl Attachment {
         format!("{HOST_VETH_PREFIX}{:012x}", fnv1a(bytes) >> 16)
     }
 
-    /// What the host veth's alias says, for an operator reading `ip -d link`.
-    pub fn alias(&self) -> String {
-        format!("twill:{}:{}", self.container_id, self.ifname)
+    /// The host veth's alias: the owner and its addresses, for an operator reading
+    /// `ip -d link` and for rebuilding a lost address store (see [`crate::port_alias`]).
+    pub fn alias(&self, addrs: &[std::net::IpAddr]) -> String {
+        crate::port_alias::encode(self, addrs)
+    }
+
+    /// Whom the store holds a reservation rebuilt from a cut alias for (the whole
+    /// container ID is lost): named after the host veth, which only the whole
+    /// attachment hashes to, so DEL and GC of the real owner can find it.
+    pub fn stand_in(&self) -> Attachment {
+        Attachment::new(format!("~{}", self.host_veth_name()), self.ifname.clone())
     }
 }
 
@@ -66,6 +74,10 @@ mod tests {
 
     #[test]
     fn alias_names_container_and_interface() {
-        assert_eq!(Attachment::new("abc", "eth0").alias(), "twill:abc:eth0");
+        let addr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            Attachment::new("abc", "eth0").alias(&[addr]),
+            "twill:abc:eth0:ip=10.0.0.2"
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod error;
 pub mod fnv;
 pub mod plugin;
+pub mod port_alias;
 pub mod range;
 pub mod subnet_file;
 mod value;
@@ -26,6 +27,7 @@ pub use attachment::{Attachment, HOST_VETH_PREFIX};
 pub use cluster::{ClusterConf, RegistryConf};
 pub use error::ConfError;
 pub use plugin::{PluginConf, Route};
+pub use port_alias::{AliasOwner, PortAlias};
 pub use range::PodRange;
 pub use subnet_file::{PodNetwork, SubnetFile};
 

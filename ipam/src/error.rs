@@ -43,6 +43,15 @@ pub enum StoreError {
     #[error("invalid address range: {0}")]
     InvalidRange(String),
 
+    /// The store is damaged and the node's pod interfaces could not be listed to rebuild
+    /// it; the store was left where it is.
+    #[error("address store {} is damaged ({why}) and cannot be rebuilt: {reason}", path.display())]
+    Unrebuildable {
+        path: PathBuf,
+        why: String,
+        reason: String,
+    },
+
     /// `verify` found the indexes disagreeing.
     #[error("address store is inconsistent: {0}")]
     Inconsistent(String),

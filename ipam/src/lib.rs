@@ -15,7 +15,9 @@
 //! # On-disk layout
 //!
 //! `<dir>/lock` is the flock file; `<dir>/served` is locked by a store service
-//! while it runs; `<dir>/db/` is the sled database, with
+//! while it runs; `<dir>/db.damaged-<unix time>/` is a database found unreadable or
+//! inconsistent and replaced by one rebuilt from the pod interfaces ([`recovery`]);
+//! `<dir>/db/` is the sled database, with
 //! these trees (address key = family byte 4 or 6 ++ big-endian address
 //! bytes, so keys sort numerically within a family):
 //!
@@ -32,6 +34,7 @@
 mod codec;
 mod error;
 mod lock;
+pub mod recovery;
 pub mod service;
 mod span;
 mod store;
@@ -42,8 +45,9 @@ use serde::{Deserialize, Serialize};
 use twill_conf::Attachment;
 
 pub use error::StoreError;
+pub use recovery::{PodPort, PodPorts};
 pub use service::{StoreClient, StoreService};
-pub use store::Store;
+pub use store::{Rebuilt, Store};
 
 /// One address held by one owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +56,8 @@ pub struct Reservation {
     pub address: IpAddr,
 }
 
+#[cfg(test)]
+mod rebuild_tests;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]

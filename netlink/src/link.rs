@@ -176,6 +176,18 @@ impl Netlink {
         Ok(msgs.iter().map(Link::from_message).collect())
     }
 
+    /// The veths whose master is the bridge named `bridge` (none when it does not exist).
+    pub async fn veth_ports(&self, bridge: &str) -> Result<Vec<Link>> {
+        let links = self.links().await?;
+        let Some(br) = links.iter().find(|l| l.name == bridge).map(|l| l.index) else {
+            return Ok(Vec::new());
+        };
+        Ok(links
+            .into_iter()
+            .filter(|l| l.master == Some(br) && l.kind.as_deref() == Some("veth"))
+            .collect())
+    }
+
     /// Changes what `msg` sets on the existing link of its index.
     pub(crate) async fn set_link(
         &self,
@@ -226,6 +238,13 @@ impl Netlink {
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu);
         self.set_link(msg, || format!("set mtu {mtu} on link {index}"))
+            .await
+    }
+
+    /// Sets the link's alias (cut to what the kernel keeps).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).alias(truncate(alias, MAX_ALIAS_LEN));
+        self.set_link(msg, || format!("set alias of link {index}"))
             .await
     }
 

@@ -3,6 +3,8 @@
 //! file + rename), so a runtime never reads half a conflist and never hits "text file
 //! busy" on the binary.
 
+use crate::pod_ports::BridgePorts;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,15 +126,39 @@ impl HostPaths {
     /// plugin processes that hold the store. Without it the plugin opens the store itself.
     /// `admission`: where NetworkPolicy is enforced, what admits new pods.
     /// `health`: what `Verify` (the plugin's STATUS) asks about the node first.
+    /// A store found missing, unreadable or inconsistent is moved aside and rebuilt from
+    /// the host veths on the bridge first, counted in `rebuilds`; host veths of older
+    /// plugins then get their pods' addresses in their aliases.
     pub fn serve_address_store(
         &self,
         admission: Option<Arc<dyn AdmissionHook>>,
         health: Arc<dyn twill_ipam::service::NodeHealth>,
+        rebuilds: Counter,
     ) {
         let (dir, socket) = (self.store_dir(), self.store_socket.clone());
+        let shown = socket.display().to_string();
+        let ports = BridgePorts {
+            bridge: self.bridge.clone(),
+        };
+        let start = move || {
+            let (service, rebuilt) =
+                twill_ipam::StoreService::start_rebuilding(&dir, &socket, &ports)?;
+            if rebuilt.is_some() {
+                rebuilds.inc();
+            }
+            // Best effort: without it those pods are only as safe as before.
+            let completed = service
+                .reservations()
+                .map_err(|e| e.to_string())
+                .and_then(|held| ports.complete_aliases(&held));
+            if let Err(e) = completed {
+                tracing::warn!(error = %e, "cannot record the pods' addresses in older host veth aliases");
+            }
+            Ok::<_, twill_ipam::StoreError>(service)
+        };
         let spawned = std::thread::Builder::new()
             .name("store-service".into())
-            .spawn(move || match twill_ipam::StoreService::start(&dir, &socket) {
+            .spawn(move || match start() {
                 Ok(service) => {
                     let service = service.with_health(health);
                     let service = match admission {
@@ -140,7 +166,7 @@ impl HostPaths {
                         None => service,
                     };
                     let e = service.serve();
-                    tracing::error!(error = %e, socket = %socket.display(), "address store service stopped; the plugin opens the store itself");
+                    tracing::error!(error = %e, socket = %shown, "address store service stopped; the plugin opens the store itself");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot serve the address store; the plugin opens it itself")

@@ -11,6 +11,7 @@ pub mod http;
 pub mod kube_client;
 pub mod metrics;
 pub mod peers;
+pub mod pod_ports;
 pub mod policy;
 pub mod record;
 pub mod registry;

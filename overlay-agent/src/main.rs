@@ -300,9 +300,11 @@ async fn run(a: RunArgs) -> Result<std::process::ExitCode> {
     let hook: Option<Arc<dyn twill_ipam::service::AdmissionHook>> =
         enforce_policy.then_some(admit_hook as _);
     let board = Arc::new(Board::new(resync * 3 + Duration::from_secs(30)));
-    a.host
-        .paths(enforce_policy)
-        .serve_address_store(hook, board.clone());
+    a.host.paths(enforce_policy).serve_address_store(
+        hook,
+        board.clone(),
+        board.metrics.store_rebuilds.clone(),
+    );
     if let Some(addr) = listen_addr(&a.listen)? {
         let listener = http::bind(addr)
             .await

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub firewall_ok: Gauge,
     /// Times the table was found deleted or changed at a resync, and put back.
     pub firewall_repairs: Counter,
+    /// Address stores found missing, unreadable or inconsistent and rebuilt from the
+    /// node's pod interfaces.
+    pub store_rebuilds: Counter,
     /// NetworkPolicies in the last snapshot.
     pub policies: Gauge,
     /// Allow entries compiled for this node's pods.
@@ -83,6 +86,7 @@ impl Metrics {
             ready: Gauge::default(),
             firewall_ok: Gauge::default(),
             firewall_repairs: Counter::default(),
+            store_rebuilds: Counter::default(),
             policies: Gauge::default(),
             policy_rules: Gauge::default(),
             // 0.1 ms .. ~3 s
@@ -111,6 +115,7 @@ impl Metrics {
             "ready", "1 when the agent is ready", ready;
             "firewall_ok", "1 while Twill's nftables table (masquerade, forward) is in place as wanted", firewall_ok;
             "firewall_repairs", "Times Twill's nftables table was found deleted or changed at a resync and put back", firewall_repairs;
+            "store_rebuilds", "Address stores found missing, unreadable or inconsistent at start and rebuilt from the node's pod interfaces (the damaged copy is kept as db.damaged-<unix time>)", store_rebuilds;
             "policies", "NetworkPolicies in the cluster", policies;
             "policy_rules", "Allow entries compiled for this node's pods", policy_rules;
             "policy_compile_seconds", "Compiling and rendering the policy table of one snapshot", policy_compile_seconds;
@@ -233,6 +238,7 @@ mod tests {
             "twill_rejected_records_total 1",
             "twill_kernel_changes_total{table=\"route\",op=\"put\"} 2",
             "twill_ready 0",
+            "twill_store_rebuilds_total 0",
             "twill_policies 0",
             "twill_policy_rules 0",
             "twill_policy_compile_seconds_count 1",

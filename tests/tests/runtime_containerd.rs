@@ -205,7 +205,7 @@ fn ctr_run_cni_on_a_node_gets_an_address_pings_another_node_and_releases_it() {
             && r.address == addr),
         "node-1's store does not hold {addr} for ({cni_id}, eth0): {held:?}"
     );
-    let alias = format!("twill:{cni_id}:eth0");
+    let alias = format!("twill:{cni_id}:eth0:ip={addr}");
     let host_veths = links_with_alias(Some(&n1.ns), &alias);
     assert_eq!(host_veths.len(), 1, "no host veth {alias:?} in node-1");
     assert!(

@@ -4,13 +4,14 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use tracing::{debug, warn};
 use twill_conf::{Attachment, PodRange};
 
 use super::{Admission, Op, Outcome, Reply, Request, REPLY_TIMEOUT};
-use crate::{Reservation, Store, StoreError};
+use crate::{PodPorts, Reservation, Store, StoreError};
 
 /// The store of one directory, through the service when one answers on
 /// `socket`, else opened in this process.
@@ -18,6 +19,8 @@ use crate::{Reservation, Store, StoreError};
 pub struct StoreClient {
     dir: PathBuf,
     socket: Option<PathBuf>,
+    /// Where a store opened here is rebuilt from when it is lost or damaged.
+    ports: Option<Arc<dyn PodPorts>>,
 }
 
 /// Why the service did not answer a request.
@@ -35,7 +38,15 @@ impl StoreClient {
         StoreClient {
             dir: dir.into(),
             socket,
+            ports: None,
         }
+    }
+
+    /// A store this client opens itself and finds missing, unreadable or inconsistent is
+    /// moved aside and rebuilt from `ports` (see [`Store::open_or_rebuild`]).
+    pub fn rebuilding_from(mut self, ports: Arc<dyn PodPorts>) -> StoreClient {
+        self.ports = Some(ports);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -202,7 +213,18 @@ impl Pending<'_> {
             warn!(dir = %client.dir.display(), error = %e, "store service did not answer; trying locally");
             broken = true;
         }
-        match Store::open_unless_served(&client.dir) {
+        let opened = match &client.ports {
+            Some(ports) => Store::open_unless_served_or_rebuild(&client.dir, ports.as_ref()).map(
+                |(store, rebuilt)| {
+                    if let Some(r) = rebuilt {
+                        r.log(&client.dir);
+                    }
+                    store
+                },
+            ),
+            None => Store::open_unless_served(&client.dir),
+        };
+        match opened {
             Ok(store) => store.apply(&op),
             // The service took the store while we waited for the lock.
             Err(StoreError::Served { dir }) => match (&client.socket, broken) {

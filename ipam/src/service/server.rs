@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::{AdmissionHook, NodeHealth, Op, Outcome, Reply, Request, MAX_REQUEST, REPLY_TIMEOUT};
 use crate::lock::ServedMark;
-use crate::{Store, StoreError};
+use crate::{PodPorts, Rebuilt, Store, StoreError};
 
 /// Serves one store directory on one socket.
 pub struct StoreService {
@@ -28,7 +28,24 @@ impl StoreService {
     /// `socket` (replacing a stale one, mode 0600), then marks the store served.
     /// Binding before marking means a plugin that sees the mark can connect.
     pub fn start(dir: &Path, socket: &Path) -> Result<StoreService, StoreError> {
-        let store = Store::open(dir)?;
+        Self::serving(Store::open(dir)?, dir, socket)
+    }
+
+    /// Like [`StoreService::start`], but a store that is missing, unreadable or
+    /// inconsistent is moved aside and rebuilt from `ports` first; says what was rebuilt.
+    pub fn start_rebuilding(
+        dir: &Path,
+        socket: &Path,
+        ports: &dyn PodPorts,
+    ) -> Result<(StoreService, Option<Rebuilt>), StoreError> {
+        let (store, rebuilt) = Store::open_or_rebuild(dir, ports)?;
+        if let Some(r) = &rebuilt {
+            r.log(dir);
+        }
+        Ok((Self::serving(store, dir, socket)?, rebuilt))
+    }
+
+    fn serving(store: Store, dir: &Path, socket: &Path) -> Result<StoreService, StoreError> {
         let dir = dir.canonicalize().map_err(|source| StoreError::Io {
             path: dir.to_owned(),
             source,
@@ -72,6 +89,11 @@ impl StoreService {
     pub fn with_health(mut self, health: Arc<dyn NodeHealth>) -> StoreService {
         self.health = Some(health);
         self
+    }
+
+    /// Every reservation of the served store.
+    pub fn reservations(&self) -> Result<Vec<crate::Reservation>, StoreError> {
+        self.store.reservations()
     }
 
     pub fn socket(&self) -> &Path {

@@ -3,10 +3,12 @@
 //! Split by concern: [`open`](self::open) opens and recovers sled, [`trees`] reads the
 //! indexes and commits planned changes in one transaction, [`plan`] is the allocation
 //! policy (round-robin, interval cutting and merging, range changes) and turns a request
-//! into changes, [`verify`](self::verify) checks the indexes against each other.
+//! into changes, [`verify`](self::verify) checks the indexes against each other,
+//! [`rebuild`] replaces a lost or damaged store with what the pod interfaces record.
 
 mod open;
 mod plan;
+mod rebuild;
 mod trees;
 mod verify;
 
@@ -23,6 +25,8 @@ use crate::codec::{decode_owner, owner_key, Addr};
 use crate::lock::DirLock;
 use crate::span::Span;
 use crate::{Reservation, StoreError};
+
+pub use rebuild::Rebuilt;
 
 #[cfg(test)]
 pub(crate) use open::open_db;

@@ -40,32 +40,59 @@ impl Store {
     }
 
     fn open_with(dir: &Path, unless_served: bool) -> Result<Store, StoreError> {
+        let lock = Self::lock_dir(dir, unless_served)?;
+        Self::open_locked(dir, lock)
+            .map(|(store, _)| store)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Creates `dir` if missing and takes its lock.
+    pub(super) fn lock_dir(dir: &Path, unless_served: bool) -> Result<DirLock, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_owned(),
             source,
         })?;
         let lock_path = dir.join("lock");
-        let lock = if unless_served {
-            DirLock::acquire_unless_served(&lock_path, dir)?
+        if unless_served {
+            DirLock::acquire_unless_served(&lock_path, dir)
         } else {
-            DirLock::acquire(&lock_path)?
-        };
+            DirLock::acquire(&lock_path)
+        }
+    }
+
+    /// Opens sled with the lock held; also says whether the database was created now.
+    /// On failure the lock comes back, so the caller can act on the store while no one
+    /// else can.
+    pub(super) fn open_locked(
+        dir: &Path,
+        lock: DirLock,
+    ) -> Result<(Store, bool), (StoreError, DirLock)> {
         let path = dir.join("db");
-        let lock_io = |source| StoreError::Io {
-            path: lock_path.clone(),
-            source,
-        };
         // A new database starts at generation 0; forget the watermark of a
         // database that was removed on purpose.
         let fresh = !path.exists();
         if fresh {
-            lock.set_watermark(0).map_err(lock_io)?;
+            if let Err(source) = lock.set_watermark(0) {
+                let path = dir.join("lock");
+                return Err((StoreError::Io { path, source }, lock));
+            }
         }
-        let db = open_db(&path)?;
-        let by_addr = db.open_tree("by_addr")?;
-        let by_owner = db.open_tree("by_owner")?;
-        let free = db.open_tree("free")?;
-        let meta = db.open_tree("meta")?;
+        let db = match open_db(&path) {
+            Ok(db) => db,
+            Err(e) => return Err((e, lock)),
+        };
+        let trees = (|| {
+            Ok::<_, sled::Error>((
+                db.open_tree("by_addr")?,
+                db.open_tree("by_owner")?,
+                db.open_tree("free")?,
+                db.open_tree("meta")?,
+            ))
+        })();
+        let (by_addr, by_owner, free, meta) = match trees {
+            Ok(t) => t,
+            Err(e) => return Err((e.into(), lock)),
+        };
         let store = Store {
             db,
             by_addr,
@@ -77,9 +104,26 @@ impl Store {
             lock,
         };
         if !fresh {
-            store.check_not_rolled_back()?;
+            if let Err(e) = store.check_not_rolled_back() {
+                return Err((e, store.into_lock()));
+            }
         }
-        Ok(store)
+        Ok((store, fresh))
+    }
+
+    /// Closes sled but keeps the directory lock.
+    pub(super) fn into_lock(self) -> DirLock {
+        let Store {
+            db,
+            by_addr,
+            by_owner,
+            free,
+            meta,
+            lock,
+            ..
+        } = self;
+        drop((by_addr, by_owner, free, meta, db));
+        lock
     }
 
     /// sled recovers a damaged log by silently stopping at the first bad
