@@ -1,13 +1,14 @@
 //! `kube-registry-bench`: issue 16's table. A real API server holding `--nodes` Node
-//! objects of realistic weight (`twill_tests::kube_nodes`), one `twill-agent` with the
-//! kubernetes registry started after they exist, then:
+//! objects of realistic weight (`twill_tests::kube_nodes`) and their TwillNodes, one
+//! `twill-agent` with the kubernetes registry started after they exist, once with
+//! `records: nodes` and once with `records: twillnodes` (uninstalled in between), then:
 //!
 //! - start → all peers programmed (the agent's `twill_peers{state="programmed"}`);
 //! - the agent's RSS once converged, and its peak (VmHWM);
-//! - one new Node → its route in the node, `--adds` times, timed from the create's
+//! - one new peer → its route in the node, `--adds` times, timed from the create's
 //!   return (the API event) and from before it (curl's own round trip included);
-//! - the API server's own count of LIST requests on nodes while the agent started
-//!   (pages of 500; the controller manager's would be in it too).
+//! - the API server's own count of LIST requests on the watched resource while the
+//!   agent started (pages of 100; the controller manager's would be in it too).
 
 mod cli;
 #[allow(dead_code)]
@@ -28,7 +29,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use twill_tests::cluster::Cluster;
 use twill_tests::kube::ControlPlane;
-use twill_tests::kube_nodes::{create_nodes, heavy_node, one_node_spec, pod_cidr};
+use twill_tests::kube_nodes::{
+    create_nodes, create_twill_nodes, heavy_node, one_node_spec, pod_cidr, twill_node,
+};
 
 const USAGE: &str = "\
 usage: kube-registry-bench [options]   (as root; needs `make k8s`)
@@ -54,15 +57,15 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// The API server's `apiserver_request_total` on nodes for `verb`, summed.
-fn node_requests(cp: &ControlPlane, verb: &str) -> Result<f64> {
+/// The API server's `apiserver_request_total` of LISTs on `resource`, summed.
+fn list_requests(cp: &ControlPlane, resource: &str) -> Result<f64> {
     let text = cp
         .kubectl_result(&["get", "--raw", "/metrics"], None)
         .map_err(anyhow::Error::msg)?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| l.contains("resource=\"nodes\"") && l.contains(&format!("verb=\"{verb}\"")))
+        .filter(|l| l.contains(&format!("resource=\"{resource}\"")) && l.contains("verb=\"LIST\""))
         .filter(|l| l.contains("subresource=\"\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
@@ -92,118 +95,196 @@ fn route_present(c: &Cluster, cidr: &str) -> bool {
     !out.stdout.is_empty()
 }
 
+/// The agent's figures with one `registry.records` setting.
+struct Measured {
+    converge: Duration,
+    rss_kib: u64,
+    hwm_kib: u64,
+    lists: f64,
+    /// New peer → route, from the create's return (the API event) and from before it.
+    after_event: Vec<Duration>,
+    with_write: Vec<Duration>,
+}
+
+/// Starts node-1's agent with `records`, waits for every peer, then adds `adds` peers
+/// from index `next` one at a time (a Node, and with TwillNodes its TwillNode; the
+/// clock starts at the object the agent watches). The agent is uninstalled after, so
+/// the next mode starts from a bare node.
+fn measure(
+    c: &mut Cluster,
+    cp: &ControlPlane,
+    api: &Api,
+    records: &str,
+    want: u64,
+    next: usize,
+    adds: usize,
+) -> Result<Measured> {
+    let mut conf: serde_json::Value = serde_json::from_slice(&std::fs::read(&c.conf_path)?)?;
+    conf["registry"]["records"] = serde_json::json!(records);
+    std::fs::write(&c.conf_path, conf.to_string())?;
+    // WATCH requests count only when they end: LIST is what a start costs the server.
+    let resource = if records == "twillnodes" {
+        "twillnodes"
+    } else {
+        "nodes"
+    };
+    let lists = list_requests(cp, resource)?;
+    let t0 = Instant::now();
+    c.start_agent(0);
+    // node-1 itself is a peer of none: `want` counts the others.
+    while programmed(c) < want {
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "{records}: {} of {want} peers programmed after 120 s",
+                programmed(c)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let converge = t0.elapsed();
+    if std::env::var_os("KRB_DEBUG").is_some() {
+        let pid = c.nodes[0].agent.as_ref().map(|a| a.id()).unwrap_or(0);
+        eprintln!(
+            "{records}: converged {converge:?}\n{}",
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default()
+        );
+    }
+    let agent = c.nodes[0]
+        .agent
+        .as_ref()
+        .map(|a| a.id())
+        .context("no agent")?;
+    let rss_kib = overlay_agent_probe::status_kib(agent, "VmRSS")?;
+    let hwm_kib = overlay_agent_probe::status_kib(agent, "VmHWM")?;
+    let lists = list_requests(cp, resource)? - lists;
+
+    let (mut after_event, mut with_write) = (Vec::new(), Vec::new());
+    for i in next..next + adds {
+        let cidr = pod_cidr(i);
+        let start = Instant::now();
+        api.node(&heavy_node(i))?;
+        if records == "twillnodes" {
+            api.twill_node(&twill_node(i))?;
+        }
+        let written = Instant::now();
+        while !route_present(c, &cidr) {
+            if written.elapsed() > Duration::from_secs(10) {
+                bail!("{records}: no route to {cidr} 10 s after it was created");
+            }
+        }
+        after_event.push(written.elapsed());
+        with_write.push(start.elapsed());
+    }
+    c.nodes[0].stop_agent(libc::SIGTERM);
+    let out = c.agent_command(0, Some("uninstall")).output()?;
+    if !out.status.success() {
+        bail!("uninstall: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(Measured {
+        converge,
+        rss_kib,
+        hwm_kib,
+        lists,
+        after_event,
+        with_write,
+    })
+}
+
 fn run(args: &Args) -> Result<Vec<Row>> {
     let mut c = Cluster::new(one_node_spec());
     let cp = ControlPlane::for_cluster(&c).map_err(anyhow::Error::msg)?;
     let api = Api::new(&cp, c.underlay.ns.name());
     let started = Instant::now();
     create_nodes(&cp, 0..args.nodes).map_err(anyhow::Error::msg)?;
-    let sample = cp
-        .kubectl_result(
-            &[
-                "get",
-                "node",
-                &twill_tests::kube_nodes::name(0),
-                "-o",
-                "json",
-            ],
-            None,
-        )
-        .map_err(anyhow::Error::msg)?;
+    create_twill_nodes(&cp, 0..args.nodes).map_err(anyhow::Error::msg)?;
+    let size = |kind: &str| -> Result<f64> {
+        let doc = cp
+            .kubectl_result(
+                &["get", kind, &twill_tests::kube_nodes::name(0), "-o", "json"],
+                None,
+            )
+            .map_err(anyhow::Error::msg)?;
+        Ok(doc.len() as f64 / 1024.0)
+    };
     eprintln!(
-        "{} Nodes of {:.1} KB (as the API server returns them) written in {:.1} s",
+        "{} Nodes of {:.1} KB and TwillNodes of {:.1} KB (as the API server returns them) \
+         written in {:.1} s",
         args.nodes,
-        sample.len() as f64 / 1024.0,
+        size("node")?,
+        size("twillnode")?,
         started.elapsed().as_secs_f64()
     );
 
-    // WATCH requests count only when they end: LIST is what a start costs the server.
-    let lists = node_requests(&cp, "LIST")?;
-    let t0 = Instant::now();
-    c.start_all();
     let want = args.nodes as u64;
-    while programmed(&c) < want {
-        if t0.elapsed() > Duration::from_secs(120) {
-            bail!("{} of {want} peers programmed after 120 s", programmed(&c));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let converge = t0.elapsed();
-    let agent = c.nodes[0]
-        .agent
-        .as_ref()
-        .map(|a| a.id())
-        .context("no agent")?;
-    let rss = overlay_agent_probe::status_kib(agent, "VmRSS")?;
-    let hwm = overlay_agent_probe::status_kib(agent, "VmHWM")?;
-    let lists = node_requests(&cp, "LIST")? - lists;
-
-    let (mut after_event, mut with_write) = (Vec::new(), Vec::new());
-    for k in 0..args.adds {
-        let i = args.nodes + k;
-        let cidr = pod_cidr(i);
-        let start = Instant::now();
-        api.node(&heavy_node(i))?;
-        let written = Instant::now();
-        while !route_present(&c, &cidr) {
-            if written.elapsed() > Duration::from_secs(10) {
-                bail!("no route to {cidr} 10 s after its Node was created");
-            }
-        }
-        after_event.push(written.elapsed());
-        with_write.push(start.elapsed());
-    }
+    let nodes = measure(&mut c, &cp, &api, "nodes", want, args.nodes, args.adds)?;
+    // The first run's new peers have no TwillNode: the second sees the same peers.
+    let twill = measure(
+        &mut c,
+        &cp,
+        &api,
+        "twillnodes",
+        want,
+        args.nodes + args.adds,
+        args.adds,
+    )?;
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     // The table's MB are 10^6 bytes.
     let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
     let p = |s: &[Duration], q| ms(report::percentile(s, q));
     let floor = list_all(&api, 100)?;
-    let mut rows = vec![
-        row(
-            "start -> all peers programmed",
-            ms(converge),
-            Target::Below(1000.0),
-            Unit::Ms,
-        ),
-        row(
-            "  the API server's paged list alone (curl)",
-            ms(floor),
-            Target::None,
-            Unit::Ms,
-        ),
-        row(
-            "RSS after convergence",
-            mb(rss),
-            Target::Below(30.0),
-            Unit::MB,
-        ),
-        row("peak RSS (VmHWM)", mb(hwm), Target::Below(40.0), Unit::MB),
-        row(
-            "new Node -> route, p50 (after the create)",
-            p(&after_event, 50.0),
-            Target::None,
-            Unit::Ms,
-        ),
-        row(
-            "new Node -> route, p99 (after the create)",
-            p(&after_event, 99.0),
-            Target::Below(100.0),
-            Unit::Ms,
-        ),
-        row(
-            "new Node -> route, p99 (create included)",
-            p(&with_write, 99.0),
-            Target::None,
-            Unit::Ms,
-        ),
-    ];
-    rows.push(row(
-        "LIST nodes requests while the agent started",
-        lists,
+    let mut rows = vec![row(
+        "the API server's paged list of Nodes alone (curl)",
+        ms(floor),
         Target::None,
-        Unit::Count,
-    ));
+        Unit::Ms,
+    )];
+    for (mode, m) in [("Nodes", &nodes), ("TwillNodes", &twill)] {
+        rows.extend([
+            row(
+                &format!("{mode}: start -> all peers programmed"),
+                ms(m.converge),
+                Target::Below(1000.0),
+                Unit::Ms,
+            ),
+            row(
+                &format!("{mode}: RSS after convergence"),
+                mb(m.rss_kib),
+                Target::Below(30.0),
+                Unit::MB,
+            ),
+            row(
+                &format!("{mode}: peak RSS (VmHWM)"),
+                mb(m.hwm_kib),
+                Target::Below(40.0),
+                Unit::MB,
+            ),
+            row(
+                &format!("{mode}: new peer -> route, p50 (after the create)"),
+                p(&m.after_event, 50.0),
+                Target::None,
+                Unit::Ms,
+            ),
+            row(
+                &format!("{mode}: new peer -> route, p99 (after the create)"),
+                p(&m.after_event, 99.0),
+                Target::Below(100.0),
+                Unit::Ms,
+            ),
+            row(
+                &format!("{mode}: new peer -> route, p99 (creates included)"),
+                p(&m.with_write, 99.0),
+                Target::None,
+                Unit::Ms,
+            ),
+            row(
+                &format!("{mode}: LIST requests while the agent started"),
+                m.lists,
+                Target::None,
+                Unit::Count,
+            ),
+        ]);
+    }
     Ok(rows)
 }
 

@@ -108,6 +108,10 @@ impl Api {
         self.create("/api/v1/nodes", doc).map(drop)
     }
 
+    pub fn twill_node(&self, doc: &Value) -> Result<()> {
+        self.create("/apis/twill.io/v1/twillnodes", doc).map(drop)
+    }
+
     pub fn policy(&self, ns: &str, spec: Value) -> Result<()> {
         let path = format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies");
         self.create(&path, &spec).map(drop)
