@@ -100,6 +100,8 @@ struct Measured {
     converge: Duration,
     rss_kib: u64,
     hwm_kib: u64,
+    /// The part of the RSS that is not the binary's own pages: heap and stacks.
+    anon_kib: u64,
     lists: f64,
     /// New peer → route, from the create's return (the API event) and from before it.
     after_event: Vec<Duration>,
@@ -142,13 +144,6 @@ fn measure(
         std::thread::sleep(Duration::from_millis(20));
     }
     let converge = t0.elapsed();
-    if std::env::var_os("KRB_DEBUG").is_some() {
-        let pid = c.nodes[0].agent.as_ref().map(|a| a.id()).unwrap_or(0);
-        eprintln!(
-            "{records}: converged {converge:?}\n{}",
-            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default()
-        );
-    }
     let agent = c.nodes[0]
         .agent
         .as_ref()
@@ -156,6 +151,7 @@ fn measure(
         .context("no agent")?;
     let rss_kib = overlay_agent_probe::status_kib(agent, "VmRSS")?;
     let hwm_kib = overlay_agent_probe::status_kib(agent, "VmHWM")?;
+    let anon_kib = anonymous_kib(agent)?;
     let lists = list_requests(cp, resource)? - lists;
 
     let (mut after_event, mut with_write) = (Vec::new(), Vec::new());
@@ -184,10 +180,20 @@ fn measure(
         converge,
         rss_kib,
         hwm_kib,
+        anon_kib,
         lists,
         after_event,
         with_write,
     })
+}
+
+/// `Anonymous` of `/proc/<pid>/smaps_rollup`, in KiB.
+fn anonymous_kib(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no Anonymous line in smaps_rollup")
 }
 
 fn run(args: &Args) -> Result<Vec<Row>> {
@@ -251,6 +257,12 @@ fn run(args: &Args) -> Result<Vec<Row>> {
                 &format!("{mode}: RSS after convergence"),
                 mb(m.rss_kib),
                 Target::Below(30.0),
+                Unit::MB,
+            ),
+            row(
+                &format!("{mode}:   of which heap and stacks (anonymous)"),
+                mb(m.anon_kib),
+                Target::None,
                 Unit::MB,
             ),
             row(
