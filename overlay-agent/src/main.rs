@@ -2,21 +2,23 @@
 //! the registry; `install-cni` puts the plugin and its conflist on the host; `uninstall`
 //! removes everything the agent made; `status` prints the peer table.
 
+mod command;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use command::logging::init_logging;
+use command::uninstall::uninstall;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use twill_agent::agent::{self, AgentConf};
-use twill_agent::datapath::{device_name, Datapath, DeviceConf};
 use twill_agent::firewall::policy::{render_delete_policy_table, PolicyRenderOptions};
-use twill_agent::firewall::{Firewall, Nft};
+use twill_agent::firewall::Nft;
 use twill_agent::host::{HostPaths, CONFLIST_NAME};
 use twill_agent::http;
 use twill_agent::policy::deny_log::DenyLogArgs;
 use twill_agent::policy::enforce::{self, PolicyMode};
-use twill_agent::record::Mac;
 use twill_agent::registry::{
     etcd::EtcdRegistry, file::FileRegistry, kubernetes::KubeRegistry, Registry,
 };
@@ -189,43 +191,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let level = level.parse().unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .finish()
-        .with(log_targets(level))
-        .init();
-}
-
-/// Twill's own logs at `level`; libraries at warn at most, unless debugging. The
-/// Kubernetes client's transport (one ERROR line per failed reconnect, "eof in poll")
-/// stays quiet: the watches say once that they lost the API server and once, with the
-/// outage's length, that they are back.
-fn log_targets(level: tracing::Level) -> tracing_subscriber::filter::Targets {
-    use tracing::level_filters::LevelFilter;
-    use tracing::Level;
-    let libraries = if level >= Level::DEBUG {
-        LevelFilter::from_level(level)
-    } else {
-        LevelFilter::from_level(level.min(Level::WARN))
-    };
-    let kube_transport = if level >= Level::DEBUG {
-        libraries
-    } else {
-        LevelFilter::OFF
-    };
-    tracing_subscriber::filter::Targets::new()
-        .with_default(libraries)
-        // A prefix: twill_agent, twill_policy, twill_ipam, twill_netlink, ...
-        .with_target("twill", level)
-        .with_target("kube_client::client", kube_transport)
-}
-
 fn node_name(a: &RunArgs) -> Result<String> {
     if let Some(n) = &a.node_name {
         return Ok(n.clone());
@@ -388,59 +353,6 @@ fn install_cni(a: InstallArgs) -> Result<std::process::ExitCode> {
         "installed {} and {}",
         paths.plugin_path().display(),
         paths.conflist_path().display()
-    );
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-async fn uninstall(a: RunArgs) -> Result<std::process::ExitCode> {
-    init_logging(&a.log_level);
-    let cluster = ClusterConf::read(&a.conf).context("cluster network configuration")?;
-    let node = node_name(&a)?;
-    let vni = cluster.backend.vni;
-    let nl = twill_netlink::Netlink::connect()?;
-    // Only the device name and route protocol matter for removal.
-    let dp = Datapath::new(
-        nl.clone(),
-        DeviceConf {
-            name: device_name(vni),
-            vni,
-            port: cluster.backend.port,
-            local: IpAddr::from([0, 0, 0, 0]),
-            underlay_index: 0,
-            mac: Mac::for_node(&node, vni),
-            mtu: 0,
-            checksum_offload: false,
-            own_subnets: Vec::new(),
-        },
-    );
-    dp.remove_all()
-        .await
-        .context("removing the VXLAN device and routes")?;
-    let nft = Nft::new();
-    nft.remove().context("removing the firewall rules")?;
-    let policy_table = enforce::policy_table(nft.table());
-    Nft::with_table(&policy_table)
-        .run_script(&render_delete_policy_table(&policy_table))
-        .context("removing the NetworkPolicy table")?;
-    let removed = a.host.paths(false).remove_all()?;
-    for p in &removed {
-        println!("removed {}", p.display());
-    }
-    match twill_agent::host::remove_idle_bridge(&nl, &a.host.bridge).await {
-        Ok(true) => println!("removed bridge {}", a.host.bridge),
-        Ok(false) => {}
-        Err(e) => eprintln!("twill-agent: cannot remove bridge {}: {e}", a.host.bridge),
-    }
-    match registry_for(&cluster, &node, &a.kube).await {
-        Ok((r, _, _)) => r
-            .leave(&node)
-            .await
-            .context("removing this node's record")?,
-        Err(e) => eprintln!("twill-agent: could not reach the registry to remove this node: {e:#}"),
-    }
-    println!(
-        "removed device {}, routes, firewall rules and node record {node}",
-        device_name(vni)
     );
     Ok(std::process::ExitCode::SUCCESS)
 }
