@@ -70,7 +70,7 @@ pub mod policy;
 mod script;
 
 pub use ipnet::IpNet;
-pub use nft::{filter_forward_families, parse_counters, parse_tagged_rules, Nft};
+pub use nft::{filter_forward_families, parse_counters, parse_tagged_rules, Drift, Nft};
 pub use script::{
     render_delete_table, render_forward_fix, render_table_script, render_vxlan_chain,
     wanted_forward_rules,

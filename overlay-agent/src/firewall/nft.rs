@@ -31,9 +31,19 @@ pub struct Nft {
     table: String,
     /// The last table script applied, to log changes at info and repeats at debug.
     last: Mutex<Option<String>>,
-    /// The table as `nft -s list` showed it right after the last apply: a later listing
-    /// that differs means someone changed or deleted it.
-    applied_listing: Mutex<Option<String>>,
+    /// A hash of the table as `nft -s list` showed it when it was last put in place: a
+    /// later listing that differs means someone changed or deleted it.
+    witnessed: Mutex<Option<u64>>,
+}
+
+/// How the table in the kernel compares with the listing [`Nft::witness`] noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    /// Nothing witnessed (never applied here, or changed since in ways not listed).
+    Unknown,
+    Unchanged,
+    Changed,
+    Deleted,
 }
 
 impl Default for Nft {
@@ -55,7 +65,7 @@ impl Nft {
             program: PathBuf::from("nft"),
             table: name.to_string(),
             last: Mutex::new(None),
-            applied_listing: Mutex::new(None),
+            witnessed: Mutex::new(None),
         }
     }
 
@@ -130,6 +140,31 @@ impl Nft {
         }
     }
 
+    /// Notes the kernel's listing of the table now as the one it must keep.
+    pub fn witness(&self) -> Result<(), FirewallError> {
+        let listed = self.listing()?.unwrap_or_default();
+        *self.witnessed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(twill_conf::fnv::fnv1a(listed.bytes()));
+        Ok(())
+    }
+
+    /// Forgets the witnessed listing: the table was changed in a way not listed since.
+    pub fn forget(&self) {
+        *self.witnessed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Whether the table still lists as it did when witnessed.
+    pub fn drift(&self) -> Result<Drift, FirewallError> {
+        let Some(witnessed) = *self.witnessed.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return Ok(Drift::Unknown);
+        };
+        Ok(match self.listing()? {
+            None => Drift::Deleted,
+            Some(now) if twill_conf::fnv::fnv1a(now.bytes()) == witnessed => Drift::Unchanged,
+            Some(_) => Drift::Changed,
+        })
+    }
+
     /// Runs `script` as one `nft -f -` transaction: all of it or nothing.
     pub fn run_script(&self, script: &str) -> Result<(), FirewallError> {
         self.check_table()?;
@@ -186,24 +221,15 @@ impl Firewall for Nft {
             .unwrap_or_else(|p| p.into_inner())
             .as_deref()
             == Some(table_script.as_str());
-        let applied = self
-            .applied_listing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let repaired = match &applied {
-            None => None,
-            Some(applied) => match self.listing()? {
-                None => Some(format!("table inet {} was deleted", self.table)),
-                Some(now) if &now != applied => {
-                    Some(format!("table inet {} was changed", self.table))
-                }
-                Some(_) => None,
-            },
+        let drift = self.drift()?;
+        let repaired = match drift {
+            Drift::Deleted => Some(format!("table inet {} was deleted", self.table)),
+            Drift::Changed => Some(format!("table inet {} was changed", self.table)),
+            Drift::Unknown | Drift::Unchanged => None,
         };
         // The table in the kernel is what the last apply left and the rules are the
         // same: nothing to replace (its counters keep counting).
-        let replace = !same_rules || applied.is_none() || repaired.is_some();
+        let replace = !same_rules || drift != Drift::Unchanged;
         let mut script = if replace {
             table_script.clone()
         } else {
@@ -245,11 +271,7 @@ impl Firewall for Nft {
             tracing::warn!(table = %self.table, "{what} since the last apply; put back");
         }
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(table_script);
-        let listing = self.listing()?;
-        *self
-            .applied_listing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = listing;
+        self.witness()?;
         Ok(Applied { repaired })
     }
 
@@ -262,10 +284,7 @@ impl Firewall for Nft {
         script.push_str(&render_delete_table(&self.table));
         self.nft(&["-f", "-"], Some(&script))?;
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        *self
-            .applied_listing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
+        self.forget();
         tracing::info!(table = %self.table, "nftables rules removed");
         Ok(())
     }

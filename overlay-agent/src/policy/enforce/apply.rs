@@ -2,7 +2,7 @@
 //! counters; an apply compiles, renders and runs nft only for what changed.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use twill_policy::Cluster;
 
 use super::PolicyEnforcement;
 use crate::firewall::policy::{render_diff, PolicyNames, PolicyTable};
-use crate::firewall::Nft;
+use crate::firewall::{Drift, Nft};
 use crate::metrics::DenyLabel;
 use crate::policy::report::{pod_rows, rule_count};
 use crate::policy::PolicyView;
@@ -49,9 +49,6 @@ pub(super) struct ApplyState {
     counters: HashMap<String, (DenyLabel, u64)>,
     /// The source's snapshot and the admissions' revision the applied table came from.
     pub(super) source: Option<(Arc<Cluster>, u64)>,
-    /// A hash of the kernel's listing right after the last whole apply; `None` once a
-    /// diff or a failure came after it.
-    listed: Option<u64>,
 }
 
 impl ApplyState {
@@ -178,14 +175,16 @@ impl ApplyState {
         if let Err(e) = result {
             tracing::error!(table = %conf.table, error = %e, "applying the NetworkPolicy table failed; retrying on the next change or resync");
             self.applied = None;
-            self.listed = None;
+            nft.forget();
             return Some(e);
         }
-        // Only a whole apply tells what the kernel holds; a diff leaves it unknown.
-        self.listed = match whole {
-            true => listing_hash(nft).await,
-            false => None,
-        };
+        // Only a whole apply is listed (a listing at this scale costs more than a diff):
+        // after a diff, the next resync replaces the table whole.
+        if whole {
+            witness(nft).await;
+        } else {
+            nft.forget();
+        }
         if !self.ever_applied || whole {
             tracing::info!(table = %conf.table, chains = table.chains.len(),
                 counters = table.counters.len(), "NetworkPolicy table applied whole");
@@ -217,14 +216,22 @@ impl ApplyState {
 
     /// Whether the kernel lists the table as it did right after the last whole apply.
     async fn kernel_unchanged(&self, nft: &Arc<Nft>) -> bool {
-        let Some(listed) = self.listed else {
-            return false;
+        let runner = nft.clone();
+        let drift = match tokio::task::spawn_blocking(move || runner.drift()).await {
+            Ok(Ok(drift)) => drift,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot list the NetworkPolicy table");
+                Drift::Unknown
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the nft task failed");
+                Drift::Unknown
+            }
         };
-        let unchanged = listing_hash(nft).await == Some(listed);
-        if !unchanged {
-            tracing::info!(table = %nft.table(), "the NetworkPolicy table in the kernel drifted; replacing it");
+        if matches!(drift, Drift::Changed | Drift::Deleted) {
+            tracing::info!(table = %nft.table(), ?drift, "the NetworkPolicy table in the kernel drifted; replacing it");
         }
-        unchanged
+        drift == Drift::Unchanged
     }
 
     /// Adds what the deny counters counted since the last read to the metrics.
@@ -259,22 +266,15 @@ impl ApplyState {
     }
 }
 
-/// A hash of the kernel's listing of the table; `None` when it cannot be listed.
-async fn listing_hash(nft: &Arc<Nft>) -> Option<u64> {
+/// Notes the kernel's listing of the table as the applied one; forgets it when the
+/// table cannot be listed (the next resync then replaces it).
+async fn witness(nft: &Arc<Nft>) {
     let runner = nft.clone();
-    let listing = match tokio::task::spawn_blocking(move || runner.listing()).await {
-        // A missing table hashes as an empty listing: drift from any applied one.
-        Ok(Ok(listing)) => listing.unwrap_or_default(),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot list the NetworkPolicy table");
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the nft task failed");
-            return None;
-        }
+    let failed = match tokio::task::spawn_blocking(move || runner.witness()).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("the nft task failed: {e}"),
     };
-    let mut hasher = DefaultHasher::new();
-    listing.hash(&mut hasher);
-    Some(hasher.finish())
+    tracing::warn!(error = %failed, "cannot list the NetworkPolicy table");
+    nft.forget();
 }
