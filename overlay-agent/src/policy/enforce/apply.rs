@@ -2,7 +2,6 @@
 //! counters; an apply compiles, renders and runs nft only for what changed.
 
 use std::collections::HashMap;
-
 use std::sync::Arc;
 use std::time::Instant;
 
