@@ -40,6 +40,11 @@ impl NetlinkError {
         self.errno() == Some(libc::EEXIST)
     }
 
+    /// The kernel has no driver for the link kind asked for (`Unknown device type`).
+    pub fn is_unsupported(&self) -> bool {
+        self.errno() == Some(libc::EOPNOTSUPP)
+    }
+
     /// A request the kernel accepted whose outcome is not what was asked for (a link
     /// gone right after its creation, say).
     pub(crate) fn failed(op: String) -> Self {

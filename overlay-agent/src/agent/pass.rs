@@ -222,7 +222,7 @@ impl LoopState<'_> {
                 self.board.metrics.reconcile_errors.inc();
                 self.device = None;
                 let text = e.to_string();
-                let fix = if text.contains("not supported") || text.contains("Unknown device") {
+                let fix = if e.is_unsupported() {
                     "; the kernel has no VXLAN driver loaded (modprobe vxlan)"
                 } else {
                     ""
