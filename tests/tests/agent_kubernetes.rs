@@ -206,6 +206,12 @@ fn kubernetes_registry_against_a_real_api_server() {
             annotation(&node, "twill.io/backend-type").as_deref(),
             Some("vxlan")
         );
+        // Its TwillNode is published too, so the cluster can switch to watching them.
+        let tn: Value = serde_json::from_str(
+            &cp.kubectl_ok(&["get", "twillnode", &n.name, "-o", "json"], None),
+        )
+        .expect("TwillNode JSON");
+        assert_eq!(tn["spec"]["vtepMAC"], status["vtepMac"]);
     }
 
     // 5. A user override of node-2's public IP (a node behind NAT): peers send there.

@@ -2,8 +2,8 @@
 //! `spec.podCIDRs`, assigned by kube-controller-manager (`--allocate-node-cidrs`); the
 //! agent adds its tunnel endpoint as annotations on its own Node and watches every Node.
 //!
-//! With `records: twillnodes` the agent also applies a `TwillNode` for its own node and
-//! watches TwillNodes instead of every Node (see `twill_node`).
+//! The agent also applies a `TwillNode` for its own node when the CRD is installed; with
+//! `records: twillnodes` it watches TwillNodes instead of every Node (see `twill_node`).
 //!
 //! What this registry calls: `nodes` get, list, watch; `nodes/status` patch;
 //! `twillnodes` get, list, watch, patch, delete. The
@@ -267,13 +267,17 @@ impl Registry for KubeRegistry {
                 .await
                 .map_err(|e| unavailable(format!("annotating Node {}: {e}", self.node)))?;
         }
-        let published = match self.records {
-            KubeRecords::Nodes => None,
-            KubeRecords::TwillNodes => {
-                let spec = published_spec(me, &subnets, endpoint(&node, me)?);
-                self.apply_twill_node(&full, &spec).await?;
-                Some(spec)
+        // Published in either mode, so that every node has one before a cluster switches
+        // to watching them; watched (and required) only with `records: twillnodes`.
+        let spec = published_spec(me, &subnets, endpoint(&node, me)?);
+        let published = match (self.records, self.apply_twill_node(&full, &spec).await) {
+            (KubeRecords::TwillNodes, Err(e)) => return Err(e),
+            (KubeRecords::TwillNodes, Ok(())) => Some(spec),
+            (KubeRecords::Nodes, Err(e)) => {
+                tracing::debug!(error = %e, "not publishing a TwillNode");
+                None
             }
+            (KubeRecords::Nodes, Ok(())) => None,
         };
         if self.ready.load(Ordering::Relaxed) && !network_available(&full) {
             self.set_network_available().await?;
