@@ -40,7 +40,12 @@ impl SubnetFile {
     /// what it would write); [`SubnetFile::load`] also validates it.
     pub fn read(path: &Path) -> Result<Self, ConfError> {
         let bytes = std::fs::read(path).map_err(|e| file_error(path, e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| file_error(path, e.to_string()))
+        Self::parse(&bytes).map_err(|e| file_error(path, e.to_string()))
+    }
+
+    /// Decodes the file's content; the error names the field at fault.
+    pub fn parse(bytes: &[u8]) -> Result<Self, crate::json::JsonError> {
+        crate::json::decode(bytes)
     }
 
     /// Reads and validates the file, once: what the plugin needs from it.
@@ -117,6 +122,33 @@ mod tests {
         assert_eq!(network.ranges[0].gateway.to_string(), "10.244.3.1");
         assert_eq!(network.mtu, Some(1450));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// serde's own reasons ("invalid IP address syntax") do not say where; a file the
+    /// agent wrote and an operator edited must.
+    #[test]
+    fn decode_errors_name_the_field() {
+        for (doc, field) in [
+            (
+                r#"{"subnets": ["10.244.1.0/24", "10.244.2.0/33"]}"#,
+                "subnets[1]",
+            ),
+            (r#"{"subnets": [], "networks": [7]}"#, "networks[0]"),
+            (r#"{"subnets": [], "mtu": -1}"#, "mtu"),
+            (r#"{"subnets": [], "mtu": 4294967296}"#, "mtu"),
+            (r#"{"subnets": [], "ipMasq": "yes"}"#, "ipMasq"),
+        ] {
+            let e = SubnetFile::parse(doc.as_bytes()).expect_err(doc);
+            assert_eq!(e.field, field, "{doc}: {e}");
+            assert!(e.to_string().starts_with(&format!("{field}: ")), "{e}");
+        }
+        for (doc, key) in [
+            (r#"{"networks": []}"#, "subnets"),
+            (r#"{"subnets": [], "subnet": "10.0.0.0/24"}"#, "subnet"),
+        ] {
+            let e = SubnetFile::parse(doc.as_bytes()).expect_err(doc);
+            assert!(e.reason.contains(key), "{doc}: {e}");
+        }
     }
 
     #[test]
