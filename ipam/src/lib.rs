@@ -53,6 +53,8 @@ pub struct Reservation {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;
