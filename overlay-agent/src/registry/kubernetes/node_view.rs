@@ -36,17 +36,21 @@ pub enum NodeView {
 /// call.
 pub fn node_subnets(node: &SlimNode, networks: &[PodNetwork]) -> Result<Vec<IpNet>, String> {
     let spec = node.spec.as_ref();
-    let cidrs: Vec<&String> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
-        Some(list) if !list.is_empty() => list.iter().collect(),
-        _ => spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+    // The error names the field the value came from: an older API server sets only podCIDR.
+    let (field, cidrs): (&str, Vec<&String>) = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(list) if !list.is_empty() => ("spec.podCIDRs", list.iter().collect()),
+        _ => (
+            "spec.podCIDR",
+            spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+        ),
     };
     let mut out = Vec::new();
     for c in cidrs {
         let net: IpNet = c
             .parse()
-            .map_err(|_| format!("spec.podCIDRs: {c:?} is not a CIDR"))?;
+            .map_err(|_| format!("{field}: {c:?} is not a CIDR"))?;
         if net.trunc() != net {
-            return Err(format!("spec.podCIDRs: {c:?} has host bits set"));
+            return Err(format!("{field}: {c:?} has host bits set"));
         }
         if networks
             .iter()
@@ -320,6 +324,20 @@ mod tests {
             s.pod_cidrs = Some(vec!["banana".into()]);
         }
         assert!(matches!(node_view(&n, &v4()), NodeView::Malformed(_)));
+    }
+
+    /// Found by the property tests: a bad lone podCIDR was reported as spec.podCIDRs.
+    #[test]
+    fn malformed_lone_pod_cidr_names_pod_cidr() {
+        let mut n = node(JOINED);
+        if let Some(s) = n.spec.as_mut() {
+            s.pod_cidrs = None;
+            s.pod_cidr = Some("0.0.0.1/0".into());
+        }
+        let NodeView::Malformed(m) = node_view(&n, &v4()) else {
+            panic!("expected malformed");
+        };
+        assert!(m.reason.starts_with("spec.podCIDR: "), "{}", m.reason);
     }
 
     #[test]
