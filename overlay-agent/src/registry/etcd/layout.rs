@@ -269,6 +269,9 @@ fn build_snapshot(subnets_prefix: &str, entries: &Entries) -> Snapshot {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::Mac;

@@ -9,6 +9,8 @@
 //! wrapper is in `inotify`.
 
 mod inotify;
+#[cfg(test)]
+mod proptests;
 
 use super::{Announcement, Malformed, Registry, RegistryError, Snapshot};
 use crate::record::VtepRecord;

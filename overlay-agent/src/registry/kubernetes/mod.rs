@@ -13,6 +13,8 @@
 //! records is pure, in `node_view`.
 
 mod node_view;
+#[cfg(test)]
+mod proptests;
 mod slim_node;
 
 pub use node_view::{
