@@ -65,6 +65,11 @@ pub fn hostile_string() -> BoxedStrategy<String> {
             "twill0",
             "eth0",
             "a/b",
+            "/",
+            "//",
+            "/run/twill/",
+            "auto",
+            "never",
             "..",
             ".",
             "\0",
@@ -78,6 +83,8 @@ pub fn hostile_string() -> BoxedStrategy<String> {
         .prop_map(str::to_string),
         any::<String>(),
         "[0-9a-f:./%-]{0,48}",
+        // Paths and key prefixes: roots, doubled and trailing slashes, dots.
+        "/{0,2}([a-z.]{0,3}/{0,2}){0,3}",
         // Huge: far beyond any field's limit.
         (prop::char::any(), 1_000usize..100_000).prop_map(|(c, n)| c.to_string().repeat(n)),
     ]
@@ -141,9 +148,12 @@ pub fn mutate_one_key(
     base: Map<String, Value>,
     keys: &'static [&'static str],
 ) -> impl Strategy<Value = (Map<String, Value>, &'static str)> {
+    // Strings and numbers directly as well: nested in any JSON they are rare.
     let mutation = prop_oneof![
         1 => Just(Mutation::Remove),
-        8 => json_value().prop_map(Mutation::Set),
+        4 => json_value().prop_map(Mutation::Set),
+        4 => hostile_string().prop_map(|s| Mutation::Set(Value::String(s))),
+        2 => hostile_number().prop_map(Mutation::Set),
     ];
     (prop::sample::select(keys), mutation).prop_map(move |(key, m)| {
         let mut map = base.clone();

@@ -2,5 +2,6 @@
 //! panic, take bounded time per input, name the field of every rejection, and what
 //! parses re-serializes to an equivalent value. Generators: [`crate::strategies`].
 
+mod cluster;
 mod plugin;
 mod subnet_file;
