@@ -50,11 +50,21 @@ impl SubnetFile {
 
     /// Reads and validates the file, once: what the plugin needs from it.
     pub fn load(path: &Path) -> Result<PodNetwork, ConfError> {
-        let file = Self::read(path)?;
-        let ranges = file.ranges().map_err(|reason| file_error(path, reason))?;
+        Self::read(path)?
+            .network()
+            .map_err(|reason| file_error(path, reason))
+    }
+
+    /// What a valid file tells the plugin: its ranges, and an MTU a link can have (the
+    /// range the network config's `mtu` has).
+    pub fn network(&self) -> Result<PodNetwork, String> {
+        let ranges = self.ranges()?;
+        if let Some(mtu) = self.mtu.filter(|m| !(68..=65535).contains(m)) {
+            return Err(format!("\"mtu\": {mtu} is out of range 68..=65535"));
+        }
         Ok(PodNetwork {
             ranges,
-            mtu: file.mtu,
+            mtu: self.mtu,
         })
     }
 
@@ -148,6 +158,22 @@ mod tests {
         ] {
             let e = SubnetFile::parse(doc.as_bytes()).expect_err(doc);
             assert!(e.reason.contains(key), "{doc}: {e}");
+        }
+    }
+
+    /// Found writing the property tests: an MTU no link can have (0, 4294967295) was handed
+    /// to the kernel, which refused it with a netlink error (999) that did not name the
+    /// subnet file.
+    #[test]
+    fn an_mtu_out_of_range_is_refused_naming_mtu() {
+        for mtu in [0, 67, 65536, u32::MAX] {
+            let f = SubnetFile {
+                networks: vec![],
+                subnets: vec!["10.244.3.0/24".parse().unwrap()],
+                mtu: Some(mtu),
+                ip_masq: false,
+            };
+            assert!(f.network().unwrap_err().contains("\"mtu\""), "{mtu}");
         }
     }
 
