@@ -178,11 +178,18 @@ pub fn with_duplicate_key(map: &Map<String, Value>, key: &str, second: &Value) -
     format!("{text}{sep}{}:{second}}}", Value::from(key))
 }
 
-/// Raw bytes: random ones, and `doc` truncated or with bytes flipped or inserted.
+/// Raw bytes: random ones, deeply nested JSON, and `doc` truncated or with bytes flipped
+/// or inserted.
 pub fn raw_bytes(doc: Vec<u8>) -> BoxedStrategy<Vec<u8>> {
     let len = doc.len().max(1);
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..512),
+        // Past serde_json's recursion limit: an error, not a stack overflow.
+        (
+            prop::sample::select(vec!["[", "{\"a\":", "[{\"b\":["]),
+            1usize..100_000
+        )
+            .prop_map(|(open, n)| open.repeat(n).into_bytes()),
         (0..len).prop_map({
             let doc = doc.clone();
             move |n| doc[..n.min(doc.len())].to_vec()
