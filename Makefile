@@ -50,7 +50,7 @@ test: deps build plugin k8s k8s-node
 # with 256 cases each) with FUZZ_CASES cases each: about 15 minutes at 10,000 on 2 cores. No root.
 FUZZ_CASES ?= 10000
 fuzz: deps-lab
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p twill-conf -p twill-cni -p twill-ipam -p twill-agent \
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p twill-conf -p twill-cni -p twill-ipam -p twill-agent -p twill-policy \
 		--lib --bins proptests
 
 # kube-apiserver + kube-controller-manager v1.20.2 for the Kubernetes-mode test, built
