@@ -47,7 +47,7 @@ test: deps build plugin k8s k8s-node
 	TWILL_PLUGIN=$(PLUGIN) $(CARGO) test -p twill-tests --test plugin_lifecycle --test plugin_errors --test plugin_repeat_add
 
 # The property tests of every parser of outside input (issue 14 §4; `make test` runs them
-# with 256 cases each) with FUZZ_CASES cases each: about 15 minutes at 10,000 on 2 cores. No root.
+# with 256 cases each) with FUZZ_CASES cases each: 8 to 15 minutes at 10,000 on 2 shared cores. No root.
 FUZZ_CASES ?= 10000
 fuzz: deps-lab
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p twill-conf -p twill-cni -p twill-ipam -p twill-agent -p twill-policy \
