@@ -354,9 +354,14 @@ fn parse_registry(map: &Map<String, Value>) -> Result<RegistryConf, ConfError> {
                     format!("{prefix:?} must start with '/'"),
                 ));
             }
+            // The root ("/", "//") stays "/": an empty prefix would not read back.
+            let prefix = match prefix.trim_end_matches('/') {
+                "" => "/",
+                trimmed => trimmed,
+            };
             Ok(RegistryConf::Etcd {
                 endpoints,
-                prefix: prefix.trim_end_matches('/').to_string(),
+                prefix: prefix.to_string(),
                 lease_ttl_secs: k
                     .u32_in("leaseTtl", 5..=86_400)?
                     .unwrap_or(DEFAULT_LEASE_TTL_SECS),
@@ -429,6 +434,22 @@ mod tests {
             ClusterConf::parse(c.to_json().to_string().as_bytes()).unwrap(),
             c
         );
+    }
+
+    /// Found by the property tests: prefix "/" was kept as "", which to_json wrote and
+    /// parse then refused ("must start with '/'").
+    #[test]
+    fn etcd_prefix_of_the_root_round_trips() {
+        for prefix in ["/", "//"] {
+            let doc = json!({"network": "10.244.0.0/16",
+                             "registry": {"kind": "etcd", "prefix": prefix}});
+            let c = ClusterConf::parse(doc.to_string().as_bytes()).unwrap();
+            assert!(matches!(&c.registry, RegistryConf::Etcd { prefix, .. } if prefix == "/"));
+            assert_eq!(
+                ClusterConf::parse(c.to_json().to_string().as_bytes()).unwrap(),
+                c
+            );
+        }
     }
 
     #[test]

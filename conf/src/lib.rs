@@ -17,11 +17,17 @@ pub mod attachment;
 pub mod cluster;
 pub mod error;
 pub mod fnv;
+pub mod json;
 pub mod plugin;
 pub mod port_alias;
 pub mod range;
+#[cfg(any(test, feature = "strategies"))]
+pub mod strategies;
 pub mod subnet_file;
 mod value;
+
+#[cfg(test)]
+mod proptests;
 
 pub use attachment::{Attachment, HOST_VETH_PREFIX};
 pub use cluster::{ClusterConf, RegistryConf};

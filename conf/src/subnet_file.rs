@@ -40,16 +40,31 @@ impl SubnetFile {
     /// what it would write); [`SubnetFile::load`] also validates it.
     pub fn read(path: &Path) -> Result<Self, ConfError> {
         let bytes = std::fs::read(path).map_err(|e| file_error(path, e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| file_error(path, e.to_string()))
+        Self::parse(&bytes).map_err(|e| file_error(path, e.to_string()))
+    }
+
+    /// Decodes the file's content; the error names the field at fault.
+    pub fn parse(bytes: &[u8]) -> Result<Self, crate::json::JsonError> {
+        crate::json::decode(bytes)
     }
 
     /// Reads and validates the file, once: what the plugin needs from it.
     pub fn load(path: &Path) -> Result<PodNetwork, ConfError> {
-        let file = Self::read(path)?;
-        let ranges = file.ranges().map_err(|reason| file_error(path, reason))?;
+        Self::read(path)?
+            .network()
+            .map_err(|reason| file_error(path, reason))
+    }
+
+    /// What a valid file tells the plugin: its ranges, and an MTU a link can have (the
+    /// range the network config's `mtu` has).
+    pub fn network(&self) -> Result<PodNetwork, String> {
+        let ranges = self.ranges()?;
+        if let Some(mtu) = self.mtu.filter(|m| !(68..=65535).contains(m)) {
+            return Err(format!("\"mtu\": {mtu} is out of range 68..=65535"));
+        }
         Ok(PodNetwork {
             ranges,
-            mtu: file.mtu,
+            mtu: self.mtu,
         })
     }
 
@@ -117,6 +132,49 @@ mod tests {
         assert_eq!(network.ranges[0].gateway.to_string(), "10.244.3.1");
         assert_eq!(network.mtu, Some(1450));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// serde's own reasons ("invalid IP address syntax") do not say where; a file the
+    /// agent wrote and an operator edited must.
+    #[test]
+    fn decode_errors_name_the_field() {
+        for (doc, field) in [
+            (
+                r#"{"subnets": ["10.244.1.0/24", "10.244.2.0/33"]}"#,
+                "subnets[1]",
+            ),
+            (r#"{"subnets": [], "networks": [7]}"#, "networks[0]"),
+            (r#"{"subnets": [], "mtu": -1}"#, "mtu"),
+            (r#"{"subnets": [], "mtu": 4294967296}"#, "mtu"),
+            (r#"{"subnets": [], "ipMasq": "yes"}"#, "ipMasq"),
+        ] {
+            let e = SubnetFile::parse(doc.as_bytes()).expect_err(doc);
+            assert_eq!(e.field, field, "{doc}: {e}");
+            assert!(e.to_string().starts_with(&format!("{field}: ")), "{e}");
+        }
+        for (doc, key) in [
+            (r#"{"networks": []}"#, "subnets"),
+            (r#"{"subnets": [], "subnet": "10.0.0.0/24"}"#, "subnet"),
+        ] {
+            let e = SubnetFile::parse(doc.as_bytes()).expect_err(doc);
+            assert!(e.reason.contains(key), "{doc}: {e}");
+        }
+    }
+
+    /// Found writing the property tests: an MTU no link can have (0, 4294967295) was handed
+    /// to the kernel, which refused it with a netlink error (999) that did not name the
+    /// subnet file.
+    #[test]
+    fn an_mtu_out_of_range_is_refused_naming_mtu() {
+        for mtu in [0, 67, 65536, u32::MAX] {
+            let f = SubnetFile {
+                networks: vec![],
+                subnets: vec!["10.244.3.0/24".parse().unwrap()],
+                mtu: Some(mtu),
+                ip_masq: false,
+            };
+            assert!(f.network().unwrap_err().contains("\"mtu\""), "{mtu}");
+        }
     }
 
     #[test]

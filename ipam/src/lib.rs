@@ -57,6 +57,8 @@ pub struct Reservation {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod rebuild_tests;
 #[cfg(test)]
 mod testing;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use twill_conf::json::JsonError;
 
 /// A MAC address, written `aa:bb:cc:dd:ee:ff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,9 +72,47 @@ pub struct VtepRecord {
     pub backend: String,
 }
 
+impl VtepRecord {
+    /// Decodes a record as a registry holds it (a file, an etcd value); the error names
+    /// the field at fault (`publicIP`, `subnets[1]`), so the operator can find it.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, JsonError> {
+        twill_conf::json::decode(bytes)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod proptests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// serde's own reasons ("invalid IP address syntax") do not say where; a record in a
+    /// registry must.
+    #[test]
+    fn decode_errors_name_the_field() {
+        for (doc, field) in [
+            (
+                r#"{"node":"n1","subnets":["10.244.1.0/24","x"],"publicIP":"192.168.0.2","vtepMAC":"0a:58:0a:f4:01:00","backend":"vxlan"}"#,
+                "subnets[1]",
+            ),
+            (
+                r#"{"node":"n1","subnets":[],"publicIP":"192.168.0","vtepMAC":"0a:58:0a:f4:01:00","backend":"vxlan"}"#,
+                "publicIP",
+            ),
+            (
+                r#"{"node":"n1","subnets":[],"publicIP":"192.168.0.2","vtepMAC":"0a:58","backend":"vxlan"}"#,
+                "vtepMAC",
+            ),
+            (
+                r#"{"node":7,"subnets":[],"publicIP":"192.168.0.2","vtepMAC":"0a:58:0a:f4:01:00","backend":"vxlan"}"#,
+                "node",
+            ),
+        ] {
+            let e = VtepRecord::from_json(doc.as_bytes()).expect_err(doc);
+            assert_eq!(e.field, field, "{doc}: {e}");
+        }
+    }
 
     #[test]
     fn record_json_round_trip() {

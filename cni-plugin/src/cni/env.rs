@@ -119,7 +119,7 @@ fn check_container_id(id: &str) -> Result<(), CniError> {
     }
 }
 
-fn parse_args(raw: &str) -> Result<Vec<(String, String)>, CniError> {
+pub(super) fn parse_args(raw: &str) -> Result<Vec<(String, String)>, CniError> {
     raw.split(';')
         .filter(|p| !p.is_empty())
         .map(|pair| match pair.split_once('=') {

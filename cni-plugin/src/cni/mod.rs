@@ -6,6 +6,9 @@ pub mod error;
 pub mod result;
 pub mod version;
 
+#[cfg(test)]
+mod proptests;
+
 pub use env::{Command, Env};
 pub use error::CniError;
 pub use result::{CniResult, Interface, IpConfig, Route};

@@ -85,55 +85,95 @@ impl CniResult {
         })
     }
 
-    /// Reads a previous result of any supported version.
+    /// Reads a previous result of any supported version. A field that is present (and not
+    /// null) must have its type and range: a value CHECK compares is never guessed.
     pub fn decode(v: &Value) -> Result<Self, CniError> {
-        let bad = |what: String| CniError::new(DECODE_FAILURE, format!("prevResult: {what}"));
-        let list = |key: &str| -> Result<Vec<Value>, CniError> {
-            match v.get(key) {
-                None | Some(Value::Null) => Ok(Vec::new()),
-                Some(Value::Array(a)) => Ok(a.clone()),
-                Some(_) => Err(bad(format!("{key:?} is not a list"))),
-            }
-        };
-        let str_at = |o: &Value, key: &str| o.get(key).and_then(Value::as_str).map(str::to_string);
-        let net_at = |o: &Value, key: &str, path: String| -> Result<IpNet, CniError> {
-            str_at(o, key)
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| bad(format!("{path} is not a CIDR")))
-        };
-        // An optional address: absent is fine, present must parse.
-        let ip_at = |o: &Value, key: &str, path: String| -> Result<Option<IpAddr>, CniError> {
-            str_at(o, key)
-                .map(|g| g.parse().map_err(|_| bad(format!("{path} is not an IP"))))
-                .transpose()
-        };
         let mut out = CniResult::default();
-        for (n, i) in list("interfaces")?.iter().enumerate() {
+        for (n, i) in list(v, "interfaces")?.iter().enumerate() {
+            let path = |key: &str| format!("interfaces[{n}].{key}");
             out.interfaces.push(Interface {
-                name: str_at(i, "name")
-                    .ok_or_else(|| bad(format!("interfaces[{n}].name is missing")))?,
-                mac: str_at(i, "mac").unwrap_or_default(),
-                mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
-                sandbox: str_at(i, "sandbox").filter(|s| !s.is_empty()),
+                name: string(i, "name", path)?
+                    .ok_or_else(|| bad(format!("{} is missing", path("name"))))?,
+                mac: string(i, "mac", path)?.unwrap_or_default(),
+                mtu: number(i, "mtu", path)?,
+                sandbox: string(i, "sandbox", path)?.filter(|s| !s.is_empty()),
             });
         }
-        for (n, ip) in list("ips")?.iter().enumerate() {
+        for (n, ip) in list(v, "ips")?.iter().enumerate() {
+            let path = |key: &str| format!("ips[{n}].{key}");
             out.ips.push(IpConfig {
-                address: net_at(ip, "address", format!("ips[{n}].address"))?,
-                gateway: ip_at(ip, "gateway", format!("ips[{n}].gateway"))?,
-                interface: ip
-                    .get("interface")
-                    .and_then(Value::as_u64)
-                    .map(|i| i as usize),
+                address: parsed(ip, "address", "a CIDR", path)?
+                    .ok_or_else(|| bad(format!("{} is missing", path("address"))))?,
+                gateway: parsed(ip, "gateway", "an IP", path)?,
+                interface: number(ip, "interface", path)?,
             });
         }
-        for (n, r) in list("routes")?.iter().enumerate() {
+        for (n, r) in list(v, "routes")?.iter().enumerate() {
+            let path = |key: &str| format!("routes[{n}].{key}");
             out.routes.push(Route {
-                dst: net_at(r, "dst", format!("routes[{n}].dst"))?,
-                gw: ip_at(r, "gw", format!("routes[{n}].gw"))?,
+                dst: parsed(r, "dst", "a CIDR", path)?
+                    .ok_or_else(|| bad(format!("{} is missing", path("dst"))))?,
+                gw: parsed(r, "gw", "an IP", path)?,
             });
         }
         Ok(out)
+    }
+}
+
+fn bad(what: String) -> CniError {
+    CniError::new(DECODE_FAILURE, format!("prevResult: {what}"))
+}
+
+/// A field that is present and not null (Go writes null for an empty optional).
+fn field<'a>(o: &'a Value, key: &str) -> Option<&'a Value> {
+    o.get(key).filter(|v| !v.is_null())
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> Result<&'a [Value], CniError> {
+    match field(v, key) {
+        None => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(bad(format!("{key} is not a list"))),
+    }
+}
+
+fn string(o: &Value, key: &str, path: impl Fn(&str) -> String) -> Result<Option<String>, CniError> {
+    match field(o, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(bad(format!("{} is not a string", path(key)))),
+    }
+}
+
+fn parsed<T: std::str::FromStr>(
+    o: &Value,
+    key: &str,
+    what: &str,
+    path: impl Fn(&str) -> String,
+) -> Result<Option<T>, CniError> {
+    match field(o, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| bad(format!("{} is not {what}", path(key)))),
+        Some(_) => Err(bad(format!("{} is not {what}", path(key)))),
+    }
+}
+
+/// A whole number that fits `T` (an MTU, an interface index), never a wrapped one.
+fn number<T: TryFrom<u64>>(
+    o: &Value,
+    key: &str,
+    path: impl Fn(&str) -> String,
+) -> Result<Option<T>, CniError> {
+    match field(o, key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| T::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| bad(format!("{} is not a number in range: {v}", path(key)))),
     }
 }
 
@@ -203,5 +243,71 @@ mod tests {
     fn decode_names_the_broken_field() {
         let err = CniResult::decode(&json!({"ips": [{"address": "nope"}]})).unwrap_err();
         assert!(err.msg.contains("ips[0].address"), "{}", err.msg);
+    }
+
+    /// Found by the property tests: an MTU of 2^32 + 1450 read back as 1450.
+    #[test]
+    fn decode_refuses_an_mtu_that_would_wrap() {
+        for mtu in [
+            json!(4_294_967_296u64 + 1450),
+            json!(u64::MAX),
+            json!(-1),
+            json!(1.5),
+        ] {
+            let doc = json!({"interfaces": [{"name": "eth0", "mtu": mtu}]});
+            let err = CniResult::decode(&doc).unwrap_err();
+            assert_eq!(err.code, DECODE_FAILURE);
+            assert!(err.msg.contains("interfaces[0].mtu"), "{}", err.msg);
+        }
+        let doc = json!({"interfaces": [{"name": "eth0", "mtu": u32::MAX}]});
+        assert_eq!(
+            CniResult::decode(&doc).unwrap().interfaces[0].mtu,
+            Some(u32::MAX)
+        );
+    }
+
+    /// Found by the property tests: a field of the wrong type was read as absent.
+    #[test]
+    fn decode_refuses_wrong_types_naming_the_field() {
+        for (doc, field) in [
+            (
+                json!({"interfaces": [{"name": "eth0", "mtu": "1450"}]}),
+                "interfaces[0].mtu",
+            ),
+            (
+                json!({"interfaces": [{"name": "eth0", "mac": 7}]}),
+                "interfaces[0].mac",
+            ),
+            (json!({"interfaces": [{"name": 7}]}), "interfaces[0].name"),
+            (
+                json!({"interfaces": [{"name": "e", "sandbox": []}]}),
+                "interfaces[0].sandbox",
+            ),
+            (
+                json!({"ips": [{"address": "10.0.0.2/24", "interface": false}]}),
+                "ips[0].interface",
+            ),
+            (
+                json!({"ips": [{"address": "10.0.0.2/24", "gateway": 5}]}),
+                "ips[0].gateway",
+            ),
+            (
+                json!({"routes": [{"dst": "0.0.0.0/0", "gw": {}}]}),
+                "routes[0].gw",
+            ),
+            (json!({"routes": [{}]}), "routes[0].dst"),
+            (json!({"interfaces": {}}), "interfaces"),
+        ] {
+            let err = CniResult::decode(&doc).unwrap_err();
+            assert_eq!(err.code, DECODE_FAILURE);
+            assert!(
+                err.msg.starts_with(&format!("prevResult: {field} ")),
+                "{doc}: {}",
+                err.msg
+            );
+        }
+        // Null is absent, as Go writes an empty optional.
+        let doc = json!({"interfaces": [{"name": "e", "mtu": null, "mac": null}], "ips": null});
+        assert_eq!(CniResult::decode(&doc).unwrap().interfaces[0].mtu, None);
     }
 }

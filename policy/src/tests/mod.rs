@@ -12,6 +12,7 @@ use crate::{compile, reference};
 
 mod fail_closed;
 mod parsing;
+mod proptests;
 mod semantics;
 
 pub const NODE1_IP: &str = "192.168.0.1";

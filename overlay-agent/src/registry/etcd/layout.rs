@@ -57,9 +57,7 @@ impl KeyLayout {
         let subnet = key
             .strip_prefix(&self.subnets_prefix())
             .and_then(|s| parse_subnet_key_suffix(s).ok());
-        let node = serde_json::from_slice::<VtepRecord>(value)
-            .ok()
-            .map(|r| r.node);
+        let node = VtepRecord::from_json(value).ok().map(|r| r.node);
         Held {
             key,
             subnet,
@@ -226,7 +224,7 @@ fn build_snapshot(subnets_prefix: &str, entries: &Entries) -> Snapshot {
                 continue;
             }
         };
-        let record: VtepRecord = match serde_json::from_slice(value) {
+        let record = match VtepRecord::from_json(value) {
             Ok(r) => r,
             Err(e) => {
                 bad(format!("not a record: {e}"));
@@ -269,6 +267,9 @@ fn build_snapshot(subnets_prefix: &str, entries: &Entries) -> Snapshot {
         complete: true,
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {

@@ -169,7 +169,7 @@ impl EtcdRegistry {
         let Some(kv) = resp.kvs().first() else {
             return Ok(Vec::new());
         };
-        match serde_json::from_slice::<NodeEntry>(kv.value()) {
+        match twill_conf::json::decode::<NodeEntry>(kv.value()) {
             Ok(e) => Ok(e.subnets),
             Err(e) => {
                 warn!(%key, error = %e, "ignoring an unreadable node entry");

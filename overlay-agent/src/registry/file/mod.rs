@@ -9,6 +9,8 @@
 //! wrapper is in `inotify`.
 
 mod inotify;
+#[cfg(test)]
+mod proptests;
 
 use super::{Announcement, Malformed, Registry, RegistryError, Snapshot};
 use crate::record::VtepRecord;
@@ -108,7 +110,7 @@ fn read_record(path: &Path, file_name: &str) -> Entry {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Entry::Ignored,
         Err(e) => return malformed(e.to_string()),
     };
-    match serde_json::from_slice::<VtepRecord>(&bytes) {
+    match VtepRecord::from_json(&bytes) {
         Ok(r) if r.node == stem => Entry::Record(Box::new(r)),
         Ok(r) => malformed(format!(
             "the file is named for {stem:?} but holds node {:?}",

@@ -18,6 +18,8 @@
 
 mod node_view;
 mod peer_watch;
+#[cfg(test)]
+mod proptests;
 mod slim_node;
 mod twill_node;
 

@@ -36,11 +36,15 @@ pub enum NodeView {
 /// call.
 pub fn node_subnets(node: &SlimNode, networks: &[PodNetwork]) -> Result<Vec<IpNet>, String> {
     let spec = node.spec.as_ref();
-    let cidrs: Vec<&String> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
-        Some(list) if !list.is_empty() => list.iter().collect(),
-        _ => spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+    // The error names the field the value came from: an older API server sets only podCIDR.
+    let (field, cidrs): (&str, Vec<&String>) = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(list) if !list.is_empty() => ("spec.podCIDRs", list.iter().collect()),
+        _ => (
+            "spec.podCIDR",
+            spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+        ),
     };
-    parse_subnets("spec.podCIDRs", cidrs, networks)
+    parse_subnets(field, cidrs, networks)
 }
 
 /// `cidrs` (the value of `field`) as subnets, those of an unconfigured family left out.
@@ -329,6 +333,20 @@ mod tests {
             s.pod_cidrs = Some(vec!["banana".into()]);
         }
         assert!(matches!(node_view(&n, &v4()), NodeView::Malformed(_)));
+    }
+
+    /// Found by the property tests: a bad lone podCIDR was reported as spec.podCIDRs.
+    #[test]
+    fn malformed_lone_pod_cidr_names_pod_cidr() {
+        let mut n = node(JOINED);
+        if let Some(s) = n.spec.as_mut() {
+            s.pod_cidrs = None;
+            s.pod_cidr = Some("0.0.0.1/0".into());
+        }
+        let NodeView::Malformed(m) = node_view(&n, &v4()) else {
+            panic!("expected malformed");
+        };
+        assert!(m.reason.starts_with("spec.podCIDR: "), "{}", m.reason);
     }
 
     #[test]
