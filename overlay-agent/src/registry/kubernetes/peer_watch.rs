@@ -45,6 +45,7 @@ where
     let mut listing: Option<(BTreeSet<String>, bool)> = None;
     let mut complete = false;
     let mut outage = Outage::default();
+    let started = std::time::Instant::now();
     loop {
         let ev = tokio::select! {
             ev = events.next() => ev,
@@ -88,6 +89,10 @@ where
                 let before = views.len();
                 views.retain(|name, _| seen.contains(name));
                 changed |= views.len() != before || !complete;
+                if !complete {
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(count = views.len(), elapsed_ms, "listed every {what}");
+                }
                 complete = true;
                 changed
             }
