@@ -54,6 +54,21 @@ impl DesiredState {
         }
         d
     }
+
+    /// What the kernel holds once `plan`, made against this state, was applied: a
+    /// partial view's pass keeps what it did not remove, so its result is not `want`.
+    pub fn after(mut self, plan: &Plan) -> DesiredState {
+        fn apply<K: Ord + Clone, V: Clone>(table: &mut BTreeMap<K, V>, c: &Changes<K, V>) {
+            for k in c.remove.keys() {
+                table.remove(k);
+            }
+            table.extend(c.put.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        apply(&mut self.routes, &plan.routes);
+        apply(&mut self.neighbours, &plan.neighbours);
+        apply(&mut self.fdb, &plan.fdb);
+        self
+    }
 }
 
 /// The changes that turn `have` into `want`: what to add or replace, and what to
@@ -166,6 +181,30 @@ mod tests {
             },
         ];
         PeerSet::validate(&own, &recs, &Default::default()).0
+    }
+
+    #[test]
+    fn the_state_after_a_plan_is_what_the_kernel_then_holds() {
+        let want = DesiredState::compute(&peers(), &[], false);
+        let stale: IpNet = "10.244.9.0/24".parse().unwrap();
+        let mut have = DesiredState::default();
+        have.routes.insert(
+            stale,
+            NextHop::Vxlan {
+                via: "10.244.9.0".parse().unwrap(),
+            },
+        );
+        // A partial view adds and keeps the rest.
+        let partial = Plan::between(&want, &have, false);
+        let after = have.clone().after(&partial);
+        assert!(after.routes.contains_key(&stale));
+        assert_eq!(after.routes.len(), want.routes.len() + 1);
+        assert!(Plan::between(&want, &after, false).is_empty());
+        // A complete view's plan leaves exactly `want`.
+        assert_eq!(
+            after.clone().after(&Plan::between(&want, &after, true)),
+            want
+        );
     }
 
     #[test]

@@ -146,7 +146,10 @@ impl LoopState<'_> {
         let direct = self.conf.cluster.backend.direct_routing == DirectRouting::Auto;
         let want = DesiredState::compute(&peers, &self.underlay.connected, direct);
 
-        let mut programmed = None;
+        // What the kernel holds after this pass: known from the plan when it applied,
+        // read back when it did not.
+        let mut after = None;
+        let mut observed = None;
         match (self.device, have) {
             (Some(dev), Some(have)) => {
                 let plan = Plan::between(&want, &have, snap.complete);
@@ -172,8 +175,12 @@ impl LoopState<'_> {
                         .observe(started.elapsed().as_secs_f64());
                 }
                 self.cache = None;
-                if !(applied_ok && snap.complete) {
-                    programmed = self.datapath.observe(dev).await.ok();
+                if applied_ok {
+                    // `want` for a complete view; for a partial one (a first list still
+                    // arriving) also what it did not remove.
+                    after = Some(have.after(&plan));
+                } else {
+                    observed = self.datapath.observe(dev).await.ok();
                 }
                 ok &= applied_ok;
             }
@@ -182,21 +189,17 @@ impl LoopState<'_> {
                 self.cache = None;
             }
         }
-        let cache_ok = ok && snap.complete && self.device.is_some() && programmed.is_none();
+        let cache_ok = ok && self.device.is_some() && after.is_some();
         self.publish(
             snap,
             &peers,
             &rejected,
             &want,
-            if cache_ok {
-                Some(&want)
-            } else {
-                programmed.as_ref()
-            },
+            after.as_ref().or(observed.as_ref()),
         );
         if cache_ok {
-            // What the kernel now holds is exactly `want`: the next pass diffs against it.
-            self.cache = Some(want);
+            // What the kernel now holds: the next pass diffs against it.
+            self.cache = after;
         }
         ok
     }

@@ -24,6 +24,11 @@ use tokio::sync::watch;
 pub(super) const NODE_PAGE: u32 = 100;
 pub(super) const TWILL_NODE_PAGE: u32 = 500;
 
+/// During the first list, a partial snapshot goes out every this many objects, so the
+/// agent programs the first peers while the rest are still being listed (it removes
+/// nothing on a partial view).
+const PARTIAL_EVERY: usize = 500;
+
 /// Watches every object of `api` (`what` names them in logs) and sends a complete
 /// snapshot of their views whenever one changes, until `tx` has no receiver.
 pub(super) async fn watch_peers<K>(
@@ -81,6 +86,15 @@ where
                     *changed |= views.get(&name) != Some(&v);
                     seen.insert(name.clone());
                     views.insert(name, v);
+                    if !complete && seen.len() % PARTIAL_EVERY == 0 {
+                        let partial = Snapshot {
+                            complete: false,
+                            ..snapshot_of(&views)
+                        };
+                        if tx.send(partial).is_err() {
+                            return Ok(());
+                        }
+                    }
                 }
                 false
             }
