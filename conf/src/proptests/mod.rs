@@ -4,4 +4,5 @@
 
 mod cluster;
 mod plugin;
+mod port_alias;
 mod subnet_file;
