@@ -145,4 +145,27 @@ proptest! {
         let expected = me.record(vec!["10.244.0.0/24".parse().map_err(|_| TestCaseError::fail("a CIDR"))?]);
         prop_assert_eq!(view(&node), NodeView::Peer(VtepRecord { ..expected }));
     }
+
+    /// A TwillNode of any values maps to a record, an absence or a rejection that names
+    /// its `spec.` field; never a panic.
+    #[test]
+    fn any_twill_node_is_read_or_rejected_naming_the_field(
+        cidrs in prop::collection::vec(cidr(), 0..3),
+        ip in hostile_string(),
+        mac in hostile_string(),
+        backend in hostile_string(),
+    ) {
+        let doc = json!({"apiVersion": "twill.io/v1", "kind": "TwillNode",
+            "metadata": {"name": "n"},
+            "spec": {"podCIDRs": cidrs, "publicIP": ip, "vtepMAC": mac, "backend": backend}});
+        let tn: super::TwillNode = serde_json::from_value(doc)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        match bounded("twill_node_view", || super::twill_node::twill_node_view(&tn, &v4())) {
+            NodeView::Malformed(m) => {
+                prop_assert_eq!(m.source, "TwillNode n");
+                prop_assert!(m.reason.starts_with("spec."), "{}", m.reason);
+            }
+            NodeView::Peer(_) | NodeView::Absent(_) => {}
+        }
+    }
 }
