@@ -24,6 +24,17 @@ pub fn config() -> Config {
     }
 }
 
+/// Any IPv4 or IPv6 network, host bits cleared.
+pub fn any_net() -> impl Strategy<Value = ipnet::IpNet> {
+    use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+    prop_oneof![
+        (any::<u32>(), 0u8..=32)
+            .prop_map(|(a, l)| IpNet::V4(Ipv4Net::new(a.into(), l).unwrap_or_default())),
+        (any::<u128>(), 0u8..=128)
+            .prop_map(|(a, l)| IpNet::V6(Ipv6Net::new(a.into(), l).unwrap_or_default())),
+    ]
+}
+
 /// Runs one parse and fails when it takes longer than [`INPUT_BOUND`].
 pub fn bounded<T>(what: &str, parse: impl FnOnce() -> T) -> T {
     let start = Instant::now();

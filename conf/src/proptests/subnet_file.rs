@@ -1,9 +1,9 @@
 //! The subnet file the agent writes and the plugin reads.
 
 use crate::json::JsonError;
+use crate::strategies::any_net;
 use crate::strategies::{bounded, config, json_value, mutate_one_key, raw_bytes};
 use crate::SubnetFile;
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -17,15 +17,6 @@ fn full() -> Map<String, Value> {
         Value::Object(m) => m,
         _ => unreachable!("a literal object"),
     }
-}
-
-fn any_net() -> impl Strategy<Value = IpNet> {
-    prop_oneof![
-        (any::<u32>(), 0u8..=32)
-            .prop_map(|(a, l)| IpNet::V4(Ipv4Net::new(a.into(), l).unwrap_or_default())),
-        (any::<u128>(), 0u8..=128)
-            .prop_map(|(a, l)| IpNet::V6(Ipv6Net::new(a.into(), l).unwrap_or_default())),
-    ]
 }
 
 fn any_file() -> impl Strategy<Value = SubnetFile> {

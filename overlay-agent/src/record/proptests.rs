@@ -3,10 +3,10 @@
 //! changed field is named; a record and a MAC read back as written.
 
 use super::{Mac, VtepRecord};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
+pub(crate) use twill_conf::strategies::any_net;
 use twill_conf::strategies::{bounded, config, hostile_string, mutate_one_key, raw_bytes};
 
 const FIELDS: &[&str] = &["node", "subnets", "publicIP", "vtepMAC", "backend"];
@@ -19,15 +19,6 @@ fn sample() -> Map<String, Value> {
         Value::Object(m) => m,
         _ => unreachable!("a literal object"),
     }
-}
-
-pub(crate) fn any_net() -> impl Strategy<Value = IpNet> {
-    prop_oneof![
-        (any::<u32>(), 0u8..=32)
-            .prop_map(|(a, l)| IpNet::V4(Ipv4Net::new(a.into(), l).unwrap_or_default())),
-        (any::<u128>(), 0u8..=128)
-            .prop_map(|(a, l)| IpNet::V6(Ipv6Net::new(a.into(), l).unwrap_or_default())),
-    ]
 }
 
 pub(crate) fn any_record() -> impl Strategy<Value = VtepRecord> {

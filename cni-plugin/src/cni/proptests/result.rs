@@ -3,25 +3,16 @@
 use crate::cni::error::DECODE_FAILURE;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route};
 use crate::cni::version::{CniVersion, SUPPORTED};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::net::IpAddr;
+use twill_conf::strategies::any_net;
 use twill_conf::strategies::{bounded, config, hostile_number, json_value, mutate_one_key};
 
 fn any_ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         any::<u32>().prop_map(|a| IpAddr::from(std::net::Ipv4Addr::from(a))),
         any::<u128>().prop_map(|a| IpAddr::from(std::net::Ipv6Addr::from(a))),
-    ]
-}
-
-fn any_net() -> impl Strategy<Value = IpNet> {
-    prop_oneof![
-        (any::<u32>(), 0u8..=32)
-            .prop_map(|(a, l)| IpNet::V4(Ipv4Net::new(a.into(), l).unwrap_or_default())),
-        (any::<u128>(), 0u8..=128)
-            .prop_map(|(a, l)| IpNet::V6(Ipv6Net::new(a.into(), l).unwrap_or_default())),
     ]
 }
 
