@@ -331,6 +331,15 @@ impl Cluster {
     }
 
     /// Waits until every running agent reports ready and knows all the others.
+    /// The last `lines` lines of every agent's log, node by node, for a failure message.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} ---\n{}", n.name, tail(&n.log(), lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let running: Vec<&ClusterNode> = self.nodes.iter().filter(|n| n.agent.is_some()).collect();
         let ready = wait_until(timeout, || {

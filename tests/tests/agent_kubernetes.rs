@@ -38,11 +38,7 @@ fn network_condition(node: &Value) -> Option<(String, String)> {
 }
 
 fn logs(c: &Cluster) -> String {
-    c.nodes
-        .iter()
-        .map(|n| format!("--- {} ---\n{}", n.name, tail(&n.log(), 15)))
-        .collect::<Vec<_>>()
-        .join("\n")
+    c.log_tails(15)
 }
 
 /// The peer row `peer` in node `i`'s status.

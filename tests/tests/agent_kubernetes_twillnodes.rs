@@ -6,18 +6,14 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use twill_tests::cluster::{tail, unanswered, wait_until, Cluster, ClusterSpec, RegistryKind};
+use twill_tests::cluster::{unanswered, wait_until, Cluster, ClusterSpec, RegistryKind};
 use twill_tests::kube::ControlPlane;
 use twill_tests::require_root;
 
 const SA: &str = "system:serviceaccount:twill-system:twill";
 
 fn logs(c: &Cluster) -> String {
-    c.nodes
-        .iter()
-        .map(|n| format!("--- {} ---\n{}", n.name, tail(&n.log(), 15)))
-        .collect::<Vec<_>>()
-        .join("\n")
+    c.log_tails(15)
 }
 
 fn twill_node(cp: &ControlPlane, name: &str) -> Option<Value> {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use twill_tests::cluster::{tail, wait_until, Cluster, ClusterPod, ClusterSpec, RegistryKind};
+use twill_tests::cluster::{wait_until, Cluster, ClusterPod, ClusterSpec, RegistryKind};
 use twill_tests::kube::ControlPlane;
 use twill_tests::netns::Netns;
 use twill_tests::promtool::{check_metrics, http_body};
@@ -22,11 +22,7 @@ const BOUND: Duration = Duration::from_secs(5);
 const PORT: u16 = 8080;
 
 fn logs(c: &Cluster) -> String {
-    c.nodes
-        .iter()
-        .map(|n| format!("--- {} ---\n{}", n.name, tail(&n.log(), 20)))
-        .collect::<Vec<_>>()
-        .join("\n")
+    c.log_tails(20)
 }
 
 /// The Pod object of `pod` on node `node`, with its IP set through the status

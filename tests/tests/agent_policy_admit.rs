@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use twill_netlink::NetNs;
-use twill_tests::cluster::{tail, Cluster, ClusterSpec, RegistryKind};
+use twill_tests::cluster::{Cluster, ClusterSpec, RegistryKind};
 use twill_tests::kube::ControlPlane;
 use twill_tests::netns::{next_id, Netns};
 use twill_tests::scenarios::TcpServer;
@@ -29,11 +29,7 @@ const PORT: u16 = 8080;
 const AFTER_ADD: Duration = Duration::from_secs(2);
 
 fn logs(c: &Cluster) -> String {
-    c.nodes
-        .iter()
-        .map(|n| format!("--- {} ---\n{}", n.name, tail(&n.log(), 20)))
-        .collect::<Vec<_>>()
-        .join("\n")
+    c.log_tails(20)
 }
 
 /// The IPv4 address of `eth0` in the calling thread's namespace, if it has one.
