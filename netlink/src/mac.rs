@@ -11,7 +11,10 @@ pub fn parse(s: &str) -> Option<[u8; 6]> {
     let mut out = [0u8; 6];
     let mut parts = s.split(':');
     for byte in out.iter_mut() {
-        let p = parts.next().filter(|p| p.len() == 2)?;
+        // from_str_radix alone would take "+a" as 0x0a.
+        let p = parts
+            .next()
+            .filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))?;
         *byte = u8::from_str_radix(p, 16).ok()?;
     }
     match parts.next() {
@@ -44,6 +47,7 @@ mod tests {
             "0a:58:0a:f4:1:000",
             "0a:58:0a:f4:01:",
             "0a:58",
+            "+a:58:0a:f4:01:00",
         ];
         assert!(bad.iter().all(|s| parse(s).is_none()));
     }
