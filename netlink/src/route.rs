@@ -27,6 +27,9 @@ pub struct Route {
     /// The route carries the `onlink` flag (its gateway is not checked against the
     /// link's prefixes).
     pub onlink: bool,
+    /// RTA_PRIORITY (`metric`); 0 when absent. The kernel stores IPv6 routes asked for
+    /// with 0 at 1024.
+    pub metric: u32,
 }
 
 /// A route to `dst`, of `dst`'s family.
@@ -77,8 +80,10 @@ impl Netlink {
         self.change(Ask::Replace, msg, op).await
     }
 
-    /// `ip route replace <dst> via <via> dev <oif> [onlink] proto <protocol>` in the
-    /// main table. `dst` is truncated to its network address.
+    /// `ip route replace <dst> via <via> dev <oif> [onlink] proto <protocol> metric
+    /// <metric>` in the main table. `dst` is truncated to its network address. The
+    /// kernel tells routes to one destination apart by metric: a replace with another
+    /// metric adds a second route.
     pub async fn replace_route_via(
         &self,
         dst: IpNet,
@@ -86,15 +91,20 @@ impl Netlink {
         oif: u32,
         onlink: bool,
         protocol: u8,
+        metric: u32,
     ) -> Result<()> {
         let dst = dst.trunc();
-        let mut builder = route_via(dst, Some(via), oif)?.protocol(RouteProtocol::from(protocol));
+        let mut builder = route_via(dst, Some(via), oif)?
+            .protocol(RouteProtocol::from(protocol))
+            .priority(metric);
         if onlink {
             builder = builder.onlink();
         }
         let op = || {
             let onlink = if onlink { ", onlink" } else { "" };
-            format!("replace route {dst} via {via} (link {oif}{onlink}, proto {protocol})")
+            format!(
+                "replace route {dst} via {via} (link {oif}{onlink}, proto {protocol}, metric {metric})"
+            )
         };
         let msg = RouteNetlinkMessage::NewRoute(builder.build());
         self.change(Ask::Replace, msg, op).await
@@ -124,18 +134,22 @@ impl Netlink {
             .collect())
     }
 
-    /// Deletes the route to `dst` with this protocol from the main table; `Ok(())` when
-    /// already gone (a route to `dst` with another protocol is left alone).
-    pub async fn delete_route(&self, dst: IpNet, protocol: u8) -> Result<()> {
+    /// Deletes the route to `dst` with this protocol and `metric` from the main table
+    /// (metric 0: the one with the lowest metric); `Ok(())` when already gone (a route
+    /// to `dst` with another protocol is left alone).
+    pub async fn delete_route(&self, dst: IpNet, protocol: u8, metric: u32) -> Result<()> {
         let dst = dst.trunc();
         // As `ip route del`: scope "nowhere" and no type match any route to `dst`; the
         // protocol narrows it to ours.
-        let msg = route_to(dst)?
+        let mut builder = route_to(dst)?
             .protocol(RouteProtocol::from(protocol))
             .scope(RouteScope::NoWhere)
-            .kind(RouteType::Unspec)
-            .build();
-        let op = || format!("delete route {dst} proto {protocol}");
+            .kind(RouteType::Unspec);
+        if metric != 0 {
+            builder = builder.priority(metric);
+        }
+        let msg = builder.build();
+        let op = || format!("delete route {dst} proto {protocol} metric {metric}");
         self.delete(RouteNetlinkMessage::DelRoute(msg), op)
             .await
             .map(drop)
@@ -156,12 +170,14 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
     let mut gw = None;
     let mut oif = None;
     let mut table = u32::from(m.header.table);
+    let mut metric = 0;
     for attr in &m.attributes {
         match attr {
             RouteAttribute::Destination(a) => dst = route_addr(a),
             RouteAttribute::Gateway(a) => gw = route_addr(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => metric = *p,
             _ => {}
         }
     }
@@ -177,5 +193,6 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
         protocol: u8::from(m.header.protocol),
         table,
         onlink: m.header.flags.contains(RouteFlags::Onlink),
+        metric,
     })
 }

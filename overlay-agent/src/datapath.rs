@@ -2,7 +2,7 @@
 //! routes, neighbour and FDB entries the agent owns. No decisions are made here; the
 //! [`Plan`] says what to change.
 
-use crate::desired::{DesiredState, NextHop, Plan};
+use crate::desired::{route_metric, DesiredState, NextHop, Plan};
 use crate::record::Mac;
 use futures::StreamExt;
 use ipnet::IpNet;
@@ -119,6 +119,10 @@ impl Datapath {
     pub async fn observe(&self, device: u32) -> Result<DesiredState, NetlinkError> {
         let mut have = DesiredState::default();
         for r in self.nl.routes_by_protocol(ROUTE_PROTOCOL).await? {
+            if r.metric != route_metric(r.dst) || have.routes.contains_key(&r.dst) {
+                have.stray_routes.insert((r.dst, r.metric));
+                continue;
+            }
             let hop = match (r.gw, r.oif) {
                 (Some(via), Some(oif)) if oif == device => NextHop::Vxlan { via },
                 (Some(via), Some(oif)) if oif == self.conf.underlay_index => {
@@ -154,22 +158,25 @@ impl Datapath {
         })
         .await;
         run(&mut out, plan.routes.put.iter(), |(dst, hop)| async move {
-            match *hop {
-                NextHop::Vxlan { via } => {
-                    nl.replace_route_via(*dst, via, device, true, ROUTE_PROTOCOL)
-                        .await
-                }
-                NextHop::Direct { via } => {
-                    nl.replace_route_via(*dst, via, underlay, false, ROUTE_PROTOCOL)
-                        .await
-                }
-                NextHop::Foreign => Ok(()),
-            }
+            let (via, oif, onlink) = match *hop {
+                NextHop::Vxlan { via } => (via, device, true),
+                NextHop::Direct { via } => (via, underlay, false),
+                NextHop::Foreign => return Ok(()),
+            };
+            nl.replace_route_via(*dst, via, oif, onlink, ROUTE_PROTOCOL, route_metric(*dst))
+                .await
         })
         .await;
-        run(&mut out, plan.routes.remove.keys(), |dst| {
-            nl.delete_route(*dst, ROUTE_PROTOCOL)
-        })
+        let removed = plan
+            .routes
+            .remove
+            .keys()
+            .map(|dst| (*dst, route_metric(*dst)));
+        run(
+            &mut out,
+            removed.chain(plan.stray_routes.iter().copied()),
+            |(dst, metric)| nl.delete_route(dst, ROUTE_PROTOCOL, metric),
+        )
         .await;
         run(&mut out, plan.neighbours.remove.keys(), |ip| {
             nl.delete_neighbour(device, *ip)
@@ -187,7 +194,9 @@ impl Datapath {
     pub async fn remove_all(&self) -> Result<(), NetlinkError> {
         self.nl.delete_link_by_name(&self.conf.name).await?;
         for r in self.nl.routes_by_protocol(ROUTE_PROTOCOL).await? {
-            self.nl.delete_route(r.dst, ROUTE_PROTOCOL).await?;
+            self.nl
+                .delete_route(r.dst, ROUTE_PROTOCOL, r.metric)
+                .await?;
         }
         Ok(())
     }

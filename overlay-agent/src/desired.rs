@@ -9,8 +9,27 @@
 use crate::peers::PeerSet;
 use crate::record::Mac;
 use ipnet::IpNet;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+
+/// The metric of the agent's route to `dst`: 1 + the low 12 bits of the subnet's
+/// number (its network address shifted right by its host bits), so peers' routes carry
+/// distinct metrics up to 4,096 subnets of one size. Why not 0 for all, as flannel:
+/// the kernel hashes an IPv4 route's shared part (`fib_info`) by device, protocol,
+/// scope and metric but not gateway, so 5,000 peers' routes through one device with
+/// metric 0 land in one hash chain and each insert walks all of them (5,000 routes:
+/// 390 ms by `ip -batch`, 10,000: 1.4 s; with distinct metrics 67 ms and 148 ms).
+/// Never 0: the kernel stores an IPv6 route asked for with 0 at 1024.
+pub fn route_metric(dst: IpNet) -> u32 {
+    let host_bits = u32::from(dst.max_prefix_len() - dst.prefix_len());
+    let number = match dst.network() {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+    .checked_shr(host_bits)
+    .unwrap_or(0);
+    1 + (number & 0xfff) as u32
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum NextHop {
@@ -30,6 +49,10 @@ pub struct DesiredState {
     pub neighbours: BTreeMap<IpAddr, Mac>,
     /// VTEP MAC → public IP, on the VXLAN device.
     pub fdb: BTreeMap<Mac, IpAddr>,
+    /// Routes with the agent's protocol beyond the one per destination in `routes`
+    /// (another metric: an older agent's, or a copy): (destination, metric). Only what
+    /// the kernel holds has any; never wanted.
+    pub stray_routes: BTreeSet<(IpNet, u32)>,
 }
 
 impl DesiredState {
@@ -67,6 +90,7 @@ impl DesiredState {
         apply(&mut self.routes, &plan.routes);
         apply(&mut self.neighbours, &plan.neighbours);
         apply(&mut self.fdb, &plan.fdb);
+        self.stray_routes.retain(|r| !plan.stray_routes.contains(r));
         self
     }
 }
@@ -104,6 +128,8 @@ pub struct Plan {
     pub routes: Changes<IpNet, NextHop>,
     pub neighbours: Changes<IpAddr, Mac>,
     pub fdb: Changes<Mac, IpAddr>,
+    /// `have`'s stray routes, removed with the other routes.
+    pub stray_routes: BTreeSet<(IpNet, u32)>,
 }
 
 impl Plan {
@@ -114,21 +140,23 @@ impl Plan {
             routes: diff(&want.routes, &have.routes),
             neighbours: diff(&want.neighbours, &have.neighbours),
             fdb: diff(&want.fdb, &have.fdb),
+            stray_routes: have.stray_routes.clone(),
         };
         if !removals {
             plan.routes.remove.clear();
             plan.neighbours.remove.clear();
             plan.fdb.remove.clear();
+            plan.stray_routes.clear();
         }
         plan
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty() && self.neighbours.is_empty() && self.fdb.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.routes.len() + self.neighbours.len() + self.fdb.len()
+        self.routes.len() + self.neighbours.len() + self.fdb.len() + self.stray_routes.len()
     }
 }
 
@@ -270,5 +298,39 @@ mod tests {
         assert!(partial.routes.remove.is_empty());
         assert_eq!(partial.len(), 1);
         assert!(Plan::between(&want, &want, true).is_empty());
+    }
+
+    #[test]
+    fn route_metrics_differ_between_neighbouring_subnets_and_are_never_zero() {
+        let m = |s: &str| route_metric(s.parse().unwrap());
+        assert_eq!(m("10.244.2.0/24"), 1 + 0x402);
+        assert_ne!(m("10.244.2.0/24"), m("10.244.3.0/24"));
+        assert_ne!(m("10.245.0.0/25"), m("10.245.0.128/25"));
+        assert_eq!(m("fd00:244:0:7::/64"), 8);
+        assert_eq!(m("0.0.0.0/0"), 1);
+        assert_eq!(m("::/0"), 1);
+        // 4,096 consecutive /24s, 4,096 distinct metrics.
+        let all: BTreeSet<u32> = (0..4096u32)
+            .map(|i| {
+                route_metric(IpNet::new(IpAddr::V4((0x0a00_0000 + (i << 8)).into()), 24).unwrap())
+            })
+            .collect();
+        assert_eq!(all.len(), 4096);
+        assert!(!all.contains(&0));
+    }
+
+    #[test]
+    fn stray_routes_are_removed_by_a_complete_view_only() {
+        let want = DesiredState::compute(&peers(), &[], false);
+        let mut have = want.clone();
+        let stray = ("10.244.2.0/24".parse().unwrap(), 0);
+        have.stray_routes.insert(stray);
+        let partial = Plan::between(&want, &have, false);
+        assert!(partial.is_empty());
+        assert_eq!(have.clone().after(&partial).stray_routes.len(), 1);
+        let full = Plan::between(&want, &have, true);
+        assert_eq!(full.stray_routes, [stray].into());
+        assert_eq!(full.len(), 1);
+        assert_eq!(have.after(&full), want);
     }
 }

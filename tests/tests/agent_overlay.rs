@@ -307,6 +307,58 @@ fn entries_of_a_node_that_left_while_the_agent_was_down_are_removed_at_start() {
     assert!(!fdb.contains(&c.nodes[2].ip), "{fdb}");
 }
 
+/// Routes of ours with another metric than the agent's (metric 0, as agents before
+/// per-subnet metrics installed them, and a second copy) are replaced and removed at
+/// start, leaving one route per peer with its metric.
+#[test]
+fn routes_with_another_metric_are_replaced_at_start() {
+    let mut c = Cluster::up(ClusterSpec {
+        resync_secs: 300.0,
+        ..ClusterSpec::default()
+    });
+    let peer = c.nodes[1].subnet().unwrap();
+    let gw = peer.split('/').next().unwrap().to_string();
+    let want = twill_agent::desired::route_metric(peer.parse().unwrap());
+    // The agent's routes to `peer` in node 0: their metrics (0 when the kernel shows none).
+    let metrics = |c: &Cluster| -> Vec<u64> {
+        let out = c.nodes[0]
+            .ns
+            .ip(&["-j", "route", "show", &peer, "proto", "71"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let mut m: Vec<u64> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| r["metric"].as_u64().unwrap_or(0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        m.sort();
+        m
+    };
+    assert_eq!(metrics(&c), vec![u64::from(want)]);
+    c.nodes[0].stop_agent(libc::SIGKILL);
+    let n0 = &c.nodes[0].ns;
+    n0.ip(&["route", "del", &peer, "proto", "71"]);
+    for metric in ["0", "4242"] {
+        n0.ip(&[
+            "route", "add", &peer, "via", &gw, "dev", "twill.1", "onlink", "proto", "71", "metric",
+            metric,
+        ]);
+    }
+    assert_eq!(metrics(&c), vec![0, 4242]);
+    c.start_agent(0);
+    // With a 300 s resync, only the start-up pass can have done it.
+    wait(
+        "one route with the agent's metric",
+        Duration::from_secs(10),
+        || metrics(&c) == vec![u64::from(want)],
+    );
+    let a = c.add_pod(0, "sleep-1").unwrap();
+    let b = c.add_pod(1, "sleep-2").unwrap();
+    assert!(ping_rtt(&a.ns, &b.ip).is_some(), "{}", c.nodes[0].log());
+}
+
 #[test]
 fn health_readiness_metrics_and_status_endpoints_answer() {
     // No agent on node-2 yet: node-1 is ready as soon as it has listed the registry.

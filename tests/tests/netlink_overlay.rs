@@ -14,6 +14,8 @@ use twill_tests::{require_root, Netns};
 /// Our route protocol in these tests (the agent picks its own).
 const PROTO: u8 = 77;
 const OTHER_PROTO: u8 = 78;
+/// A metric that is neither 0 nor the kernel's IPv6 default (1024).
+const METRIC: u32 = 7;
 
 const VX: &str = "vx0";
 const MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0x00, 0x00, 0x01];
@@ -569,8 +571,11 @@ fn routes_are_replaced_listed_and_deleted() {
     let net4 = "10.244.1.0/24".parse().unwrap();
     let net6 = "fd00:244:1::/64".parse().unwrap();
     let via = |net, gw: &str| {
-        env.block_on(env.nl.replace_route_via(net, ip(gw), vx, true, PROTO))
-            .unwrap()
+        env.block_on(
+            env.nl
+                .replace_route_via(net, ip(gw), vx, true, PROTO, METRIC),
+        )
+        .unwrap()
     };
     // Both routes, with exactly these gateways.
     let expect = |want: &[(&str, &str)]| {
@@ -609,10 +614,14 @@ fn routes_are_replaced_listed_and_deleted() {
 
     // A route without onlink, via the underlay's subnet.
     let net_u = "10.250.0.0/16".parse().unwrap();
-    env.block_on(
-        env.nl
-            .replace_route_via(net_u, ip("10.99.0.2"), env.underlay, false, PROTO),
-    )
+    env.block_on(env.nl.replace_route_via(
+        net_u,
+        ip("10.99.0.2"),
+        env.underlay,
+        false,
+        PROTO,
+        METRIC,
+    ))
     .unwrap();
     // Routes of other protocols and other tables.
     env.ns.ip(&[
@@ -643,30 +652,54 @@ fn routes_are_replaced_listed_and_deleted() {
     assert_eq!(r.dst, net4);
     assert_eq!(r.gw, Some(ip("10.244.1.1")));
     assert_eq!(r.oif, Some(vx));
-    assert_eq!((r.protocol, r.table, r.onlink), (PROTO, 254, true));
+    assert_eq!(
+        (r.protocol, r.table, r.onlink, r.metric),
+        (PROTO, 254, true, METRIC)
+    );
     let r = &ours[1];
     assert_eq!(r.dst, net_u);
     assert_eq!(r.gw, Some(ip("10.99.0.2")));
     assert_eq!(r.oif, Some(env.underlay));
-    assert_eq!((r.protocol, r.table, r.onlink), (PROTO, 254, false));
+    assert_eq!(
+        (r.protocol, r.table, r.onlink, r.metric),
+        (PROTO, 254, false, METRIC)
+    );
     let r = &ours[2];
     assert_eq!(r.dst, net6);
     assert_eq!(r.gw, Some(ip("fd00:244:1::")));
     assert_eq!(r.oif, Some(vx));
-    assert_eq!((r.protocol, r.table, r.onlink), (PROTO, 254, true));
+    assert_eq!(
+        (r.protocol, r.table, r.onlink, r.metric),
+        (PROTO, 254, true, METRIC)
+    );
+
+    // Another metric is another route to the same destination; a delete naming a
+    // metric takes only that one.
+    env.block_on(
+        env.nl
+            .replace_route_via(net4, ip("10.244.1.0"), vx, true, PROTO, METRIC + 1),
+    )
+    .unwrap();
+    assert_eq!(env.routes_json(PROTO).len(), 4);
+    env.block_on(env.nl.delete_route(net4, PROTO, METRIC + 1))
+        .unwrap();
+    let left = env.block_on(env.nl.routes_by_protocol(PROTO)).unwrap();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.iter().any(|r| r.dst == net4 && r.metric == METRIC));
 
     // Deleting with another protocol leaves the route; deleting with ours removes it;
     // deleting again is fine.
     let other = "10.251.0.0/16".parse().unwrap();
-    env.block_on(env.nl.delete_route(other, PROTO)).unwrap();
+    env.block_on(env.nl.delete_route(other, PROTO, 0)).unwrap();
     assert_eq!(env.routes_json(OTHER_PROTO).len(), 1);
-    env.block_on(env.nl.delete_route(net4, OTHER_PROTO))
+    env.block_on(env.nl.delete_route(net4, OTHER_PROTO, 0))
         .unwrap();
     assert_eq!(env.routes_json(PROTO).len(), 3);
     for _ in 0..2 {
-        env.block_on(env.nl.delete_route(net4, PROTO)).unwrap();
-        env.block_on(env.nl.delete_route(net6, PROTO)).unwrap();
-        env.block_on(env.nl.delete_route(net_u, PROTO)).unwrap();
+        env.block_on(env.nl.delete_route(net4, PROTO, 0)).unwrap();
+        env.block_on(env.nl.delete_route(net6, PROTO, METRIC))
+            .unwrap();
+        env.block_on(env.nl.delete_route(net_u, PROTO, 0)).unwrap();
     }
     assert!(env.routes_json(PROTO).is_empty());
     assert_eq!(env.routes_json(OTHER_PROTO).len(), 1);
@@ -732,7 +765,8 @@ fn many_concurrent_operations_on_one_connection() {
             set.spawn(async move {
                 nl.replace_neighbour(vx, gw, mac).await?;
                 nl.replace_fdb(vx, mac, vtep).await?;
-                nl.replace_route_via(subnet, gw, vx, true, PROTO).await
+                nl.replace_route_via(subnet, gw, vx, true, PROTO, i + 1)
+                    .await
             });
         }
         dumps(&mut set);
@@ -746,7 +780,7 @@ fn many_concurrent_operations_on_one_connection() {
             let nl = env.nl.clone();
             let (mac, vtep, subnet, gw) = peer(i);
             set.spawn(async move {
-                nl.delete_route(subnet, PROTO).await?;
+                nl.delete_route(subnet, PROTO, i + 1).await?;
                 nl.delete_fdb(vx, mac, vtep).await?;
                 nl.delete_neighbour(vx, gw).await
             });
