@@ -1,5 +1,5 @@
 //! The reference of the convergence figure: the same FDB, neighbour and route entries
-//! the agent programs for N peers, installed by `bridge -batch` and `ip -batch` into a
+//! the agent programs for N peers (its routes' metrics included), installed by `bridge -batch` and `ip -batch` into a
 //! fresh namespace with the same VXLAN device (the kernel's own cost plus the thinnest
 //! userspace).
 
@@ -8,6 +8,7 @@ use crate::overlay_rtnl::RouteSocket;
 use crate::overlay_sim_peers::{endpoint, subnet, PROTO};
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
+use twill_agent::desired::route_metric;
 use twill_tests::Netns;
 
 /// The reference: `n` peers' FDB entries, neighbours and routes, as the agent programs
@@ -55,8 +56,9 @@ pub fn kernel_floor(n: usize, dir: &std::path::Path) -> Result<Duration> {
     for i in 1..=n as u32 {
         let net = subnet(i);
         ipb.push_str(&format!(
-            "route replace {net} via {} dev twill.1 onlink proto {PROTO}\n",
-            net.addr
+            "route replace {net} via {} dev twill.1 onlink proto {PROTO} metric {}\n",
+            net.addr,
+            route_metric(net.to_string().parse()?)
         ));
     }
     let (f1, f2) = (dir.join("floor-fdb.batch"), dir.join("floor-ip.batch"));
