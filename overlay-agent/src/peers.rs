@@ -2,6 +2,7 @@
 //! peers. Rejections carry a reason for the log line and the metric.
 
 use crate::record::VtepRecord;
+use crate::subnets::{overlaps, span};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -102,19 +103,9 @@ impl PeerSet {
 /// sweep that remembers the furthest-reaching subnet so far finds every clash in
 /// O(n log n) (thousands of peers are re-validated on every registry change).
 fn overlapping<'a>(records: &[&'a VtepRecord]) -> BTreeMap<&'a str, &'a str> {
-    let key = |n: &IpNet| -> (bool, u128, u128) {
-        match n {
-            IpNet::V4(v4) => (
-                false,
-                u128::from(u32::from(v4.network())),
-                u128::from(u32::from(v4.broadcast())),
-            ),
-            IpNet::V6(v6) => (true, u128::from(v6.network()), u128::from(v6.broadcast())),
-        }
-    };
     let mut spans: Vec<((bool, u128, u128), &'a str)> = records
         .iter()
-        .flat_map(|r| r.subnets.iter().map(move |s| (key(s), r.node.as_str())))
+        .flat_map(|r| r.subnets.iter().map(move |s| (span(s), r.node.as_str())))
         .collect();
     spans.sort();
     let mut clashes = BTreeMap::new();
@@ -132,10 +123,6 @@ fn overlapping<'a>(records: &[&'a VtepRecord]) -> BTreeMap<&'a str, &'a str> {
         reach = Some((span, node));
     }
     clashes
-}
-
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 fn check_one(own: &OwnNode, r: &VtepRecord) -> Result<(), String> {

@@ -9,11 +9,12 @@ use twill_conf::cluster::PodNetwork;
 /// free one. Skips the network's first subnet, whose network address is the cluster
 /// network's own (flannel does the same). `None` when the network is full.
 pub fn pick(net: &PodNetwork, taken: &[IpNet], preferred: Option<IpNet>) -> Option<IpNet> {
+    let taken = Taken::new(taken);
     let fits = |s: &IpNet| {
         s.prefix_len() == net.subnet_len
             && net.network.contains(s)
             && s.network() == s.addr()
-            && !taken.iter().any(|t| overlaps(t, s))
+            && !taken.overlaps(s)
     };
     if let Some(p) = preferred.filter(|p| fits(p)) {
         return Some(p);
@@ -27,6 +28,50 @@ pub fn pick(net: &PodNetwork, taken: &[IpNet], preferred: Option<IpNet>) -> Opti
 
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// A CIDR as (IPv6?, first address, last address): sorted by it, two CIDRs of one
+/// family overlap only where one's span reaches into the next.
+pub fn span(n: &IpNet) -> (bool, u128, u128) {
+    match n {
+        IpNet::V4(v4) => (
+            false,
+            u128::from(u32::from(v4.network())),
+            u128::from(u32::from(v4.broadcast())),
+        ),
+        IpNet::V6(v6) => (true, u128::from(v6.network()), u128::from(v6.broadcast())),
+    }
+}
+
+/// Taken subnets as sorted, disjoint spans, so that each candidate is checked in
+/// O(log n): comparing every candidate with every taken subnet took a 5,000-node
+/// file registry's join 25 million comparisons.
+struct Taken(Vec<(bool, u128, u128)>);
+
+impl Taken {
+    fn new(taken: &[IpNet]) -> Taken {
+        let mut spans: Vec<(bool, u128, u128)> = taken.iter().map(span).collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(bool, u128, u128)> = Vec::with_capacity(spans.len());
+        for s in spans {
+            match merged.last_mut() {
+                Some(last) if last.0 == s.0 && s.1 <= last.2 => last.2 = last.2.max(s.2),
+                _ => merged.push(s),
+            }
+        }
+        Taken(merged)
+    }
+
+    fn overlaps(&self, s: &IpNet) -> bool {
+        let (v6, first, last) = span(s);
+        // The last span starting at or before `s` ends; disjoint and sorted, it reaches
+        // furthest of all that do.
+        let i = self.0.partition_point(|t| (t.0, t.1) <= (v6, last));
+        i > 0 && {
+            let t = self.0[i - 1];
+            t.0 == v6 && t.2 >= first
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,5 +132,33 @@ mod tests {
             pick(&v6, &[], None),
             Some("fd00:1:0:1::/64".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn taken_spans_answer_as_the_pairwise_check_does() {
+        let taken: Vec<IpNet> = [
+            "10.244.4.0/22",
+            "10.244.5.0/24",
+            "10.244.9.0/24",
+            "10.244.16.0/20",
+            "fd00:1:0:3::/64",
+            "10.0.0.0/8",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        for t in [&taken[..5], &taken[..]] {
+            let fast = Taken::new(t);
+            let probes = (0..64u8)
+                .map(|i| format!("10.244.{i}.0/24"))
+                .chain((0..8u8).map(|i| format!("10.244.{}.0/23", i * 2)))
+                .chain((0..8u8).map(|i| format!("fd00:1:0:{i}::/64")))
+                .chain(["11.0.0.0/8".to_string(), "0.0.0.0/0".to_string()]);
+            for p in probes {
+                let p: IpNet = p.parse().unwrap();
+                let slow = t.iter().any(|x| overlaps(x, &p));
+                assert_eq!(fast.overlaps(&p), slow, "{p} against {t:?}");
+            }
+        }
     }
 }
