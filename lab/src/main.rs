@@ -209,7 +209,8 @@ fn up(o: Options) -> Result<bool> {
                 endpoint: format!("http://{router}:2379"),
             }
         } else if o.kube {
-            RegistryKind::Kubernetes
+            // What twill.yaml ships: agents watch TwillNodes.
+            RegistryKind::KubernetesTwillNodes
         } else {
             RegistryKind::File
         },

@@ -175,4 +175,30 @@ fn twillnode_records_against_a_real_api_server() {
     wait("node-2 is still routed on node-1", &c, || {
         !c.nodes[0].agent_routes().contains(&gone)
     });
+
+    // 7. The CRD deleted under a running agent (as `kubectl delete -f twill.yaml` does
+    // before the agents stop): the API server deletes every TwillNode first, and the
+    // agent keeps its peers' routes instead of taking those deletions for nodes
+    // leaving.
+    cp.create_node("node-y", "192.168.1.98");
+    assert!(wait_until(Duration::from_secs(30), || cp
+        .pod_cidr("node-y")
+        .is_some()));
+    let kept = cp.pod_cidr("node-y").expect("podCIDR");
+    apply_twill_node(&cp, "node-y", &kept, "0e:00:00:00:00:98");
+    wait("node-y is not routed", &c, || {
+        c.nodes[0].agent_routes().contains(&kept)
+    });
+    cp.kubectl_ok(
+        &["delete", "crd", "twillnodes.twill.io", "--timeout=60s"],
+        None,
+    );
+    wait("the agent did not say it ignores the deletions", &c, || {
+        c.nodes[0].log().contains("TwillNode deletions are ignored")
+    });
+    assert!(
+        c.nodes[0].agent_routes().contains(&kept),
+        "node-y's route went with the CRD\n{}",
+        logs(&c)
+    );
 }

@@ -337,16 +337,19 @@ impl Registry for KubeRegistry {
                     "Node",
                     NODE_PAGE,
                     |n| node_view(n, nets),
+                    || async { None },
                     tx,
                 )
                 .await
             }
             KubeRecords::TwillNodes => {
+                let guard = twill_node::DeletionGuard::new(self.client());
                 peer_watch::watch_peers(
                     self.twill_nodes(),
                     "TwillNode",
                     TWILL_NODE_PAGE,
                     |t| twill_node_view(t, nets),
+                    || guard.reason_to_keep(),
                     tx,
                 )
                 .await

@@ -16,6 +16,7 @@ use kube::Resource;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+use std::future::Future;
 use tokio::sync::watch;
 
 /// Objects per page of a (re-)list. A page is parsed whole before its objects are
@@ -31,15 +32,22 @@ const PARTIAL_EVERY: usize = 500;
 
 /// Watches every object of `api` (`what` names them in logs) and sends a complete
 /// snapshot of their views whenever one changes, until `tx` has no receiver.
-pub(super) async fn watch_peers<K>(
+///
+/// Before a deletion is acted on, `hold` is asked why it should not be: `Some(reason)`
+/// keeps that peer, and every later one until the next list (see
+/// `twill_node::DeletionGuard`).
+pub(super) async fn watch_peers<K, H, F>(
     api: Api<K>,
     what: &'static str,
     page: u32,
     view: impl Fn(&K) -> NodeView,
+    hold: H,
     tx: watch::Sender<Snapshot>,
 ) -> Result<(), RegistryError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    H: Fn() -> F,
+    F: Future<Output = Option<String>>,
 {
     let cfg = watcher::Config::default().page_size(page);
     let mut events = watcher::watcher(api, cfg)
@@ -50,6 +58,8 @@ where
     let mut listing: Option<(BTreeSet<String>, bool)> = None;
     let mut complete = false;
     let mut outage = Outage::default();
+    // Deletions are ignored until the next list: why.
+    let mut held: Option<String> = None;
     let started = std::time::Instant::now();
     loop {
         let ev = tokio::select! {
@@ -76,6 +86,7 @@ where
             }
             Ok(Event::Init) => {
                 listing = Some((BTreeSet::new(), false));
+                held = None;
                 false
             }
             Ok(Event::InitApply(n)) => {
@@ -117,11 +128,18 @@ where
                 }
                 None => false,
             },
-            Ok(Event::Delete(n)) => n
-                .meta()
-                .name
-                .as_ref()
-                .is_some_and(|name| views.remove(name).is_some()),
+            Ok(Event::Delete(n)) => {
+                let Some(name) = n.meta().name.as_ref().filter(|n| views.contains_key(*n)) else {
+                    continue;
+                };
+                if held.is_none() {
+                    held = hold().await;
+                    if let Some(reason) = &held {
+                        tracing::error!(%reason, "{what} deletions are ignored: every peer keeps its routes");
+                    }
+                }
+                held.is_none() && views.remove(name).is_some()
+            }
         };
         if changed && complete && tx.send(snapshot_of(&views)).is_err() {
             return Ok(());

@@ -13,6 +13,7 @@ use super::slim_node::slim_meta;
 use crate::record::{Mac, VtepRecord};
 use crate::registry::{Announcement, Malformed};
 use ipnet::IpNet;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::json;
@@ -148,6 +149,41 @@ pub fn twill_node_view(tn: &TwillNode, networks: &[PodNetwork]) -> NodeView {
         vtep_mac,
         backend,
     })
+}
+
+/// Tells a TwillNode deleted because its CRD is being deleted (`kubectl delete -f
+/// twill.yaml`: the API server deletes every TwillNode before the CRD, while the agents
+/// still run) from one whose node left. Acting on the first would remove every peer's
+/// routes on every node, and a reinstall would find the pod network down; so while the
+/// CRD is terminating or gone, deletions are ignored and the data path stays, as it does
+/// for an unreachable API server.
+pub struct DeletionGuard {
+    crds: kube::Api<CustomResourceDefinition>,
+}
+
+impl DeletionGuard {
+    pub fn new(client: kube::Client) -> Self {
+        DeletionGuard {
+            crds: kube::Api::all(client),
+        }
+    }
+
+    /// Why a TwillNode deletion must not remove its peer now; `None` to go ahead (also
+    /// when the CRD cannot be read: without `get` on it, as before this check).
+    pub async fn reason_to_keep(&self) -> Option<String> {
+        let name = format!("{PLURAL}.{GROUP}");
+        match self.crds.get_metadata_opt(&name).await {
+            Ok(None) => Some(format!("the CustomResourceDefinition {name} was deleted")),
+            Ok(Some(crd)) if crd.metadata.deletion_timestamp.is_some() => Some(format!(
+                "the CustomResourceDefinition {name} is being deleted"
+            )),
+            Ok(Some(_)) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the CustomResourceDefinition {name}");
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
