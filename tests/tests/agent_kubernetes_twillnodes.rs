@@ -31,6 +31,15 @@ fn uid(cp: &ControlPlane, node: &str) -> String {
         .to_string()
 }
 
+/// A Node without an agent, once the controller manager gave it a podCIDR: that CIDR.
+fn create_node(cp: &ControlPlane, node: &str, ip: &str) -> String {
+    cp.create_node(node, ip);
+    assert!(wait_until(Duration::from_secs(30), || cp
+        .pod_cidr(node)
+        .is_some()));
+    cp.pod_cidr(node).expect("podCIDR")
+}
+
 /// A TwillNode written by hand (as another node's agent would), owned by its Node.
 fn apply_twill_node(cp: &ControlPlane, node: &str, cidr: &str, mac: &str) {
     let doc = json!({
@@ -96,11 +105,7 @@ fn twillnode_records_against_a_real_api_server() {
 
     // 3. A node the agents learn from its TwillNode alone: a bad MAC is rejected and
     // never programmed; fixed, it is routed.
-    cp.create_node("node-x", "192.168.1.99");
-    assert!(wait_until(Duration::from_secs(30), || cp
-        .pod_cidr("node-x")
-        .is_some()));
-    let cidr = cp.pod_cidr("node-x").expect("podCIDR");
+    let cidr = create_node(&cp, "node-x", "192.168.1.99");
     apply_twill_node(&cp, "node-x", &cidr, "0e:00");
     let n1 = &c.nodes[0];
     wait("node-x's bad TwillNode is not rejected", &c, || {
@@ -180,11 +185,7 @@ fn twillnode_records_against_a_real_api_server() {
     // before the agents stop): the API server deletes every TwillNode first, and the
     // agent keeps its peers' routes instead of taking those deletions for nodes
     // leaving.
-    cp.create_node("node-y", "192.168.1.98");
-    assert!(wait_until(Duration::from_secs(30), || cp
-        .pod_cidr("node-y")
-        .is_some()));
-    let kept = cp.pod_cidr("node-y").expect("podCIDR");
+    let kept = create_node(&cp, "node-y", "192.168.1.98");
     apply_twill_node(&cp, "node-y", &kept, "0e:00:00:00:00:98");
     wait("node-y is not routed", &c, || {
         c.nodes[0].agent_routes().contains(&kept)

@@ -54,6 +54,15 @@ fn three_nodes_file_registry_every_pod_reaches_every_pod() {
     );
 }
 
+/// Three nodes whose agents resync every 300 s: within a test, only a start-up pass
+/// can have changed the kernel.
+fn without_resyncs() -> Cluster {
+    Cluster::up(ClusterSpec {
+        resync_secs: 300.0,
+        ..ClusterSpec::default()
+    })
+}
+
 fn wait(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
     assert!(wait_until(timeout, f), "timed out: {what}");
 }
@@ -276,10 +285,7 @@ fn two_segments_get_direct_routes_within_and_vxlan_across() {
 
 #[test]
 fn entries_of_a_node_that_left_while_the_agent_was_down_are_removed_at_start() {
-    let mut c = Cluster::up(ClusterSpec {
-        resync_secs: 300.0,
-        ..ClusterSpec::default()
-    });
+    let mut c = without_resyncs();
     let gone = c.nodes[2].subnet().unwrap();
     let stays = c.nodes[1].subnet().unwrap();
     assert!(c.nodes[0].agent_routes().contains(&gone));
@@ -312,10 +318,7 @@ fn entries_of_a_node_that_left_while_the_agent_was_down_are_removed_at_start() {
 /// start, leaving one route per peer with its metric.
 #[test]
 fn routes_with_another_metric_are_replaced_at_start() {
-    let mut c = Cluster::up(ClusterSpec {
-        resync_secs: 300.0,
-        ..ClusterSpec::default()
-    });
+    let mut c = without_resyncs();
     let peer = c.nodes[1].subnet().unwrap();
     let gw = peer.split('/').next().unwrap().to_string();
     let want = twill_agent::desired::route_metric(peer.parse().unwrap());
