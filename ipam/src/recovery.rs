@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use twill_conf::port_alias::{self, AliasError, AliasOwner};
-use twill_conf::Attachment;
+use twill_conf::{Attachment, HOST_VETH_PREFIX};
 
 use crate::Reservation;
 
@@ -24,6 +24,15 @@ pub struct PodPort {
 /// Lists the node's pod interfaces (host veths on the pod bridge).
 pub trait PodPorts: Send + Sync + fmt::Debug {
     fn list(&self) -> Result<Vec<PodPort>, String>;
+}
+
+/// The pod ports among a bridge's veths, given as (name, alias): Twill's host veths.
+pub fn pod_ports(veths: impl IntoIterator<Item = (String, Option<String>)>) -> Vec<PodPort> {
+    veths
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(HOST_VETH_PREFIX))
+        .map(|(link, alias)| PodPort { link, alias })
+        .collect()
 }
 
 /// What the pod interfaces say about reservations.

@@ -188,6 +188,17 @@ impl Netlink {
             .collect())
     }
 
+    /// [`Netlink::veth_ports`] for a thread without a runtime (the address store's, when
+    /// it rebuilds a lost store): a connection in this thread's namespace on a runtime of
+    /// its own.
+    pub fn veth_ports_blocking(bridge: &str) -> Result<Vec<Link>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(NetlinkError::Socket)?;
+        rt.block_on(async { Netlink::connect()?.veth_ports(bridge).await })
+    }
+
     /// Changes what `msg` sets on the existing link of its index.
     pub(crate) async fn set_link(
         &self,

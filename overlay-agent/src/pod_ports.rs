@@ -4,10 +4,9 @@
 //! netlink work is here; what the aliases mean is `twill_ipam::recovery`'s.
 
 use std::collections::HashMap;
-use twill_conf::HOST_VETH_PREFIX;
-use twill_ipam::recovery::completed_aliases;
+use twill_ipam::recovery::{completed_aliases, pod_ports};
 use twill_ipam::{PodPort, PodPorts, Reservation};
-use twill_netlink::{Link, Netlink};
+use twill_netlink::Netlink;
 
 /// Twill's host veths on `bridge` in the agent's namespace.
 #[derive(Debug)]
@@ -17,10 +16,9 @@ pub struct BridgePorts {
 
 impl PodPorts for BridgePorts {
     fn list(&self) -> Result<Vec<PodPort>, String> {
-        let links = runtime()?
-            .block_on(async { Netlink::connect()?.veth_ports(&self.bridge).await })
+        let links = Netlink::veth_ports_blocking(&self.bridge)
             .map_err(|e| format!("cannot list the ports of {}: {e}", self.bridge))?;
-        Ok(pod_ports(links))
+        Ok(pod_ports(links.into_iter().map(|l| (l.name, l.alias))))
     }
 }
 
@@ -35,7 +33,8 @@ impl BridgePorts {
                 let links = nl.veth_ports(&self.bridge).await?;
                 let index: HashMap<String, u32> =
                     links.iter().map(|l| (l.name.clone(), l.index)).collect();
-                let todo = completed_aliases(&pod_ports(links), held);
+                let ports = pod_ports(links.into_iter().map(|l| (l.name, l.alias)));
+                let todo = completed_aliases(&ports, held);
                 for (link, alias) in &todo {
                     if let Some(i) = index.get(link) {
                         nl.set_alias(*i, alias).await?;
@@ -55,15 +54,4 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_io()
         .build()
         .map_err(|e| format!("cannot start a runtime for netlink: {e}"))
-}
-
-fn pod_ports(links: Vec<Link>) -> Vec<PodPort> {
-    links
-        .into_iter()
-        .filter(|l| l.name.starts_with(HOST_VETH_PREFIX))
-        .map(|l| PodPort {
-            link: l.name,
-            alias: l.alias,
-        })
-        .collect()
 }
