@@ -285,65 +285,71 @@ fn run(args: &Args) -> Result<Vec<Row>> {
         Unit::Ms,
     )];
     for (mode, m) in [("Nodes", &nodes), ("TwillNodes", &twill)] {
-        rows.extend([
-            row(
-                &format!(
-                    "{mode}: start -> all peers programmed (median of {})",
-                    m.converge.len()
-                ),
+        let starts = format!(
+            "start -> all peers programmed (median of {})",
+            m.converge.len()
+        );
+        let figures = [
+            (
+                starts.as_str(),
                 p(&m.converge, 50.0),
                 Target::Below(1000.0),
                 Unit::Ms,
             ),
-            row(
-                &format!("{mode}: start -> all peers programmed, slowest start"),
+            (
+                "start -> all peers programmed, slowest start",
                 p(&m.converge, 100.0),
                 Target::None,
                 Unit::Ms,
             ),
-            row(
-                &format!("{mode}: RSS after convergence"),
+            (
+                "RSS after convergence",
                 mb(m.rss_kib),
                 Target::Below(30.0),
                 Unit::MB,
             ),
-            row(
-                &format!("{mode}:   of which heap and stacks (anonymous)"),
+            (
+                "  of which heap and stacks (anonymous)",
                 mb(m.anon_kib),
                 Target::None,
                 Unit::MB,
             ),
-            row(
-                &format!("{mode}: peak RSS (VmHWM)"),
+            (
+                "peak RSS (VmHWM)",
                 mb(m.hwm_kib),
                 Target::Below(40.0),
                 Unit::MB,
             ),
-            row(
-                &format!("{mode}: new peer -> route, p50 (after the create)"),
+            (
+                "new peer -> route, p50 (after the create)",
                 p(&m.after_event, 50.0),
                 Target::None,
                 Unit::Ms,
             ),
-            row(
-                &format!("{mode}: new peer -> route, p99 (after the create)"),
+            (
+                "new peer -> route, p99 (after the create)",
                 p(&m.after_event, 99.0),
                 Target::Below(100.0),
                 Unit::Ms,
             ),
-            row(
-                &format!("{mode}: new peer -> route, p99 (creates included)"),
+            (
+                "new peer -> route, p99 (creates included)",
                 p(&m.with_write, 99.0),
                 Target::None,
                 Unit::Ms,
             ),
-            row(
-                &format!("{mode}: LIST requests while the agent last started"),
+            (
+                "LIST requests while the agent last started",
                 m.lists,
                 Target::None,
                 Unit::Count,
             ),
-        ]);
+        ];
+        rows.extend(
+            figures
+                .into_iter()
+                .map(|(what, v, target, unit)| row(&format!("{mode}: {what}"), v, target, unit)),
+        );
     }
     Ok(rows)
 }
